@@ -1,0 +1,435 @@
+//! The commands of the `vqlab` binary, each a thin layer over the library modules.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use tracing_subscriber::fmt::writer::MakeWriterExt;
+use tracing_subscriber::EnvFilter;
+
+use crate::cli::{Cli, Command, ExperimentArgs};
+use crate::config::{self, ExperimentConfig, LauncherKind, Sweep};
+use crate::error::InputError;
+use crate::sched::local::{self, LocalOptions, LOG_FILE, WORKER_ENV};
+use crate::sched::state::{RunStatus, STATUS_FILE};
+use crate::table;
+use crate::train::{self, Outcome, SUMMARY_FILE};
+
+/// Logs go to stderr through `tracing`; `RUST_LOG` overrides -v/-q. A `vqlab train` started
+/// by hand also appends to the run's train.log (a launched worker's stderr already is it).
+pub fn init_logging(cli: &Cli) {
+    let level = if cli.quiet {
+        "warn"
+    } else {
+        match cli.verbose {
+            0 => "info",
+            1 => "debug",
+            _ => "trace",
+        }
+    };
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new(format!("vqlab={level},warn")));
+    use std::io::IsTerminal;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .with_ansi(std::io::stderr().is_terminal());
+    let tee = match &cli.command {
+        Command::Train { run_dir }
+            if std::env::var_os(WORKER_ENV).is_none() && run_dir.is_dir() =>
+        {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(run_dir.join(LOG_FILE))
+                .ok()
+        }
+        _ => None,
+    };
+    let _ = match tee {
+        Some(file) => builder
+            .with_ansi(false)
+            .with_writer(std::io::stderr.and(std::sync::Mutex::new(file)))
+            .try_init(),
+        None => builder.with_writer(std::io::stderr).try_init(),
+    };
+}
+
+/// Run a parsed command line; returns the process exit code.
+pub fn run(cli: Cli) -> anyhow::Result<u8> {
+    match cli.command {
+        Command::Run {
+            exp,
+            runs_dir,
+            fail_fast,
+            dry_run,
+        } => cmd_run(&exp, &runs_dir, fail_fast, dry_run),
+        Command::Plan {
+            exp,
+            runs_dir,
+            json,
+        } => cmd_plan(&exp, &runs_dir, json),
+        Command::Train { run_dir } => cmd_train(&run_dir),
+        Command::Status {
+            sweep_dir,
+            runs_dir,
+        } => cmd_status(sweep_dir.as_deref(), &runs_dir),
+        Command::Describe { exp } => cmd_describe(&exp),
+    }
+}
+
+fn load(exp: &ExperimentArgs) -> anyhow::Result<Sweep> {
+    Ok(config::load_sweep(&exp.experiment, &exp.sets, &exp.sweeps)?)
+}
+
+fn cmd_run(
+    exp: &ExperimentArgs,
+    runs_dir: &Path,
+    fail_fast: bool,
+    dry_run: bool,
+) -> anyhow::Result<u8> {
+    let sweep = load(exp)?;
+    if sweep.base.launcher.kind == LauncherKind::Slurm {
+        return Err(InputError::config(
+            exp.experiment.display().to_string(),
+            "launcher.kind",
+            "the slurm launcher is not part of this vqlab version; use \"local\"",
+        )
+        .into());
+    }
+    let sweep_dir = runs_dir.join(&sweep.name);
+    if dry_run {
+        print!("{}", plan_table(&sweep, &sweep_dir));
+        println!("dry run: nothing created or trained");
+        return Ok(0);
+    }
+    check_datasets(&sweep)?;
+    let mut provenance = format!("vqlab run {}", exp.experiment.display());
+    for s in &exp.sets {
+        provenance.push_str(&format!(" --set {s}"));
+    }
+    for s in &exp.sweeps {
+        provenance.push_str(&format!(" --sweep {s}"));
+    }
+    let abs = std::fs::canonicalize(&exp.experiment).unwrap_or_else(|_| exp.experiment.clone());
+    provenance.push_str(&format!("\nexperiment file: {}", abs.display()));
+    let sweep_dir = local::prepare(runs_dir, &sweep, &provenance)?;
+    tracing::info!(
+        "sweep {}: {} runs in {}",
+        sweep.name,
+        sweep.runs.len(),
+        sweep_dir.display()
+    );
+    let opts = LocalOptions {
+        fail_fast,
+        max_attempts: sweep.base.launcher.max_attempts,
+    };
+    let failed = local::run_sweep(&sweep_dir, &sweep, &opts)?;
+    print!("{}", results_table(&sweep_dir, &sweep));
+    Ok(if failed > 0 { 1 } else { 0 })
+}
+
+/// Load every distinct dataset of a sweep once, so that a missing or broken dataset is a
+/// clear error (exit 2) before anything runs.
+fn check_datasets(sweep: &Sweep) -> anyhow::Result<()> {
+    let mut seen = BTreeSet::new();
+    for run in &sweep.runs {
+        let key = serde_json::to_string(&run.config.data)?;
+        if seen.insert(key) {
+            crate::data::load(&run.config.data)?;
+        }
+    }
+    Ok(())
+}
+
+fn cell_text(run: &config::PlannedRun) -> String {
+    if run.cell.is_empty() {
+        return "-".into();
+    }
+    run.cell
+        .iter()
+        .map(|(k, v)| {
+            format!(
+                "{}={}",
+                k.rsplit('.').next().unwrap_or(k),
+                v.to_string().trim_matches('"')
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn plan_table(sweep: &Sweep, sweep_dir: &Path) -> String {
+    let rows: Vec<Vec<String>> = sweep
+        .runs
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            vec![
+                (i + 1).to_string(),
+                r.id.clone(),
+                r.dir_name.clone(),
+                cell_text(r),
+                local::planned_state(sweep_dir, r).state.name().to_string(),
+            ]
+        })
+        .collect();
+    format!(
+        "sweep {} ({} runs) in {}\n{}",
+        sweep.name,
+        sweep.runs.len(),
+        sweep_dir.display(),
+        table::render(&["#", "id", "run", "swept values", "state"], &rows)
+    )
+}
+
+fn cmd_plan(exp: &ExperimentArgs, runs_dir: &Path, json: bool) -> anyhow::Result<u8> {
+    let sweep = load(exp)?;
+    let sweep_dir = runs_dir.join(&sweep.name);
+    if json {
+        let runs: Vec<serde_json::Value> = sweep
+            .runs
+            .iter()
+            .map(|r| {
+                serde_json::json!({
+                    "id": r.id,
+                    "dir": r.dir_name,
+                    "path": sweep_dir.join(&r.dir_name),
+                    "cell": r.cell,
+                    "state": local::planned_state(&sweep_dir, r).state.name(),
+                })
+            })
+            .collect();
+        let out =
+            serde_json::json!({"experiment": sweep.name, "sweep_dir": sweep_dir, "runs": runs});
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        print!("{}", plan_table(&sweep, &sweep_dir));
+    }
+    Ok(0)
+}
+
+fn cmd_train(run_dir: &Path) -> anyhow::Result<u8> {
+    if !run_dir.join(crate::sched::state::CONFIG_FILE).is_file() {
+        return Err(InputError::file(
+            run_dir,
+            "not a run directory: it has no config.toml (create runs with `vqlab run`)",
+        )
+        .into());
+    }
+    match train::train_run(run_dir)? {
+        Outcome::Done => Ok(0),
+        Outcome::Failed(_) => Ok(1),
+    }
+}
+
+fn read_summary(run_dir: &Path) -> Option<serde_json::Map<String, serde_json::Value>> {
+    let bytes = std::fs::read(run_dir.join(SUMMARY_FILE)).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+/// The end-of-sweep table: state and final eval metrics of every run.
+fn results_table(sweep_dir: &Path, sweep: &Sweep) -> String {
+    let metrics = [
+        "eval/rec_mse",
+        "eval/psnr",
+        "eval/usage",
+        "eval/perplexity",
+        "train/img_per_s",
+    ];
+    let rows: Vec<Vec<String>> = sweep
+        .runs
+        .iter()
+        .map(|r| {
+            let dir = sweep_dir.join(&r.dir_name);
+            let status = RunStatus::read(&dir)
+                .ok()
+                .flatten()
+                .unwrap_or_else(RunStatus::pending);
+            let summary = read_summary(&dir);
+            let mut row = vec![r.dir_name.clone(), status.state.name().to_string()];
+            for m in metrics {
+                row.push(table::num(
+                    summary
+                        .as_ref()
+                        .and_then(|s| s.get(m))
+                        .and_then(|v| v.as_f64()),
+                ));
+            }
+            row
+        })
+        .collect();
+    table::render(
+        &[
+            "run",
+            "state",
+            "rec_mse",
+            "psnr",
+            "usage",
+            "perplexity",
+            "img/s",
+        ],
+        &rows,
+    )
+}
+
+fn cmd_status(sweep_dir: Option<&Path>, runs_dir: &Path) -> anyhow::Result<u8> {
+    let sweeps: Vec<PathBuf> = match sweep_dir {
+        Some(d) => {
+            if !d.is_dir() {
+                return Err(InputError::file(d, "sweep directory not found").into());
+            }
+            vec![d.to_path_buf()]
+        }
+        None => {
+            if !runs_dir.is_dir() {
+                return Err(InputError::file(
+                    runs_dir,
+                    "runs directory not found (pass a sweep dir or --runs-dir)",
+                )
+                .into());
+            }
+            let mut v: Vec<PathBuf> = std::fs::read_dir(runs_dir)?
+                .filter_map(|e| e.ok())
+                .map(|e| e.path())
+                .filter(|p| {
+                    p.is_dir()
+                        && !p
+                            .file_name()
+                            .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+                })
+                .collect();
+            v.sort();
+            v
+        }
+    };
+    for dir in sweeps {
+        let runs = local::run_dirs(&dir)?;
+        let mut rows = Vec::new();
+        let mut counts = std::collections::BTreeMap::<&str, usize>::new();
+        for run in &runs {
+            let st = RunStatus::read(run)?
+                .with_context(|| format!("{} has no {STATUS_FILE}", run.display()))?;
+            let steps = config::load_run_config(&run.join(crate::sched::state::CONFIG_FILE))
+                .map(|c| c.train.steps.to_string())
+                .unwrap_or_else(|_| "?".into());
+            *counts.entry(st.state.name()).or_default() += 1;
+            rows.push(vec![
+                run.file_name()
+                    .map(|n| n.to_string_lossy().to_string())
+                    .unwrap_or_default(),
+                st.state.name().to_string(),
+                st.attempts.to_string(),
+                format!("{}/{steps}", st.step),
+                st.device.clone(),
+                st.reason.clone(),
+            ]);
+        }
+        let tally = counts
+            .iter()
+            .map(|(k, v)| format!("{v} {k}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        println!(
+            "{} ({} runs: {})",
+            dir.display(),
+            runs.len(),
+            if tally.is_empty() {
+                "none".into()
+            } else {
+                tally
+            }
+        );
+        print!(
+            "{}",
+            table::render(
+                &["run", "state", "attempts", "step", "device", "reason"],
+                &rows
+            )
+        );
+    }
+    Ok(0)
+}
+
+fn cmd_describe(exp: &ExperimentArgs) -> anyhow::Result<u8> {
+    let sweep = load(exp)?;
+    let first = &sweep.runs[0].config;
+    println!("# experiment {}: {} run(s)\n", sweep.name, sweep.runs.len());
+    println!(
+        "## Resolved config (first run)\n\n```toml\n{}```\n",
+        config::to_toml(first)
+    );
+    println!("## Parameters and memory\n");
+    let mut seen = BTreeSet::new();
+    let mut rows = Vec::new();
+    for run in &sweep.runs {
+        let c = &run.config;
+        let key = (
+            c.model.variant.name(),
+            c.quantizer.codebook_size,
+            c.quantizer.embed_dim,
+            c.model.hidden_channels,
+            c.model.res_channels,
+            c.model.res_blocks,
+            c.quantizer.lookup_dim,
+        );
+        if !seen.insert(format!("{key:?}")) {
+            continue;
+        }
+        let model = crate::model::VqModel::new(c, &candle_core::Device::Cpu)
+            .context("building the model to count its parameters")?;
+        let counts = model.parameter_counts();
+        let total: usize = counts.iter().map(|(_, n)| n).sum();
+        let mut row = vec![config::short_description(c)];
+        row.extend(counts.iter().map(|(_, n)| n.to_string()));
+        row.push(total.to_string());
+        row.push(format!(
+            "{:.0} MiB",
+            estimate_training_memory(c, total) / (1024.0 * 1024.0)
+        ));
+        rows.push(row);
+    }
+    print!(
+        "{}",
+        table::render(
+            &[
+                "model",
+                "encoder",
+                "quantizer",
+                "decoder",
+                "discriminator",
+                "total",
+                "≈ train memory"
+            ],
+            &rows
+        )
+    );
+    println!(
+        "\n## Model\n\n```mermaid\n{}```",
+        crate::model::mermaid(first)
+    );
+    Ok(0)
+}
+
+/// A rough training-memory estimate in bytes: weights, gradients and two Adam moments, plus
+/// stored activations (each layer output and its ReLU) and the N×K distance matrix, ×2 for
+/// their gradients.
+fn estimate_training_memory(c: &ExperimentConfig, params: usize) -> f64 {
+    let s = c.data.image_size as f64;
+    let h = c.model.hidden_channels as f64;
+    let r = c.model.res_channels as f64;
+    let n = c.model.downsample as i32;
+    let lat = (s / 2f64.powi(n)).powi(2);
+    let mut per_image = 0.0;
+    let mut side = s;
+    for i in 0..n {
+        side /= 2.0;
+        let ch = if i + 1 == n { h } else { h / 2.0 };
+        per_image += 2.0 * 2.0 * ch * side * side; // encoder stage + mirrored decoder stage
+    }
+    per_image += 2.0 * lat * (h * 2.0 + c.model.res_blocks as f64 * (2.0 * r + 2.0 * h)); // conv3/conv_in + residual stacks
+    per_image +=
+        lat * (c.quantizer.embed_dim as f64 * 4.0 + c.quantizer.codebook_size as f64 * 2.0);
+    let batch = c.train.batch_size as f64;
+    4.0 * (params as f64 * 4.0 + 2.0 * per_image * batch)
+}

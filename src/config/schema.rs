@@ -1,0 +1,424 @@
+//! The experiment-file schema (DESIGN.md §3): every section as a serde struct with
+//! `deny_unknown_fields` and defaults chosen for small-image VQ research.
+//!
+//! This module only describes shapes and defaults; loading lives in `load`, checks of
+//! impossible values in `validate`, sweep expansion in `sweep`.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExperimentConfig {
+    pub experiment: ExperimentSection,
+    pub data: DataConfig,
+    pub model: ModelConfig,
+    pub quantizer: QuantizerConfig,
+    pub loss: LossConfig,
+    pub train: TrainConfig,
+    pub eval: EvalConfig,
+    pub hardware: HardwareConfig,
+    pub sweep: SweepConfig,
+    pub launcher: LauncherConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExperimentSection {
+    /// Sweep directory name under the runs dir: letters, digits, `.`, `_`, `-`.
+    pub name: String,
+    /// Free text kept with the results.
+    pub description: String,
+}
+
+impl Default for ExperimentSection {
+    fn default() -> Self {
+        Self {
+            name: "experiment".into(),
+            description: String::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DatasetKind {
+    FashionMnist,
+    Mnist,
+    Cifar10,
+    Folder,
+    Synthetic,
+}
+
+impl DatasetKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            DatasetKind::FashionMnist => "fashion-mnist",
+            DatasetKind::Mnist => "mnist",
+            DatasetKind::Cifar10 => "cifar10",
+            DatasetKind::Folder => "folder",
+            DatasetKind::Synthetic => "synthetic",
+        }
+    }
+    /// Where the dataset lives when `data.path` is empty.
+    pub fn default_path(self) -> &'static str {
+        match self {
+            DatasetKind::FashionMnist => "/usr/share/datasets/fashion-mnist",
+            DatasetKind::Mnist => "/usr/share/datasets/mnist",
+            DatasetKind::Cifar10 => "data/cifar-10-batches-bin",
+            DatasetKind::Folder => "",
+            DatasetKind::Synthetic => "",
+        }
+    }
+    /// (channels, side) of the images as stored; `None` where it depends on the files.
+    pub fn native_shape(self) -> Option<(u32, u32)> {
+        match self {
+            DatasetKind::FashionMnist | DatasetKind::Mnist => Some((1, 28)),
+            DatasetKind::Cifar10 => Some((3, 32)),
+            DatasetKind::Folder => None,
+            DatasetKind::Synthetic => Some((1, 28)),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DataConfig {
+    pub dataset: DatasetKind,
+    /// Empty = the dataset's default location.
+    pub path: String,
+    /// Side of the square images fed to the model; 0 = the dataset's native size.
+    pub image_size: u32,
+    /// 1 (grayscale) or 3 (RGB); 0 = the dataset's native channels (folder: 3).
+    pub channels: u32,
+    /// Training images used; 0 = all (synthetic: 10,000 generated).
+    pub train_images: usize,
+    /// Fixed eval subset (the first images of the test split).
+    pub eval_images: usize,
+}
+
+impl Default for DataConfig {
+    fn default() -> Self {
+        Self {
+            dataset: DatasetKind::FashionMnist,
+            path: String::new(),
+            image_size: 0,
+            channels: 0,
+            train_images: 0,
+            eval_images: 10_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Variant {
+    Vqvae,
+    Vqgan,
+}
+
+impl Variant {
+    pub fn name(self) -> &'static str {
+        match self {
+            Variant::Vqvae => "vqvae",
+            Variant::Vqgan => "vqgan",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelConfig {
+    pub variant: Variant,
+    pub hidden_channels: u32,
+    pub res_channels: u32,
+    pub res_blocks: u32,
+    /// Number of stride-2 stages: 28 -> 7 with 2.
+    pub downsample: u32,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        Self {
+            variant: Variant::Vqvae,
+            hidden_channels: 128,
+            res_channels: 32,
+            res_blocks: 2,
+            downsample: 2,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QuantizerKind {
+    Vq,
+    Ema,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CodebookInit {
+    Random,
+    Kmeans,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QuantizerConfig {
+    pub kind: QuantizerKind,
+    pub codebook_size: u32,
+    pub embed_dim: u32,
+    /// Commitment weight, on the encoder term.
+    pub beta: f64,
+    pub ema_decay: f64,
+    pub ema_epsilon: f64,
+    pub init: CodebookInit,
+    /// Restart codes whose EMA usage falls below this (0 = off).
+    pub dead_code_threshold: f64,
+    pub l2_normalize: bool,
+    /// Factorized low-dimensional lookup (0 = off).
+    pub lookup_dim: u32,
+}
+
+impl Default for QuantizerConfig {
+    fn default() -> Self {
+        Self {
+            kind: QuantizerKind::Vq,
+            codebook_size: 512,
+            embed_dim: 64,
+            beta: 0.25,
+            ema_decay: 0.99,
+            ema_epsilon: 1e-5,
+            init: CodebookInit::Random,
+            dead_code_threshold: 0.0,
+            l2_normalize: false,
+            lookup_dim: 0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReconLoss {
+    /// MSE for vqvae, L1 for vqgan (taming's choice); resolved per run.
+    Auto,
+    Mse,
+    L1,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DiscLoss {
+    Hinge,
+    Vanilla,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LossConfig {
+    pub recon: ReconLoss,
+    pub codebook_weight: f64,
+    /// VQ-GAN only: weight of the adversarial term.
+    pub disc_weight: f64,
+    /// Step at which the adversarial term switches on.
+    pub disc_start: u64,
+    pub disc_loss: DiscLoss,
+    /// taming's calculate_adaptive_weight.
+    pub adaptive_weight: bool,
+    /// LPIPS weight; needs weights that are not available offline, so 0.
+    pub perceptual_weight: f64,
+    /// Discriminator conv layers; 0 = as many as keep the patch map at least 2×2.
+    pub disc_layers: u32,
+    pub disc_channels: u32,
+}
+
+impl Default for LossConfig {
+    fn default() -> Self {
+        Self {
+            recon: ReconLoss::Auto,
+            codebook_weight: 1.0,
+            disc_weight: 0.8,
+            disc_start: 2000,
+            disc_loss: DiscLoss::Hinge,
+            adaptive_weight: true,
+            perceptual_weight: 0.0,
+            disc_layers: 0,
+            disc_channels: 64,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainConfig {
+    pub steps: u64,
+    pub batch_size: usize,
+    pub lr: f64,
+    pub betas: [f64; 2],
+    pub log_every: u64,
+    pub eval_every: u64,
+    pub checkpoint_every: u64,
+    pub seed: u64,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            steps: 5000,
+            batch_size: 128,
+            lr: 2e-4,
+            betas: [0.5, 0.9],
+            log_every: 50,
+            eval_every: 1000,
+            checkpoint_every: 1000,
+            seed: 0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EvalConfig {
+    /// rFID + KID with the dataset's feature network.
+    pub fid: bool,
+    pub kid_subsets: u32,
+    pub kid_subset_size: u32,
+    pub batch_size: usize,
+    /// Eval images shown in reconstruction grids.
+    pub sample_images: u32,
+}
+
+impl Default for EvalConfig {
+    fn default() -> Self {
+        Self {
+            fid: true,
+            kid_subsets: 100,
+            kid_subset_size: 1000,
+            batch_size: 500,
+            sample_images: 16,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceKind {
+    Auto,
+    Cpu,
+    Cuda,
+}
+
+/// `"all"` or a list of GPU indices.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum GpuSelection {
+    Named(GpuAll),
+    List(Vec<u32>),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GpuAll {
+    All,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HardwareConfig {
+    pub device: DeviceKind,
+    pub gpus: GpuSelection,
+    /// Pack several small runs on one GPU.
+    pub runs_per_gpu: u32,
+    /// Concurrent runs on CPU.
+    pub cpu_slots: u32,
+    /// 0 = cores / concurrent runs.
+    pub threads_per_run: u32,
+}
+
+impl Default for HardwareConfig {
+    fn default() -> Self {
+        Self {
+            device: DeviceKind::Auto,
+            gpus: GpuSelection::Named(GpuAll::All),
+            runs_per_gpu: 1,
+            cpu_slots: 1,
+            threads_per_run: 0,
+        }
+    }
+}
+
+/// Sweep values are kept as JSON values: any scalar or list an experiment key accepts.
+pub type SweepAxes = BTreeMap<String, Vec<serde_json::Value>>;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct SweepConfig {
+    /// Each seed repeats every cell (sets `train.seed`).
+    pub seeds: Vec<u64>,
+    /// Cartesian product over dotted keys.
+    pub grid: SweepAxes,
+    /// Lists of equal length, varied together.
+    pub zip: SweepAxes,
+}
+
+impl SweepConfig {
+    pub fn is_empty(&self) -> bool {
+        self.seeds.is_empty() && self.grid.is_empty() && self.zip.is_empty()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LauncherKind {
+    Local,
+    Slurm,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LauncherConfig {
+    pub kind: LauncherKind,
+    /// Attempts per run before it stays failed.
+    pub max_attempts: u32,
+    pub slurm: SlurmConfig,
+}
+
+impl Default for LauncherConfig {
+    fn default() -> Self {
+        Self {
+            kind: LauncherKind::Local,
+            max_attempts: 3,
+            slurm: SlurmConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SlurmConfig {
+    pub partition: String,
+    pub time: String,
+    pub gres: String,
+    pub cpus_per_task: u32,
+    pub mem: String,
+    /// Array throttle (`%N`); 0 = no limit.
+    pub max_parallel: u32,
+    /// Extra `#SBATCH` lines, verbatim.
+    pub extra: Vec<String>,
+}
+
+impl Default for SlurmConfig {
+    fn default() -> Self {
+        Self {
+            partition: String::new(),
+            time: "04:00:00".into(),
+            gres: String::new(),
+            cpus_per_task: 2,
+            mem: String::new(),
+            max_parallel: 0,
+            extra: Vec::new(),
+        }
+    }
+}

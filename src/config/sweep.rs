@@ -1,0 +1,391 @@
+//! Sweep expansion (grid × zip × seeds) into fully resolved run configs, and the one function
+//! that maps a run config to its id and directory name.
+
+use std::collections::BTreeMap;
+
+use figment::Figment;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use super::load::{parse_sweep_arg, KeyOverride, Layers};
+use super::schema::{ExperimentConfig, SweepAxes};
+use super::validate::{resolve, validate};
+use crate::error::InputError;
+
+/// Keys that never change a run's result: excluded from its id, so changing them (more CPU
+/// slots, a different log cadence, another data path) keeps every run's directory.
+pub const NON_RESULT_KEYS: &[&str] = &[
+    "experiment",
+    "sweep",
+    "launcher",
+    "hardware",
+    "data.path",
+    "train.log_every",
+    "train.eval_every",
+    "train.checkpoint_every",
+    "eval.batch_size",
+    "eval.sample_images",
+];
+
+/// Sections a sweep may not vary (they name or drive the sweep itself).
+const UNSWEEPABLE: &[&str] = &["experiment", "sweep", "launcher"];
+
+/// One cell of a sweep: its resolved config, id and the values that make it a cell.
+#[derive(Debug, Clone, Serialize)]
+pub struct PlannedRun {
+    pub id: String,
+    pub dir_name: String,
+    /// Swept keys and their values in this cell (seed included when seeds are swept).
+    pub cell: BTreeMap<String, serde_json::Value>,
+    #[serde(skip)]
+    pub config: ExperimentConfig,
+}
+
+/// A whole expanded sweep.
+#[derive(Debug, Clone)]
+pub struct Sweep {
+    pub name: String,
+    /// The configuration before expansion (provenance: `experiment.toml`).
+    pub base: ExperimentConfig,
+    pub runs: Vec<PlannedRun>,
+}
+
+/// The run id: a short hash of the canonical JSON of the result-relevant config.
+pub fn run_id(cfg: &ExperimentConfig) -> String {
+    let mut value = serde_json::to_value(cfg).expect("a config always serializes to JSON");
+    for key in NON_RESULT_KEYS {
+        remove_key(&mut value, key);
+    }
+    let canonical = canonical_json(&value);
+    let digest = Sha256::digest(canonical.as_bytes());
+    digest.iter().take(4).map(|b| format!("{b:02x}")).collect()
+}
+
+/// The readable directory name of a run: `vqgan-K1024-s0-<id>`.
+pub fn run_dir_name(cfg: &ExperimentConfig, id: &str) -> String {
+    format!(
+        "{}-K{}-s{}-{}",
+        cfg.model.variant.name(),
+        cfg.quantizer.codebook_size,
+        cfg.train.seed,
+        id
+    )
+}
+
+/// JSON with object keys sorted, whatever serde_json's map ordering feature says.
+fn canonical_json(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::Object(map) => {
+            let mut keys: Vec<&String> = map.keys().collect();
+            keys.sort();
+            let items: Vec<String> = keys
+                .iter()
+                .map(|k| {
+                    format!(
+                        "{}:{}",
+                        serde_json::Value::String((*k).clone()),
+                        canonical_json(&map[*k])
+                    )
+                })
+                .collect();
+            format!("{{{}}}", items.join(","))
+        }
+        serde_json::Value::Array(items) => format!(
+            "[{}]",
+            items
+                .iter()
+                .map(canonical_json)
+                .collect::<Vec<_>>()
+                .join(",")
+        ),
+        other => other.to_string(),
+    }
+}
+
+fn remove_key(v: &mut serde_json::Value, dotted: &str) {
+    let mut parts: Vec<&str> = dotted.split('.').collect();
+    let last = parts.pop().unwrap_or_default();
+    let mut cur = v;
+    for p in parts {
+        match cur.get_mut(p) {
+            Some(next) => cur = next,
+            None => return,
+        }
+    }
+    if let Some(obj) = cur.as_object_mut() {
+        obj.remove(last);
+    }
+}
+
+/// Does a dotted key name a leaf (a value, not a section) of the schema?
+fn is_leaf_key(defaults: &serde_json::Value, dotted: &str) -> bool {
+    let mut cur = defaults;
+    for p in dotted.split('.') {
+        match cur.get(p) {
+            Some(next) => cur = next,
+            None => return false,
+        }
+    }
+    !cur.is_object()
+}
+
+struct Axis {
+    key: String,
+    values: Vec<serde_json::Value>,
+    origin: String,
+}
+
+/// Expand the layered configuration plus `--sweep` arguments into resolved runs.
+pub fn expand(layers: &Layers, cli_sweeps: &[String]) -> Result<Sweep, InputError> {
+    let (base, base_fig) = layers.extract_with(&[])?;
+    let file = layers.file.display().to_string();
+    let defaults = serde_json::to_value(ExperimentConfig::default()).expect("defaults serialize");
+
+    let grid_origin = layers.origin_of(&base_fig, "sweep.grid");
+    let zip_origin = layers.origin_of(&base_fig, "sweep.zip");
+    let mut grid: Vec<Axis> = axes(&base.sweep.grid, &grid_origin);
+    for arg in cli_sweeps {
+        let (key, values) = parse_sweep_arg(arg)?;
+        grid.retain(|a| a.key != key);
+        grid.push(Axis {
+            key,
+            values,
+            origin: format!("--sweep {arg}"),
+        });
+    }
+    let zip: Vec<Axis> = axes(&base.sweep.zip, &zip_origin);
+
+    for (section, axis) in grid
+        .iter()
+        .map(|a| ("sweep.grid", a))
+        .chain(zip.iter().map(|a| ("sweep.zip", a)))
+    {
+        let key = format!("{section}.\"{}\"", axis.key);
+        if UNSWEEPABLE
+            .iter()
+            .any(|s| axis.key == *s || axis.key.starts_with(&format!("{s}.")))
+        {
+            return Err(InputError::config(
+                &axis.origin,
+                key,
+                "this section cannot be swept (it names or drives the sweep itself)",
+            ));
+        }
+        if !is_leaf_key(&defaults, &axis.key) {
+            return Err(InputError::config(
+                &axis.origin,
+                key,
+                format!("`{}` is not an experiment key; sweep keys are dotted keys such as quantizer.codebook_size", axis.key),
+            ));
+        }
+        if axis.values.is_empty() {
+            return Err(InputError::config(
+                &axis.origin,
+                key,
+                "expected a non-empty list of values",
+            ));
+        }
+    }
+    if let Some(first) = zip.first() {
+        if let Some(other) = zip.iter().find(|a| a.values.len() != first.values.len()) {
+            return Err(InputError::config(
+                &first.origin,
+                "sweep.zip",
+                format!(
+                    "lists of unequal length: `{}` has {} values but `{}` has {}; zip varies lists together, so they need the same length",
+                    first.key,
+                    first.values.len(),
+                    other.key,
+                    other.values.len()
+                ),
+            ));
+        }
+        if let Some(a) = zip.iter().find(|z| grid.iter().any(|g| g.key == z.key)) {
+            return Err(InputError::config(
+                &a.origin,
+                "sweep.zip",
+                format!("`{}` is both in grid and zip; use one", a.key),
+            ));
+        }
+    }
+
+    // Cells: grid cartesian product (keys in order), then zip rows, seeds innermost.
+    let mut cells: Vec<Vec<(&Axis, &serde_json::Value)>> = vec![vec![]];
+    for axis in &grid {
+        cells = cells
+            .into_iter()
+            .flat_map(|cell| {
+                axis.values.iter().map(move |v| {
+                    let mut c = cell.clone();
+                    c.push((axis, v));
+                    c
+                })
+            })
+            .collect();
+    }
+    if let Some(first) = zip.first() {
+        let n = first.values.len();
+        cells = cells
+            .into_iter()
+            .flat_map(|cell| {
+                let zip = &zip;
+                (0..n).map(move |i| {
+                    let mut c = cell.clone();
+                    c.extend(zip.iter().map(|a| (a, &a.values[i])));
+                    c
+                })
+            })
+            .collect();
+    }
+    let seed_origin = layers.origin_of(&base_fig, "sweep.seeds");
+    let seeds: Vec<Option<u64>> = if base.sweep.seeds.is_empty() {
+        vec![None]
+    } else {
+        base.sweep.seeds.iter().map(|s| Some(*s)).collect()
+    };
+
+    let mut runs = Vec::new();
+    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+    let mut problems: Vec<String> = Vec::new();
+    let mut problem_errors: Vec<InputError> = Vec::new();
+    for cell in &cells {
+        for seed in &seeds {
+            let mut overrides = Vec::new();
+            let mut shown = BTreeMap::new();
+            for (axis, value) in cell {
+                let toml_value = json_to_toml(value).ok_or_else(|| {
+                    InputError::config(
+                        &axis.origin,
+                        format!("sweep \"{}\"", axis.key),
+                        format!("value {value} cannot be used (null or mixed list)"),
+                    )
+                })?;
+                overrides.push(KeyOverride {
+                    key: axis.key.clone(),
+                    value: toml_value,
+                    origin: axis.origin.clone(),
+                });
+                shown.insert(axis.key.clone(), (*value).clone());
+            }
+            if let Some(seed) = seed {
+                overrides.push(KeyOverride {
+                    key: "train.seed".into(),
+                    value: toml::Value::Integer(*seed as i64),
+                    origin: seed_origin.clone(),
+                });
+                shown.insert("train.seed".into(), serde_json::json!(seed));
+            }
+            let (mut cfg, fig) = layers.extract_with(&overrides)?;
+            resolve(&mut cfg);
+            let origin = |key: &str| origin_in(layers, &fig, &overrides, key, &file);
+            if let Err(e) = validate(&cfg, &origin) {
+                // The same problem in many cells is reported once.
+                let text = e.to_string();
+                if !problems.contains(&text) {
+                    problems.push(text);
+                    problem_errors.push(e);
+                }
+                continue;
+            }
+            let id = run_id(&cfg);
+            if let Some(prev) = seen.get(&id) {
+                let prev_cell: &PlannedRun = &runs[*prev];
+                return Err(InputError::config(
+                    file.clone(),
+                    "sweep",
+                    format!(
+                        "two cells resolve to the same run {id} ({} and {}); keys such as paths, hardware and logging cadence do not change a run, so sweeping them repeats it",
+                        describe_cell(&prev_cell.cell),
+                        describe_cell(&shown)
+                    ),
+                ));
+            }
+            seen.insert(id.clone(), runs.len());
+            let dir_name = run_dir_name(&cfg, &id);
+            runs.push(PlannedRun {
+                id,
+                dir_name,
+                cell: shown,
+                config: cfg,
+            });
+        }
+    }
+    if !problem_errors.is_empty() {
+        return Err(if problem_errors.len() == 1 {
+            problem_errors.remove(0)
+        } else {
+            InputError::Many(problem_errors)
+        });
+    }
+    Ok(Sweep {
+        name: base.experiment.name.clone(),
+        base,
+        runs,
+    })
+}
+
+/// A key's origin in a cell: the sweep axis that set it, else the layers below.
+fn origin_in(
+    layers: &Layers,
+    fig: &Figment,
+    overrides: &[KeyOverride],
+    key: &str,
+    _file: &str,
+) -> String {
+    if let Some(o) = overrides.iter().rev().find(|o| o.key == key) {
+        return o.origin.clone();
+    }
+    layers.origin_of(fig, key)
+}
+
+fn axes(map: &SweepAxes, origin: &str) -> Vec<Axis> {
+    map.iter()
+        .map(|(k, v)| Axis {
+            key: k.clone(),
+            values: v.clone(),
+            origin: origin.to_string(),
+        })
+        .collect()
+}
+
+fn describe_cell(cell: &BTreeMap<String, serde_json::Value>) -> String {
+    if cell.is_empty() {
+        return "the base config".into();
+    }
+    cell.iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn json_to_toml(v: &serde_json::Value) -> Option<toml::Value> {
+    if v.is_null() {
+        return None;
+    }
+    toml::Value::try_from(v).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn canonical_json_sorts_keys() {
+        let v = serde_json::json!({"b": 1, "a": {"d": [1, 2], "c": "x"}});
+        assert_eq!(canonical_json(&v), r#"{"a":{"c":"x","d":[1,2]},"b":1}"#);
+    }
+
+    #[test]
+    fn ids_ignore_non_result_keys_only() {
+        let base = ExperimentConfig::default();
+        let mut slots = base.clone();
+        slots.hardware.cpu_slots = 7;
+        slots.train.log_every = 3;
+        slots.data.path = "/elsewhere".into();
+        assert_eq!(run_id(&base), run_id(&slots));
+        let mut k = base.clone();
+        k.quantizer.codebook_size = 1024;
+        assert_ne!(run_id(&base), run_id(&k));
+        assert_eq!(run_id(&base).len(), 8);
+    }
+}

@@ -1,0 +1,282 @@
+//! Checks of impossible values and cross-key constraints, and the resolution of "auto"
+//! values (dataset paths, native sizes, recon loss) into the concrete values a run uses.
+
+use super::schema::*;
+use crate::error::InputError;
+
+/// Fill in the values that depend on other keys, so that `config.toml` of a run says exactly
+/// what ran: the dataset path and native size, the recon loss per variant, an empty sweep.
+pub fn resolve(cfg: &mut ExperimentConfig) {
+    let kind = cfg.data.dataset;
+    if cfg.data.path.is_empty() {
+        cfg.data.path = kind.default_path().to_string();
+    }
+    if let Some((c, side)) = kind.native_shape() {
+        if cfg.data.image_size == 0 {
+            cfg.data.image_size = side;
+        }
+        if cfg.data.channels == 0 {
+            cfg.data.channels = c;
+        }
+    } else if cfg.data.channels == 0 {
+        cfg.data.channels = 3;
+    }
+    if cfg.loss.recon == ReconLoss::Auto {
+        cfg.loss.recon = match cfg.model.variant {
+            Variant::Vqvae => ReconLoss::Mse,
+            Variant::Vqgan => ReconLoss::L1,
+        };
+    }
+    cfg.sweep = SweepConfig::default();
+}
+
+/// Is `name` usable as one directory component under the runs dir?
+pub fn check_dir_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("must not be empty".into());
+    }
+    if name.starts_with('.') {
+        return Err(format!("\"{name}\" must not start with `.`"));
+    }
+    if name.len() > 100 {
+        return Err("must be at most 100 characters".into());
+    }
+    if let Some(bad) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
+    {
+        return Err(format!("\"{name}\" contains {bad:?}; use letters, digits, `-`, `_` and `.` only (it names a directory)"));
+    }
+    Ok(())
+}
+
+/// Every problem of a resolved run configuration, each with its key; `origin` names where a
+/// key's value came from.
+pub fn validate(cfg: &ExperimentConfig, origin: &dyn Fn(&str) -> String) -> Result<(), InputError> {
+    let mut issues: Vec<(&'static str, String)> = Vec::new();
+    let mut bad = |key: &'static str, msg: String| issues.push((key, msg));
+
+    if let Err(msg) = check_dir_name(&cfg.experiment.name) {
+        bad("experiment.name", msg);
+    }
+
+    // Data.
+    let d = &cfg.data;
+    if d.dataset == DatasetKind::Folder && d.path.is_empty() {
+        bad(
+            "data.path",
+            "the folder dataset needs a path to a directory of PNG/JPEG images".into(),
+        );
+    }
+    if d.dataset == DatasetKind::Folder && d.image_size == 0 {
+        bad(
+            "data.image_size",
+            "the folder dataset needs an explicit image_size (images are resized to it)".into(),
+        );
+    }
+    if !matches!(d.channels, 0 | 1 | 3) {
+        bad(
+            "data.channels",
+            format!("expected 1 (grayscale) or 3 (RGB), found {}", d.channels),
+        );
+    }
+    if d.eval_images == 0 {
+        bad(
+            "data.eval_images",
+            "expected at least 1 eval image, found 0".into(),
+        );
+    }
+    let m = &cfg.model;
+    if m.downsample == 0 || m.downsample > 6 {
+        bad(
+            "model.downsample",
+            format!("expected 1 to 6 stride-2 stages, found {}", m.downsample),
+        );
+    } else if d.image_size != 0 {
+        let factor = 1u32 << m.downsample;
+        if d.image_size % factor != 0 {
+            bad(
+                "data.image_size",
+                format!(
+                    "{} is not divisible by 2^downsample = {factor} (model.downsample = {}); use a multiple of {factor} or change model.downsample",
+                    d.image_size, m.downsample
+                ),
+            );
+        }
+        if d.image_size < 4 || d.image_size > 1024 {
+            bad(
+                "data.image_size",
+                format!("expected 4 to 1024 pixels, found {}", d.image_size),
+            );
+        }
+    }
+
+    // Model.
+    if m.hidden_channels < 2 || m.hidden_channels % 2 != 0 {
+        bad(
+            "model.hidden_channels",
+            format!("expected an even number ≥ 2, found {}", m.hidden_channels),
+        );
+    }
+    if m.res_channels == 0 {
+        bad("model.res_channels", "expected at least 1, found 0".into());
+    }
+    if m.res_blocks > 32 {
+        bad(
+            "model.res_blocks",
+            format!("expected at most 32, found {}", m.res_blocks),
+        );
+    }
+
+    // Quantizer.
+    let q = &cfg.quantizer;
+    if q.codebook_size == 0 {
+        bad(
+            "quantizer.codebook_size",
+            "expected at least 1 code, found 0".into(),
+        );
+    } else if q.codebook_size > 1 << 20 {
+        bad(
+            "quantizer.codebook_size",
+            format!("expected at most 1048576 codes, found {}", q.codebook_size),
+        );
+    }
+    if q.embed_dim == 0 {
+        bad("quantizer.embed_dim", "expected at least 1, found 0".into());
+    }
+    if q.lookup_dim > q.embed_dim {
+        bad(
+            "quantizer.lookup_dim",
+            format!(
+                "expected at most embed_dim = {}, found {}",
+                q.embed_dim, q.lookup_dim
+            ),
+        );
+    }
+    nonneg(&mut bad, "quantizer.beta", q.beta);
+    if !(q.ema_decay > 0.0 && q.ema_decay < 1.0) {
+        bad(
+            "quantizer.ema_decay",
+            format!("expected a number in (0, 1), found {}", q.ema_decay),
+        );
+    }
+    if !(q.ema_epsilon.is_finite() && q.ema_epsilon > 0.0) {
+        bad(
+            "quantizer.ema_epsilon",
+            format!("expected a positive number, found {}", q.ema_epsilon),
+        );
+    }
+    nonneg(
+        &mut bad,
+        "quantizer.dead_code_threshold",
+        q.dead_code_threshold,
+    );
+
+    // Loss.
+    let l = &cfg.loss;
+    nonneg(&mut bad, "loss.codebook_weight", l.codebook_weight);
+    nonneg(&mut bad, "loss.disc_weight", l.disc_weight);
+    nonneg(&mut bad, "loss.perceptual_weight", l.perceptual_weight);
+    if l.perceptual_weight > 0.0 {
+        bad(
+            "loss.perceptual_weight",
+            "LPIPS weights are not available offline and vqlab ships none; keep loss.perceptual_weight = 0".into(),
+        );
+    }
+    if l.disc_channels == 0 {
+        bad("loss.disc_channels", "expected at least 1, found 0".into());
+    }
+    if l.disc_layers > 8 {
+        bad(
+            "loss.disc_layers",
+            format!("expected 0 (auto) to 8, found {}", l.disc_layers),
+        );
+    }
+
+    // Train.
+    let t = &cfg.train;
+    if t.steps == 0 {
+        bad("train.steps", "expected at least 1 step, found 0".into());
+    }
+    if t.batch_size == 0 {
+        bad("train.batch_size", "expected at least 1, found 0".into());
+    }
+    if !(t.lr.is_finite() && t.lr > 0.0) {
+        bad(
+            "train.lr",
+            format!("expected a positive finite learning rate, found {}", t.lr),
+        );
+    }
+    for (i, b) in t.betas.iter().enumerate() {
+        if !(0.0..1.0).contains(b) {
+            bad(
+                "train.betas",
+                format!("expected both Adam betas in [0, 1), found betas[{i}] = {b}"),
+            );
+        }
+    }
+    for (key, v) in [
+        ("train.log_every", t.log_every),
+        ("train.eval_every", t.eval_every),
+        ("train.checkpoint_every", t.checkpoint_every),
+    ] {
+        if v == 0 {
+            bad(key, "expected at least 1 step, found 0".into());
+        }
+    }
+
+    // Eval.
+    let e = &cfg.eval;
+    if e.kid_subsets == 0 {
+        bad("eval.kid_subsets", "expected at least 1, found 0".into());
+    }
+    if e.kid_subset_size < 2 {
+        bad(
+            "eval.kid_subset_size",
+            format!(
+                "expected at least 2 (KID is unbiased over pairs), found {}",
+                e.kid_subset_size
+            ),
+        );
+    }
+    if e.batch_size == 0 {
+        bad("eval.batch_size", "expected at least 1, found 0".into());
+    }
+
+    // Hardware and launcher.
+    let h = &cfg.hardware;
+    if h.runs_per_gpu == 0 {
+        bad(
+            "hardware.runs_per_gpu",
+            "expected at least 1, found 0".into(),
+        );
+    }
+    if h.cpu_slots == 0 {
+        bad("hardware.cpu_slots", "expected at least 1, found 0".into());
+    }
+    if cfg.launcher.max_attempts == 0 {
+        bad(
+            "launcher.max_attempts",
+            "expected at least 1, found 0".into(),
+        );
+    }
+
+    if issues.is_empty() {
+        return Ok(());
+    }
+    let mut errs: Vec<InputError> = issues
+        .into_iter()
+        .map(|(key, msg)| InputError::config(origin(key), key, msg))
+        .collect();
+    Err(if errs.len() == 1 {
+        errs.remove(0)
+    } else {
+        InputError::Many(errs)
+    })
+}
+
+fn nonneg(bad: &mut impl FnMut(&'static str, String), key: &'static str, v: f64) {
+    if !(v.is_finite() && v >= 0.0) {
+        bad(key, format!("expected a finite number ≥ 0, found {v}"));
+    }
+}

@@ -1,0 +1,139 @@
+//! PatchGAN discriminator (pix2pix NLayerDiscriminator as used by taming-transformers):
+//! 4×4 convolutions, LeakyReLU 0.2, N(0, 0.02) weights, a patch map of logits.
+//!
+//! Normalisation is taming's ActNorm option, not BatchNorm: ActNorm is an affine per channel
+//! initialised from the first real batch and then trained, so it keeps no running statistics.
+//! A VQ-GAN step runs the discriminator several times (fake for the generator, real and fake
+//! for itself); candle's BatchNorm would update its running statistics on every one of those
+//! passes and mix real and fake batch statistics.
+
+use std::cell::Cell;
+
+use candle_core::{Result, Tensor, Var};
+
+use super::layers::{leaky_relu, Conv2d};
+use super::params::{Init, ParamStore};
+
+#[derive(Debug, Clone)]
+struct ActNorm {
+    loc: Var,
+    scale: Var,
+    initialized_flag: Var,
+    initialized: Cell<bool>,
+}
+
+impl ActNorm {
+    fn new(ps: &mut ParamStore, name: &str, c: usize) -> Result<Self> {
+        ps.param(&format!("{name}.loc"), &[1, c, 1, 1], Init::Const(0.0))?;
+        ps.param(&format!("{name}.scale"), &[1, c, 1, 1], Init::Const(1.0))?;
+        let initialized_flag = ps.buffer(&format!("{name}.initialized"), &[1], Init::Const(0.0))?;
+        let get = |n: &str| {
+            ps.get(&format!("{name}.{n}"))
+                .expect("just created")
+                .clone()
+        };
+        Ok(ActNorm {
+            loc: get("loc"),
+            scale: get("scale"),
+            initialized_flag,
+            initialized: Cell::new(false),
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if !self.initialized.get() {
+            // Data-dependent init: zero mean, unit variance per channel on this batch.
+            let x = x.detach();
+            let mean = x.mean_keepdim(0)?.mean_keepdim(2)?.mean_keepdim(3)?;
+            let var = x
+                .broadcast_sub(&mean)?
+                .sqr()?
+                .mean_keepdim(0)?
+                .mean_keepdim(2)?
+                .mean_keepdim(3)?;
+            self.loc.set(&mean.neg()?)?;
+            self.scale.set(&(var.sqrt()? + 1e-6)?.recip()?)?;
+            self.initialized_flag
+                .set(&Tensor::ones(1, candle_core::DType::F32, x.device())?)?;
+            self.initialized.set(true);
+        }
+        x.broadcast_add(self.loc.as_tensor())?
+            .broadcast_mul(self.scale.as_tensor())
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Discriminator {
+    first: Conv2d,
+    blocks: Vec<(Conv2d, ActNorm)>,
+    last: Conv2d,
+    pub n_layers: usize,
+}
+
+/// As many stride-2 layers as keep the patch map at least 2×2 (at most 3, pix2pix's default).
+pub fn auto_layers(side: usize) -> usize {
+    let mut n = 1;
+    while n < 3 && side >> (n + 1) >= 4 {
+        n += 1;
+    }
+    n
+}
+
+impl Discriminator {
+    pub fn new(
+        ps: &mut ParamStore,
+        channels: usize,
+        side: usize,
+        ndf: usize,
+        layers: usize,
+    ) -> Result<Self> {
+        let n_layers = if layers == 0 {
+            auto_layers(side)
+        } else {
+            layers
+        };
+        let w = Init::Normal {
+            mean: 0.0,
+            std: 0.02,
+        };
+        let first = Conv2d::with_init(ps, "disc.conv0", channels, ndf, 4, 2, 1, w, true)?;
+        let mut blocks = Vec::new();
+        let mut mult = 1;
+        for i in 1..=n_layers {
+            let prev = mult;
+            mult = (1 << i).min(8);
+            let stride = if i == n_layers { 1 } else { 2 };
+            let name = format!("disc.conv{i}");
+            let conv =
+                Conv2d::with_init(ps, &name, ndf * prev, ndf * mult, 4, stride, 1, w, false)?;
+            let norm = ActNorm::new(ps, &format!("disc.norm{i}"), ndf * mult)?;
+            blocks.push((conv, norm));
+        }
+        let last = Conv2d::with_init(ps, "disc.out", ndf * mult, 1, 4, 1, 1, w, true)?;
+        Ok(Discriminator {
+            first,
+            blocks,
+            last,
+            n_layers,
+        })
+    }
+
+    /// Logits per patch, (B, 1, h, w).
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let mut h = leaky_relu(&self.first.forward(x)?, 0.2)?;
+        for (conv, norm) in &self.blocks {
+            h = leaky_relu(&norm.forward(&conv.forward(&h)?)?, 0.2)?;
+        }
+        self.last.forward(&h)
+    }
+
+    /// After loading a checkpoint: ActNorm layers that were initialised stay so.
+    pub fn sync_initialized(&self) -> Result<()> {
+        for (_, norm) in &self.blocks {
+            let v = norm.initialized_flag.as_tensor().to_vec1::<f32>()?;
+            norm.initialized
+                .set(v.first().copied().unwrap_or(0.0) > 0.5);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,149 @@
+//! The layers the models are built from, as plain structs holding their tensors.
+
+use candle_core::{Result, Tensor};
+
+use super::params::{torch_default, Init, ParamStore};
+
+/// 2-D convolution with optional bias.
+#[derive(Debug, Clone)]
+pub struct Conv2d {
+    pub weight: Tensor,
+    pub bias: Option<Tensor>,
+    pub stride: usize,
+    pub padding: usize,
+}
+
+impl Conv2d {
+    /// PyTorch's default initialisation.
+    pub fn new(
+        ps: &mut ParamStore,
+        name: &str,
+        c_in: usize,
+        c_out: usize,
+        k: usize,
+        stride: usize,
+        padding: usize,
+    ) -> Result<Self> {
+        let init = torch_default(c_in * k * k);
+        let weight = ps.param(&format!("{name}.weight"), &[c_out, c_in, k, k], init)?;
+        let bias = Some(ps.param(&format!("{name}.bias"), &[c_out], init)?);
+        Ok(Conv2d {
+            weight,
+            bias,
+            stride,
+            padding,
+        })
+    }
+
+    /// Weights from a given distribution, bias optional (the GAN discriminator's init).
+    #[allow(clippy::too_many_arguments)]
+    pub fn with_init(
+        ps: &mut ParamStore,
+        name: &str,
+        c_in: usize,
+        c_out: usize,
+        k: usize,
+        stride: usize,
+        padding: usize,
+        init: Init,
+        bias: bool,
+    ) -> Result<Self> {
+        let weight = ps.param(&format!("{name}.weight"), &[c_out, c_in, k, k], init)?;
+        let bias = if bias {
+            Some(ps.param(&format!("{name}.bias"), &[c_out], Init::Const(0.0))?)
+        } else {
+            None
+        };
+        Ok(Conv2d {
+            weight,
+            bias,
+            stride,
+            padding,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let y = x.conv2d(&self.weight, self.padding, self.stride, 1, 1)?;
+        match &self.bias {
+            Some(b) => y.broadcast_add(&b.reshape((1, b.dim(0)?, 1, 1))?),
+            None => Ok(y),
+        }
+    }
+}
+
+/// 2-D transposed convolution (weight layout: in, out, k, k).
+#[derive(Debug, Clone)]
+pub struct ConvTranspose2d {
+    pub weight: Tensor,
+    pub bias: Tensor,
+    pub stride: usize,
+    pub padding: usize,
+}
+
+impl ConvTranspose2d {
+    pub fn new(
+        ps: &mut ParamStore,
+        name: &str,
+        c_in: usize,
+        c_out: usize,
+        k: usize,
+        stride: usize,
+        padding: usize,
+    ) -> Result<Self> {
+        // PyTorch computes fan_in of a transposed conv from weight.size(1) = c_out.
+        let init = torch_default(c_out * k * k);
+        let weight = ps.param(&format!("{name}.weight"), &[c_in, c_out, k, k], init)?;
+        let bias = ps.param(&format!("{name}.bias"), &[c_out], init)?;
+        Ok(ConvTranspose2d {
+            weight,
+            bias,
+            stride,
+            padding,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let y = x.conv_transpose2d(&self.weight, self.padding, 0, self.stride, 1)?;
+        y.broadcast_add(&self.bias.reshape((1, self.bias.dim(0)?, 1, 1))?)
+    }
+}
+
+/// Sonnet's residual stack: each block is x + conv1×1(relu(conv3×3(relu(x)))), then a relu.
+#[derive(Debug, Clone)]
+pub struct ResidualStack {
+    blocks: Vec<(Conv2d, Conv2d)>,
+}
+
+impl ResidualStack {
+    pub fn new(
+        ps: &mut ParamStore,
+        name: &str,
+        hidden: usize,
+        res: usize,
+        n: usize,
+    ) -> Result<Self> {
+        let blocks = (0..n)
+            .map(|i| {
+                Ok((
+                    Conv2d::new(ps, &format!("{name}.{i}.conv3"), hidden, res, 3, 1, 1)?,
+                    Conv2d::new(ps, &format!("{name}.{i}.conv1"), res, hidden, 1, 1, 0)?,
+                ))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(ResidualStack { blocks })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let mut h = x.clone();
+        for (c3, c1) in &self.blocks {
+            let r = c1.forward(&c3.forward(&h.relu()?)?.relu()?)?;
+            h = (h + r)?;
+        }
+        h.relu()
+    }
+}
+
+pub fn leaky_relu(x: &Tensor, slope: f64) -> Result<Tensor> {
+    // max(x, slope·x) for 0 < slope < 1.
+    x.maximum(&(x * slope)?)
+}

@@ -1,0 +1,166 @@
+//! Models: the quantizer, encoder/decoder blocks, the PatchGAN discriminator, and the
+//! assembled variants (VQ-VAE = autoencoder + quantizer; VQ-GAN adds the discriminator).
+//! Model code returns `candle_core::Result`; losses and steps live in `train`.
+
+pub mod autoencoder;
+pub mod discriminator;
+pub mod layers;
+pub mod params;
+pub mod quantizer;
+
+use candle_core::{Device, Result, Tensor};
+
+pub use autoencoder::{Decoder, Encoder};
+pub use discriminator::Discriminator;
+pub use params::{Init, ParamStore};
+pub use quantizer::{Quantized, Quantizer};
+
+use crate::config::{ExperimentConfig, Variant};
+
+/// A VQ-VAE or VQ-GAN with its parameters.
+pub struct VqModel {
+    pub params: ParamStore,
+    pub encoder: Encoder,
+    pub quantizer: Quantizer,
+    pub decoder: Decoder,
+    pub discriminator: Option<Discriminator>,
+}
+
+/// Reconstruction and what the quantizer did on the way.
+pub struct Reconstruction {
+    /// Reconstructed pixels on the [0, 1] scale (not clamped).
+    pub x_hat: Tensor,
+    pub quantized: Quantized,
+}
+
+impl VqModel {
+    /// Build from a resolved config; weights drawn from `train.seed`.
+    pub fn new(cfg: &ExperimentConfig, device: &Device) -> Result<Self> {
+        let mut ps = ParamStore::new(device, cfg.train.seed);
+        let channels = cfg.data.channels as usize;
+        let embed_dim = cfg.quantizer.embed_dim as usize;
+        let encoder = Encoder::new(&mut ps, &cfg.model, channels, embed_dim)?;
+        let quantizer = Quantizer::new(&mut ps, &cfg.quantizer)?;
+        let decoder = Decoder::new(&mut ps, &cfg.model, channels, embed_dim)?;
+        let discriminator = match cfg.model.variant {
+            Variant::Vqvae => None,
+            Variant::Vqgan => Some(Discriminator::new(
+                &mut ps,
+                channels,
+                cfg.data.image_size as usize,
+                cfg.loss.disc_channels as usize,
+                cfg.loss.disc_layers as usize,
+            )?),
+        };
+        Ok(VqModel {
+            params: ps,
+            encoder,
+            quantizer,
+            decoder,
+            discriminator,
+        })
+    }
+
+    /// Encode, quantize, decode. Pixels in [0, 1]; the network sees them centred on 0.
+    pub fn reconstruct(&self, x: &Tensor, train: bool) -> Result<Reconstruction> {
+        let z = self.encoder.forward(&(x - 0.5)?)?;
+        let quantized = self.quantizer.forward(&z, train)?;
+        let x_hat = (self.decoder.forward(&quantized.z_q)? + 0.5)?;
+        Ok(Reconstruction { x_hat, quantized })
+    }
+
+    /// Parameter counts: (encoder, quantizer, decoder, discriminator).
+    pub fn parameter_counts(&self) -> [(&'static str, usize); 4] {
+        [
+            ("encoder", self.params.count("encoder.")),
+            ("quantizer", self.params.count("quantizer.")),
+            ("decoder", self.params.count("decoder.")),
+            ("discriminator", self.params.count("disc.")),
+        ]
+    }
+}
+
+/// A Mermaid flowchart of the configured model, with shapes.
+pub fn mermaid(cfg: &ExperimentConfig) -> String {
+    let c = cfg.data.channels;
+    let s = cfg.data.image_size;
+    let n = cfg.model.downsample;
+    let h = cfg.model.hidden_channels;
+    let latent = s >> n;
+    let q = &cfg.quantizer;
+    let mut out = String::from("flowchart LR\n");
+    out.push_str(&format!("  x[\"input {c}×{s}×{s}\"] --> enc\n"));
+    out.push_str("  subgraph enc[Encoder]\n    direction TB\n");
+    let mut side = s;
+    let mut prev = "x0".to_string();
+    out.push_str(&format!("    x0[\"centre: x − 0.5\"]\n"));
+    for i in 0..n {
+        side /= 2;
+        let ch = if i + 1 == n { h } else { h / 2 };
+        out.push_str(&format!(
+            "    {prev} --> d{i}[\"conv 4×4 s2 → {ch}×{side}×{side}, ReLU\"]\n"
+        ));
+        prev = format!("d{i}");
+    }
+    out.push_str(&format!(
+        "    {prev} --> c3[\"conv 3×3 → {h}\"] --> er[\"{} residual blocks (3×3 → {}, 1×1 → {h}), ReLU\"] --> pre[\"conv 1×1 → {}×{latent}×{latent}\"]\n",
+        cfg.model.res_blocks, cfg.model.res_channels, q.embed_dim
+    ));
+    out.push_str("  end\n");
+    let kind = match q.kind {
+        crate::config::QuantizerKind::Vq => "codebook + commitment loss",
+        crate::config::QuantizerKind::Ema => "EMA codebook updates",
+    };
+    let mut extras = Vec::new();
+    if q.l2_normalize {
+        extras.push("cosine codes".to_string());
+    }
+    if q.lookup_dim > 0 {
+        extras.push(format!("lookup in {} dims", q.lookup_dim));
+    }
+    let extras = if extras.is_empty() {
+        String::new()
+    } else {
+        format!(", {}", extras.join(", "))
+    };
+    out.push_str(&format!(
+        "  enc --> vq{{\"VQ: K = {}, D = {}, β = {}<br/>{kind}{extras}<br/>straight-through\"}}\n",
+        q.codebook_size, q.embed_dim, q.beta
+    ));
+    out.push_str("  vq --> dec\n  subgraph dec[Decoder]\n    direction TB\n");
+    out.push_str(&format!(
+        "    ci[\"conv 3×3 → {h}\"] --> dr[\"{} residual blocks, ReLU\"]\n",
+        cfg.model.res_blocks
+    ));
+    let mut prev = "dr".to_string();
+    let mut side = latent;
+    for i in 0..n {
+        side *= 2;
+        let ch = if i + 1 == n { c } else { h / 2 };
+        let act = if i + 1 == n { "" } else { ", ReLU" };
+        out.push_str(&format!(
+            "    {prev} --> u{i}[\"conv-transpose 4×4 s2 → {ch}×{side}×{side}{act}\"]\n"
+        ));
+        prev = format!("u{i}");
+    }
+    out.push_str("  end\n");
+    out.push_str(&format!(
+        "  dec --> xh[\"reconstruction {c}×{s}×{s} (+ 0.5)\"]\n"
+    ));
+    if cfg.model.variant == Variant::Vqgan {
+        let layers = if cfg.loss.disc_layers == 0 {
+            discriminator::auto_layers(s as usize)
+        } else {
+            cfg.loss.disc_layers as usize
+        };
+        out.push_str(&format!(
+            "  xh --> D[[\"PatchGAN: {layers} stride-2 conv layers, ActNorm, LeakyReLU 0.2\"]]\n  x --> D\n  D --> adv[\"{} loss, adaptive weight × {}\"]\n",
+            match cfg.loss.disc_loss {
+                crate::config::DiscLoss::Hinge => "hinge",
+                crate::config::DiscLoss::Vanilla => "vanilla",
+            },
+            cfg.loss.disc_weight
+        ));
+    }
+    out
+}

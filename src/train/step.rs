@@ -1,0 +1,191 @@
+//! The math of one training step per variant, kept apart from the loop that drives it.
+//! A step returns its losses as device scalars; nothing here synchronises with the host.
+
+use candle_core::{backprop::GradStore, DType, Result, Tensor, Var};
+
+use super::optim::Adam;
+use crate::config::{DiscLoss, ExperimentConfig, QuantizerKind, ReconLoss};
+use crate::model::VqModel;
+
+/// Named scalar tensors of one step (read on the host only at log steps).
+pub type StepLosses = Vec<(&'static str, Tensor)>;
+
+pub fn recon_loss(x_hat: &Tensor, x: &Tensor, kind: ReconLoss) -> Result<Tensor> {
+    let diff = (x_hat - x)?;
+    match kind {
+        ReconLoss::L1 => diff.abs()?.mean_all(),
+        ReconLoss::Mse | ReconLoss::Auto => diff.sqr()?.mean_all(),
+    }
+}
+
+/// Batch perplexity and usage from code indices (Sonnet's per-batch definition), on device.
+pub fn batch_code_stats(indices: &Tensor, k: usize) -> Result<(Tensor, Tensor)> {
+    let n = indices.dims1()?;
+    let ones = Tensor::ones(n, DType::F32, indices.device())?;
+    let counts = Tensor::zeros(k, DType::F32, indices.device())?.index_add(indices, &ones, 0)?;
+    let p = (counts.clone() / n as f64)?;
+    // p·ln p with 0·ln 0 = 0: ln of max(p, tiny) is finite and multiplied by p = 0.
+    let entropy = (p.clone() * p.clamp(1e-30, 1.0)?.log()?)?
+        .sum_all()?
+        .neg()?;
+    let perplexity = entropy.exp()?;
+    let usage = (counts.gt(0.0)?.to_dtype(DType::F32)?.sum_all()? / k as f64)?;
+    Ok((perplexity, usage))
+}
+
+/// Quantizer loss as the autoencoder optimises it: codebook term (vq kind) + β·commitment.
+fn quantizer_loss(
+    cfg: &ExperimentConfig,
+    model: &VqModel,
+    q: &crate::model::Quantized,
+) -> Result<Tensor> {
+    let commit = (&q.commit_loss * model.quantizer.beta)?;
+    match cfg.quantizer.kind {
+        QuantizerKind::Vq => commit + (&q.codebook_loss * cfg.loss.codebook_weight)?,
+        QuantizerKind::Ema => Ok(commit),
+    }
+}
+
+/// The optimizer's view of a gradient store.
+fn from_store(grads: &GradStore) -> impl FnMut(usize, &str, &Var) -> Result<Option<Tensor>> + '_ {
+    move |_, _, var| Ok(grads.get(var.as_tensor()).cloned())
+}
+
+/// VQ-VAE: loss = recon + codebook_weight·codebook + β·commitment; one Adam step.
+pub fn vqvae_step(
+    cfg: &ExperimentConfig,
+    model: &VqModel,
+    opt: &mut Adam,
+    x: &Tensor,
+    log: bool,
+) -> Result<StepLosses> {
+    let r = model.reconstruct(x, true)?;
+    let rec = recon_loss(&r.x_hat, x, cfg.loss.recon)?;
+    let loss = (&rec + quantizer_loss(cfg, model, &r.quantized)?)?;
+    let grads = loss.backward()?;
+    opt.step(from_store(&grads))?;
+    let mut out = vec![
+        ("train/rec_loss", rec),
+        ("train/codebook_loss", r.quantized.codebook_loss),
+        ("train/commit_loss", r.quantized.commit_loss),
+    ];
+    if log {
+        let (perplexity, usage) =
+            batch_code_stats(&r.quantized.indices, model.quantizer.codebook_size)?;
+        out.push(("train/perplexity", perplexity));
+        out.push(("train/usage", usage));
+    }
+    Ok(out)
+}
+
+/// Discriminator loss on logits: hinge 0.5·(mean relu(1 − D(x)) + mean relu(1 + D(x̂))) or
+/// vanilla 0.5·(mean softplus(−D(x)) + mean softplus(D(x̂))).
+pub fn disc_loss(real: &Tensor, fake: &Tensor, kind: DiscLoss) -> Result<Tensor> {
+    let (a, b) = match kind {
+        DiscLoss::Hinge => (
+            real.affine(-1.0, 1.0)?.relu()?.mean_all()?,
+            fake.affine(1.0, 1.0)?.relu()?.mean_all()?,
+        ),
+        DiscLoss::Vanilla => (
+            softplus(&real.neg()?)?.mean_all()?,
+            softplus(fake)?.mean_all()?,
+        ),
+    };
+    (a + b)? * 0.5
+}
+
+/// softplus(x) = max(x, 0) + ln(1 + e^{−|x|}), stable for large |x|.
+pub fn softplus(x: &Tensor) -> Result<Tensor> {
+    x.relu()? + (x.abs()?.neg()?.exp()? + 1.0)?.log()?
+}
+
+/// taming's adaptive weight: ‖∇_L rec‖ / (‖∇_L g‖ + 1e-4), clamped to [0, 1e4], detached.
+pub fn adaptive_weight(grad_rec: &Tensor, grad_g: &Tensor) -> Result<Tensor> {
+    let n_rec = grad_rec.sqr()?.sum_all()?.sqrt()?;
+    let n_g = grad_g.sqr()?.sum_all()?.sqrt()?;
+    Ok((n_rec / (n_g + 1e-4)?)?.clamp(0.0, 1e4)?.detach())
+}
+
+/// VQ-GAN (taming's VQLPIPSWithDiscriminator without LPIPS): generator loss
+/// rec + d_weight·disc_factor·(−mean D(x̂)) + quantizer loss, then a discriminator update on
+/// the same batch. The adversarial part is off (and logged as 0) before `loss.disc_start`.
+pub fn vqgan_step(
+    cfg: &ExperimentConfig,
+    model: &VqModel,
+    opt_g: &mut Adam,
+    opt_d: &mut Adam,
+    x: &Tensor,
+    step: u64,
+    log: bool,
+) -> Result<StepLosses> {
+    let disc = model
+        .discriminator
+        .as_ref()
+        .ok_or_else(|| candle_core::Error::Msg("vqgan model without discriminator".into()))?;
+    let r = model.reconstruct(x, true)?;
+    let rec = recon_loss(&r.x_hat, x, cfg.loss.recon)?;
+    let ae_loss = (&rec + quantizer_loss(cfg, model, &r.quantized)?)?;
+    let zero = Tensor::zeros((), DType::F32, x.device())?;
+    let mut out: StepLosses;
+    if step < cfg.loss.disc_start {
+        let grads = ae_loss.backward()?;
+        opt_g.step(from_store(&grads))?;
+        out = vec![
+            ("train/g_loss", zero.clone()),
+            ("train/d_loss", zero.clone()),
+            ("train/d_real", zero.clone()),
+            ("train/d_fake", zero.clone()),
+            ("train/adaptive_weight", zero.clone()),
+        ];
+    } else {
+        // Real logits first: ActNorm initialises from the first batch it sees, which must be real.
+        let logits_real = disc.forward(x)?;
+        let logits_fake = disc.forward(&r.x_hat)?;
+        let g_loss = logits_fake.mean_all()?.neg()?;
+        // Two backward passes give ∇(rec + quantizer) and ∇g separately; the generator's
+        // gradient is their weighted sum, and the adaptive weight needs both at the last layer.
+        let grads_ae = ae_loss.backward()?;
+        let grads_g = g_loss.backward()?;
+        let last = model.decoder.last_layer_weight();
+        let d_weight = if cfg.loss.adaptive_weight {
+            let (Some(gr), Some(gg)) = (grads_ae.get(last), grads_g.get(last)) else {
+                candle_core::bail!("no gradient at the decoder's last layer");
+            };
+            (adaptive_weight(gr, gg)? * cfg.loss.disc_weight)?
+        } else {
+            (zero.clone() + cfg.loss.disc_weight)?
+        };
+        opt_g.step(|_, _, v| {
+            let a = grads_ae.get(v.as_tensor());
+            let g = grads_g.get(v.as_tensor());
+            Ok(match (a, g) {
+                (Some(a), Some(g)) => Some((a + g.broadcast_mul(&d_weight)?)?),
+                (Some(a), None) => Some(a.clone()),
+                (None, Some(g)) => Some(g.broadcast_mul(&d_weight)?),
+                (None, None) => None,
+            })
+        })?;
+        // Discriminator update on the same batch; x̂ from before the generator update.
+        let logits_fake_d = disc.forward(&r.x_hat.detach())?;
+        let d_loss = disc_loss(&logits_real, &logits_fake_d, cfg.loss.disc_loss)?;
+        let grads_d = d_loss.backward()?;
+        opt_d.step(from_store(&grads_d))?;
+        out = vec![
+            ("train/g_loss", g_loss),
+            ("train/d_loss", d_loss),
+            ("train/d_real", logits_real.mean_all()?),
+            ("train/d_fake", logits_fake_d.mean_all()?),
+            ("train/adaptive_weight", d_weight),
+        ];
+    }
+    out.push(("train/rec_loss", rec));
+    out.push(("train/codebook_loss", r.quantized.codebook_loss));
+    out.push(("train/commit_loss", r.quantized.commit_loss));
+    if log {
+        let (perplexity, usage) =
+            batch_code_stats(&r.quantized.indices, model.quantizer.codebook_size)?;
+        out.push(("train/perplexity", perplexity));
+        out.push(("train/usage", usage));
+    }
+    Ok(out)
+}
