@@ -27,30 +27,18 @@ pub fn init_logging(cli: &Cli) {
             _ => "trace",
         }
     };
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new(format!("vqlab={level},warn")));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(format!("vqlab={level},warn")));
     use std::io::IsTerminal;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(false)
-        .with_ansi(std::io::stderr().is_terminal());
+    let builder =
+        tracing_subscriber::fmt().with_env_filter(filter).with_target(false).with_ansi(std::io::stderr().is_terminal());
     let tee = match &cli.command {
-        Command::Train { run_dir }
-            if std::env::var_os(WORKER_ENV).is_none() && run_dir.is_dir() =>
-        {
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(run_dir.join(LOG_FILE))
-                .ok()
+        Command::Train { run_dir } if std::env::var_os(WORKER_ENV).is_none() && run_dir.is_dir() => {
+            std::fs::OpenOptions::new().create(true).append(true).open(run_dir.join(LOG_FILE)).ok()
         }
         _ => None,
     };
     let _ = match tee {
-        Some(file) => builder
-            .with_ansi(false)
-            .with_writer(std::io::stderr.and(std::sync::Mutex::new(file)))
-            .try_init(),
+        Some(file) => builder.with_ansi(false).with_writer(std::io::stderr.and(std::sync::Mutex::new(file))).try_init(),
         None => builder.with_writer(std::io::stderr).try_init(),
     };
 }
@@ -58,22 +46,10 @@ pub fn init_logging(cli: &Cli) {
 /// Run a parsed command line; returns the process exit code.
 pub fn run(cli: Cli) -> anyhow::Result<u8> {
     match cli.command {
-        Command::Run {
-            exp,
-            runs_dir,
-            fail_fast,
-            dry_run,
-        } => cmd_run(&exp, &runs_dir, fail_fast, dry_run),
-        Command::Plan {
-            exp,
-            runs_dir,
-            json,
-        } => cmd_plan(&exp, &runs_dir, json),
+        Command::Run { exp, runs_dir, fail_fast, dry_run } => cmd_run(&exp, &runs_dir, fail_fast, dry_run),
+        Command::Plan { exp, runs_dir, json } => cmd_plan(&exp, &runs_dir, json),
         Command::Train { run_dir } => cmd_train(&run_dir),
-        Command::Status {
-            sweep_dir,
-            runs_dir,
-        } => cmd_status(sweep_dir.as_deref(), &runs_dir),
+        Command::Status { sweep_dir, runs_dir } => cmd_status(sweep_dir.as_deref(), &runs_dir),
         Command::Describe { exp } => cmd_describe(&exp),
     }
 }
@@ -82,12 +58,7 @@ fn load(exp: &ExperimentArgs) -> anyhow::Result<Sweep> {
     Ok(config::load_sweep(&exp.experiment, &exp.sets, &exp.sweeps)?)
 }
 
-fn cmd_run(
-    exp: &ExperimentArgs,
-    runs_dir: &Path,
-    fail_fast: bool,
-    dry_run: bool,
-) -> anyhow::Result<u8> {
+fn cmd_run(exp: &ExperimentArgs, runs_dir: &Path, fail_fast: bool, dry_run: bool) -> anyhow::Result<u8> {
     let sweep = load(exp)?;
     if sweep.base.launcher.kind == LauncherKind::Slurm {
         return Err(InputError::config(
@@ -114,16 +85,8 @@ fn cmd_run(
     let abs = std::fs::canonicalize(&exp.experiment).unwrap_or_else(|_| exp.experiment.clone());
     provenance.push_str(&format!("\nexperiment file: {}", abs.display()));
     let sweep_dir = local::prepare(runs_dir, &sweep, &provenance)?;
-    tracing::info!(
-        "sweep {}: {} runs in {}",
-        sweep.name,
-        sweep.runs.len(),
-        sweep_dir.display()
-    );
-    let opts = LocalOptions {
-        fail_fast,
-        max_attempts: sweep.base.launcher.max_attempts,
-    };
+    tracing::info!("sweep {}: {} runs in {}", sweep.name, sweep.runs.len(), sweep_dir.display());
+    let opts = LocalOptions { fail_fast, max_attempts: sweep.base.launcher.max_attempts };
     let failed = local::run_sweep(&sweep_dir, &sweep, &opts)?;
     print!("{}", results_table(&sweep_dir, &sweep));
     Ok(if failed > 0 { 1 } else { 0 })
@@ -148,13 +111,7 @@ fn cell_text(run: &config::PlannedRun) -> String {
     }
     run.cell
         .iter()
-        .map(|(k, v)| {
-            format!(
-                "{}={}",
-                k.rsplit('.').next().unwrap_or(k),
-                v.to_string().trim_matches('"')
-            )
-        })
+        .map(|(k, v)| format!("{}={}", k.rsplit('.').next().unwrap_or(k), v.to_string().trim_matches('"')))
         .collect::<Vec<_>>()
         .join(" ")
 }
@@ -200,8 +157,7 @@ fn cmd_plan(exp: &ExperimentArgs, runs_dir: &Path, json: bool) -> anyhow::Result
                 })
             })
             .collect();
-        let out =
-            serde_json::json!({"experiment": sweep.name, "sweep_dir": sweep_dir, "runs": runs});
+        let out = serde_json::json!({"experiment": sweep.name, "sweep_dir": sweep_dir, "runs": runs});
         println!("{}", serde_json::to_string_pretty(&out)?);
     } else {
         print!("{}", plan_table(&sweep, &sweep_dir));
@@ -230,47 +186,22 @@ fn read_summary(run_dir: &Path) -> Option<serde_json::Map<String, serde_json::Va
 
 /// The end-of-sweep table: state and final eval metrics of every run.
 fn results_table(sweep_dir: &Path, sweep: &Sweep) -> String {
-    let metrics = [
-        "eval/rec_mse",
-        "eval/psnr",
-        "eval/usage",
-        "eval/perplexity",
-        "train/img_per_s",
-    ];
+    let metrics = ["eval/rec_mse", "eval/psnr", "eval/usage", "eval/perplexity", "train/img_per_s"];
     let rows: Vec<Vec<String>> = sweep
         .runs
         .iter()
         .map(|r| {
             let dir = sweep_dir.join(&r.dir_name);
-            let status = RunStatus::read(&dir)
-                .ok()
-                .flatten()
-                .unwrap_or_else(RunStatus::pending);
+            let status = RunStatus::read(&dir).ok().flatten().unwrap_or_else(RunStatus::pending);
             let summary = read_summary(&dir);
             let mut row = vec![r.dir_name.clone(), status.state.name().to_string()];
             for m in metrics {
-                row.push(table::num(
-                    summary
-                        .as_ref()
-                        .and_then(|s| s.get(m))
-                        .and_then(|v| v.as_f64()),
-                ));
+                row.push(table::num(summary.as_ref().and_then(|s| s.get(m)).and_then(|v| v.as_f64())));
             }
             row
         })
         .collect();
-    table::render(
-        &[
-            "run",
-            "state",
-            "rec_mse",
-            "psnr",
-            "usage",
-            "perplexity",
-            "img/s",
-        ],
-        &rows,
-    )
+    table::render(&["run", "state", "rec_mse", "psnr", "usage", "perplexity", "img/s"], &rows)
 }
 
 fn cmd_status(sweep_dir: Option<&Path>, runs_dir: &Path) -> anyhow::Result<u8> {
@@ -283,21 +214,14 @@ fn cmd_status(sweep_dir: Option<&Path>, runs_dir: &Path) -> anyhow::Result<u8> {
         }
         None => {
             if !runs_dir.is_dir() {
-                return Err(InputError::file(
-                    runs_dir,
-                    "runs directory not found (pass a sweep dir or --runs-dir)",
-                )
-                .into());
+                return Err(
+                    InputError::file(runs_dir, "runs directory not found (pass a sweep dir or --runs-dir)").into()
+                );
             }
             let mut v: Vec<PathBuf> = std::fs::read_dir(runs_dir)?
                 .filter_map(|e| e.ok())
                 .map(|e| e.path())
-                .filter(|p| {
-                    p.is_dir()
-                        && !p
-                            .file_name()
-                            .is_some_and(|n| n.to_string_lossy().starts_with('.'))
-                })
+                .filter(|p| p.is_dir() && !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.')))
                 .collect();
             v.sort();
             v
@@ -308,16 +232,13 @@ fn cmd_status(sweep_dir: Option<&Path>, runs_dir: &Path) -> anyhow::Result<u8> {
         let mut rows = Vec::new();
         let mut counts = std::collections::BTreeMap::<&str, usize>::new();
         for run in &runs {
-            let st = RunStatus::read(run)?
-                .with_context(|| format!("{} has no {STATUS_FILE}", run.display()))?;
+            let st = RunStatus::read(run)?.with_context(|| format!("{} has no {STATUS_FILE}", run.display()))?;
             let steps = config::load_run_config(&run.join(crate::sched::state::CONFIG_FILE))
                 .map(|c| c.train.steps.to_string())
                 .unwrap_or_else(|_| "?".into());
             *counts.entry(st.state.name()).or_default() += 1;
             rows.push(vec![
-                run.file_name()
-                    .map(|n| n.to_string_lossy().to_string())
-                    .unwrap_or_default(),
+                run.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default(),
                 st.state.name().to_string(),
                 st.attempts.to_string(),
                 format!("{}/{steps}", st.step),
@@ -325,28 +246,9 @@ fn cmd_status(sweep_dir: Option<&Path>, runs_dir: &Path) -> anyhow::Result<u8> {
                 st.reason.clone(),
             ]);
         }
-        let tally = counts
-            .iter()
-            .map(|(k, v)| format!("{v} {k}"))
-            .collect::<Vec<_>>()
-            .join(", ");
-        println!(
-            "{} ({} runs: {})",
-            dir.display(),
-            runs.len(),
-            if tally.is_empty() {
-                "none".into()
-            } else {
-                tally
-            }
-        );
-        print!(
-            "{}",
-            table::render(
-                &["run", "state", "attempts", "step", "device", "reason"],
-                &rows
-            )
-        );
+        let tally = counts.iter().map(|(k, v)| format!("{v} {k}")).collect::<Vec<_>>().join(", ");
+        println!("{} ({} runs: {})", dir.display(), runs.len(), if tally.is_empty() { "none".into() } else { tally });
+        print!("{}", table::render(&["run", "state", "attempts", "step", "device", "reason"], &rows));
     }
     Ok(0)
 }
@@ -355,10 +257,7 @@ fn cmd_describe(exp: &ExperimentArgs) -> anyhow::Result<u8> {
     let sweep = load(exp)?;
     let first = &sweep.runs[0].config;
     println!("# experiment {}: {} run(s)\n", sweep.name, sweep.runs.len());
-    println!(
-        "## Resolved config (first run)\n\n```toml\n{}```\n",
-        config::to_toml(first)
-    );
+    println!("## Resolved config (first run)\n\n```toml\n{}```\n", config::to_toml(first));
     println!("## Parameters and memory\n");
     let mut seen = BTreeSet::new();
     let mut rows = Vec::new();
@@ -383,31 +282,14 @@ fn cmd_describe(exp: &ExperimentArgs) -> anyhow::Result<u8> {
         let mut row = vec![config::short_description(c)];
         row.extend(counts.iter().map(|(_, n)| n.to_string()));
         row.push(total.to_string());
-        row.push(format!(
-            "{:.0} MiB",
-            estimate_training_memory(c, total) / (1024.0 * 1024.0)
-        ));
+        row.push(format!("{:.0} MiB", estimate_training_memory(c, total) / (1024.0 * 1024.0)));
         rows.push(row);
     }
     print!(
         "{}",
-        table::render(
-            &[
-                "model",
-                "encoder",
-                "quantizer",
-                "decoder",
-                "discriminator",
-                "total",
-                "≈ train memory"
-            ],
-            &rows
-        )
+        table::render(&["model", "encoder", "quantizer", "decoder", "discriminator", "total", "≈ train memory"], &rows)
     );
-    println!(
-        "\n## Model\n\n```mermaid\n{}```",
-        crate::model::mermaid(first)
-    );
+    println!("\n## Model\n\n```mermaid\n{}```", crate::model::mermaid(first));
     Ok(0)
 }
 
@@ -428,8 +310,7 @@ fn estimate_training_memory(c: &ExperimentConfig, params: usize) -> f64 {
         per_image += 2.0 * 2.0 * ch * side * side; // encoder stage + mirrored decoder stage
     }
     per_image += 2.0 * lat * (h * 2.0 + c.model.res_blocks as f64 * (2.0 * r + 2.0 * h)); // conv3/conv_in + residual stacks
-    per_image +=
-        lat * (c.quantizer.embed_dim as f64 * 4.0 + c.quantizer.codebook_size as f64 * 2.0);
+    per_image += lat * (c.quantizer.embed_dim as f64 * 4.0 + c.quantizer.codebook_size as f64 * 2.0);
     let batch = c.train.batch_size as f64;
     4.0 * (params as f64 * 4.0 + 2.0 * per_image * batch)
 }

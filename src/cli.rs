@@ -5,11 +5,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(
-    name = "vqlab",
-    version,
-    about = "Sweeps of VQ-VAE and VQ-GAN experiments: plan, train, evaluate, report."
-)]
+#[command(name = "vqlab", version, about = "Sweeps of VQ-VAE and VQ-GAN experiments: plan, train, evaluate, report.")]
 pub struct Cli {
     /// More log output (-v debug, -vv trace); RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]

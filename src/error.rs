@@ -12,11 +12,7 @@ pub enum InputError {
     /// A configuration key has a problem. `origin` is the file path, `VQLAB_…` variable or
     /// `--set k=v` that supplied it.
     #[error("{origin}: key `{key}`: {message}")]
-    Config {
-        origin: String,
-        key: String,
-        message: String,
-    },
+    Config { origin: String, key: String, message: String },
 
     /// Several configuration problems found at once (validation reports all of them).
     #[error("{}", .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n"))]
@@ -36,37 +32,20 @@ pub enum InputError {
 }
 
 impl InputError {
-    pub fn config(
-        origin: impl Into<String>,
-        key: impl Into<String>,
-        message: impl Into<String>,
-    ) -> Self {
-        InputError::Config {
-            origin: origin.into(),
-            key: key.into(),
-            message: message.into(),
-        }
+    pub fn config(origin: impl Into<String>, key: impl Into<String>, message: impl Into<String>) -> Self {
+        InputError::Config { origin: origin.into(), key: key.into(), message: message.into() }
     }
     pub fn data(path: impl Into<PathBuf>, message: impl Into<String>) -> Self {
-        InputError::Data {
-            path: path.into(),
-            message: message.into(),
-        }
+        InputError::Data { path: path.into(), message: message.into() }
     }
     pub fn file(path: impl Into<PathBuf>, message: impl Into<String>) -> Self {
-        InputError::File {
-            path: path.into(),
-            message: message.into(),
-        }
+        InputError::File { path: path.into(), message: message.into() }
     }
 }
 
 /// Exit code for an error chain: 2 if any link is an [`InputError`], else 1.
 pub fn exit_code_for(err: &anyhow::Error) -> u8 {
-    if err
-        .chain()
-        .any(|e| e.downcast_ref::<InputError>().is_some())
-    {
+    if err.chain().any(|e| e.downcast_ref::<InputError>().is_some()) {
         2
     } else {
         1

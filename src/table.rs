@@ -24,15 +24,7 @@ pub fn render(header: &[&str], rows: &[Vec<String>]) -> String {
         s
     };
     let mut out = line(header.to_vec());
-    out.push_str(&line(
-        width
-            .iter()
-            .map(|w| "-".repeat(*w))
-            .collect::<Vec<_>>()
-            .iter()
-            .map(|s| s.as_str())
-            .collect(),
-    ));
+    out.push_str(&line(width.iter().map(|w| "-".repeat(*w)).collect::<Vec<_>>().iter().map(|s| s.as_str()).collect()));
     for row in rows {
         out.push_str(&line(row.iter().map(|s| s.as_str()).collect()));
     }

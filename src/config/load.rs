@@ -29,11 +29,7 @@ impl KeyOverride {
     /// `"text"`), and anything that is not valid TOML is taken as a plain string.
     pub fn parse_set(arg: &str) -> Result<Self, InputError> {
         let (key, raw) = split_assignment(arg, "--set")?;
-        Ok(KeyOverride {
-            key: key.to_string(),
-            value: parse_value(raw),
-            origin: format!("--set {arg}"),
-        })
+        Ok(KeyOverride { key: key.to_string(), value: parse_value(raw), origin: format!("--set {arg}") })
     }
 }
 
@@ -45,9 +41,7 @@ fn split_assignment<'a>(arg: &'a str, flag: &str) -> Result<(&'a str, &'a str), 
     };
     let key = key.trim();
     let valid = !key.is_empty()
-        && key.split('.').all(|part| {
-            !part.is_empty() && part.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-        });
+        && key.split('.').all(|part| !part.is_empty() && part.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'));
     if !valid {
         return Err(InputError::Usage(format!(
             "{flag} {arg}: `{key}` is not a dotted key of letters, digits and `_` (e.g. quantizer.codebook_size)"
@@ -59,9 +53,7 @@ fn split_assignment<'a>(arg: &'a str, flag: &str) -> Result<(&'a str, &'a str), 
 /// A command-line value as TOML; bare words that are not TOML become strings.
 pub fn parse_value(raw: &str) -> toml::Value {
     match format!("v = {raw}").parse::<toml::Table>() {
-        Ok(mut table) => table
-            .remove("v")
-            .unwrap_or_else(|| toml::Value::String(raw.to_string())),
+        Ok(mut table) => table.remove("v").unwrap_or_else(|| toml::Value::String(raw.to_string())),
         Err(_) => toml::Value::String(raw.to_string()),
     }
 }
@@ -79,15 +71,11 @@ pub fn parse_sweep_arg(arg: &str) -> Result<(String, Vec<serde_json::Value>), In
         raw.split(',').map(|v| parse_value(v.trim())).collect()
     };
     if values.is_empty() || raw.is_empty() {
-        return Err(InputError::Usage(format!(
-            "--sweep {arg}: expected at least one value after `=`"
-        )));
+        return Err(InputError::Usage(format!("--sweep {arg}: expected at least one value after `=`")));
     }
     let values = values
         .into_iter()
-        .map(|v| {
-            serde_json::to_value(v).map_err(|e| InputError::Usage(format!("--sweep {arg}: {e}")))
-        })
+        .map(|v| serde_json::to_value(v).map_err(|e| InputError::Usage(format!("--sweep {arg}: {e}"))))
         .collect::<Result<Vec<_>, _>>()?;
     Ok((key.to_string(), values))
 }
@@ -121,66 +109,39 @@ impl Layers {
     }
 
     fn build(file: &Path, sets: &[String], with_env: bool) -> Result<Self, InputError> {
-        let meta = std::fs::metadata(file).map_err(|e| {
-            InputError::file(
-                file,
-                format!("cannot read experiment file: {}", io_reason(&e)),
-            )
-        })?;
+        let meta = std::fs::metadata(file)
+            .map_err(|e| InputError::file(file, format!("cannot read experiment file: {}", io_reason(&e))))?;
         if !meta.is_file() {
-            return Err(InputError::file(
-                file,
-                "cannot read experiment file: it is a directory",
-            ));
+            return Err(InputError::file(file, "cannot read experiment file: it is a directory"));
         }
         // figment treats an unreadable file as empty; read it ourselves first to fail loudly.
-        std::fs::read(file).map_err(|e| {
-            InputError::file(
-                file,
-                format!("cannot read experiment file: {}", io_reason(&e)),
-            )
-        })?;
-        let ext = file
-            .extension()
-            .and_then(|e| e.to_str())
-            .unwrap_or("")
-            .to_ascii_lowercase();
+        std::fs::read(file)
+            .map_err(|e| InputError::file(file, format!("cannot read experiment file: {}", io_reason(&e))))?;
+        let ext = file.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
         let mut figment = Figment::from(Serialized::defaults(ExperimentConfig::default()));
         figment = match ext.as_str() {
             "toml" => figment.merge(Toml::file_exact(file)),
             "yaml" | "yml" => figment.merge(Yaml::file_exact(file)),
             "json" => figment.merge(Json::file_exact(file)),
-            _ => return Err(InputError::file(
-                file,
-                "unknown experiment file format: expected a .toml, .yaml, .yml or .json extension",
-            )),
+            _ => {
+                return Err(InputError::file(
+                    file,
+                    "unknown experiment file format: expected a .toml, .yaml, .yml or .json extension",
+                ))
+            }
         };
         if with_env {
-            figment = figment.merge(
-                Env::prefixed(ENV_PREFIX)
-                    .filter(|k| k.as_str().contains("__"))
-                    .split("__"),
-            );
+            figment = figment.merge(Env::prefixed(ENV_PREFIX).filter(|k| k.as_str().contains("__")).split("__"));
         }
-        let sets = sets
-            .iter()
-            .map(|s| KeyOverride::parse_set(s))
-            .collect::<Result<Vec<_>, _>>()?;
+        let sets = sets.iter().map(|s| KeyOverride::parse_set(s)).collect::<Result<Vec<_>, _>>()?;
         for set in &sets {
             figment = figment.merge(set.clone());
         }
-        Ok(Layers {
-            file: file.to_path_buf(),
-            figment,
-            sets,
-        })
+        Ok(Layers { file: file.to_path_buf(), figment, sets })
     }
 
     /// Extract the configuration with extra overrides on top (a sweep cell's values).
-    pub fn extract_with(
-        &self,
-        extra: &[KeyOverride],
-    ) -> Result<(ExperimentConfig, Figment), InputError> {
+    pub fn extract_with(&self, extra: &[KeyOverride]) -> Result<(ExperimentConfig, Figment), InputError> {
         let mut figment = self.figment.clone();
         for e in extra {
             figment = figment.merge(e.clone());
@@ -213,10 +174,7 @@ fn origin_name(meta: Option<&Metadata>, key: &str, file: &Path) -> String {
         return path.display().to_string();
     }
     if meta.name.contains("environment variable") {
-        return format!(
-            "environment variable {ENV_PREFIX}{}",
-            key.replace('.', "__").to_ascii_uppercase()
-        );
+        return format!("environment variable {ENV_PREFIX}{}", key.replace('.', "__").to_ascii_uppercase());
     }
     if meta.name.starts_with("Serialized") {
         // A built-in default can only be "wrong" through a cross-key check; name the file.
@@ -227,10 +185,7 @@ fn origin_name(meta: Option<&Metadata>, key: &str, file: &Path) -> String {
 
 /// Translate figment's errors (there may be several) into ours.
 fn translate(err: figment::Error, figment: &Figment, file: &Path) -> InputError {
-    let mut out: Vec<InputError> = err
-        .into_iter()
-        .map(|e| translate_one(e, figment, file))
-        .collect();
+    let mut out: Vec<InputError> = err.into_iter().map(|e| translate_one(e, figment, file)).collect();
     if out.len() == 1 {
         out.remove(0)
     } else {
@@ -243,10 +198,11 @@ fn translate_one(e: figment::Error, figment: &Figment, file: &Path) -> InputErro
     let path = e.path.join(".");
     let (key, message) = match &e.kind {
         Kind::UnknownField(field, expected) => {
-            let key = if path.is_empty() {
-                field.clone()
-            } else {
-                format!("{path}.{field}")
+            // figment's path usually ends with the unknown field already.
+            let key = match e.path.last() {
+                Some(last) if last == field => path.clone(),
+                _ if path.is_empty() => field.clone(),
+                _ => format!("{path}.{field}"),
             };
             let mut msg = "unknown key".to_string();
             if let Some(best) = closest(field, expected) {
@@ -257,23 +213,16 @@ fn translate_one(e: figment::Error, figment: &Figment, file: &Path) -> InputErro
             }
             (key, msg)
         }
-        Kind::UnknownVariant(value, expected) => (
-            path.clone(),
-            format!(
-                "unknown value \"{value}\"; expected one of: {}",
-                expected.join(", ")
-            ),
-        ),
+        Kind::UnknownVariant(value, expected) => {
+            (path.clone(), format!("unknown value \"{value}\"; expected one of: {}", expected.join(", ")))
+        }
         Kind::InvalidType(actual, expected) => {
-            (path.clone(), format!("expected {expected}, found {actual}"))
+            (path.clone(), format!("expected {}, found {actual}", plain_type(expected)))
         }
         Kind::InvalidValue(actual, expected) => {
-            (path.clone(), format!("expected {expected}, found {actual}"))
+            (path.clone(), format!("expected {}, found {actual}", plain_type(expected)))
         }
-        Kind::InvalidLength(n, expected) => (
-            path.clone(),
-            format!("expected {expected}, found {n} elements"),
-        ),
+        Kind::InvalidLength(n, expected) => (path.clone(), format!("expected {expected}, found {n} elements")),
         Kind::Message(msg) if path.is_empty() => {
             // A provider failed as a whole: most often a syntax error in the file.
             let origin = e
@@ -281,10 +230,7 @@ fn translate_one(e: figment::Error, figment: &Figment, file: &Path) -> InputErro
                 .as_ref()
                 .map(|m| origin_name(Some(m), "", file))
                 .unwrap_or_else(|| file.display().to_string());
-            return InputError::file(
-                PathBuf::from(origin),
-                format!("cannot parse: {}", msg.trim()),
-            );
+            return InputError::file(PathBuf::from(origin), format!("cannot parse: {}", msg.trim()));
         }
         other => (path.clone(), other.to_string()),
     };
@@ -293,6 +239,17 @@ fn translate_one(e: figment::Error, figment: &Figment, file: &Path) -> InputErro
         None => origin_name(e.metadata.as_ref(), &key, file),
     };
     InputError::config(origin, key, message)
+}
+
+/// serde's Rust type names in words a config author knows.
+fn plain_type(expected: &str) -> String {
+    match expected {
+        "u8" | "u16" | "u32" | "u64" | "usize" => "a non-negative integer".into(),
+        "i8" | "i16" | "i32" | "i64" | "isize" => "an integer".into(),
+        "f32" | "f64" => "a number".into(),
+        "a boolean" | "bool" => "true or false".into(),
+        other => other.to_string(),
+    }
 }
 
 /// The closest expected name by edit distance, if it is close enough to be a typo.
@@ -311,9 +268,7 @@ fn levenshtein(a: &str, b: &str) -> usize {
     for (i, ca) in a.chars().enumerate() {
         let mut cur = vec![i + 1; b.len() + 1];
         for (j, cb) in b.iter().enumerate() {
-            cur[j + 1] = (prev[j] + usize::from(ca != *cb))
-                .min(prev[j + 1] + 1)
-                .min(cur[j] + 1);
+            cur[j + 1] = (prev[j] + usize::from(ca != *cb)).min(prev[j + 1] + 1).min(cur[j] + 1);
         }
         prev = cur;
     }
@@ -329,20 +284,14 @@ mod tests {
         assert_eq!(parse_value("64"), toml::Value::Integer(64));
         assert_eq!(parse_value("1e-3"), toml::Value::Float(1e-3));
         assert_eq!(parse_value("vqgan"), toml::Value::String("vqgan".into()));
-        assert_eq!(
-            parse_value("[1, 2]"),
-            toml::Value::Array(vec![toml::Value::Integer(1), toml::Value::Integer(2)])
-        );
+        assert_eq!(parse_value("[1, 2]"), toml::Value::Array(vec![toml::Value::Integer(1), toml::Value::Integer(2)]));
     }
 
     #[test]
     fn edit_distance_by_hand() {
         assert_eq!(levenshtein("codebok_size", "codebook_size"), 1);
         assert_eq!(levenshtein("kitten", "sitting"), 3);
-        assert_eq!(
-            closest("codebok_size", &["codebook_size", "embed_dim"]),
-            Some("codebook_size")
-        );
+        assert_eq!(closest("codebok_size", &["codebook_size", "embed_dim"]), Some("codebook_size"));
         assert_eq!(closest("zzz", &["codebook_size"]), None);
     }
 }

@@ -34,10 +34,7 @@ pub struct ExperimentSection {
 
 impl Default for ExperimentSection {
     fn default() -> Self {
-        Self {
-            name: "experiment".into(),
-            description: String::new(),
-        }
+        Self { name: "experiment".into(), description: String::new() }
     }
 }
 
@@ -140,13 +137,7 @@ pub struct ModelConfig {
 
 impl Default for ModelConfig {
     fn default() -> Self {
-        Self {
-            variant: Variant::Vqvae,
-            hidden_channels: 128,
-            res_channels: 32,
-            res_blocks: 2,
-            downsample: 2,
-        }
+        Self { variant: Variant::Vqvae, hidden_channels: 128, res_channels: 32, res_blocks: 2, downsample: 2 }
     }
 }
 
@@ -292,13 +283,7 @@ pub struct EvalConfig {
 
 impl Default for EvalConfig {
     fn default() -> Self {
-        Self {
-            fid: true,
-            kid_subsets: 100,
-            kid_subset_size: 1000,
-            batch_size: 500,
-            sample_images: 16,
-        }
+        Self { fid: true, kid_subsets: 100, kid_subset_size: 1000, batch_size: 500, sample_images: 16 }
     }
 }
 
@@ -387,11 +372,7 @@ pub struct LauncherConfig {
 
 impl Default for LauncherConfig {
     fn default() -> Self {
-        Self {
-            kind: LauncherKind::Local,
-            max_attempts: 3,
-            slurm: SlurmConfig::default(),
-        }
+        Self { kind: LauncherKind::Local, max_attempts: 3, slurm: SlurmConfig::default() }
     }
 }
 

@@ -63,13 +63,7 @@ pub fn run_id(cfg: &ExperimentConfig) -> String {
 
 /// The readable directory name of a run: `vqgan-K1024-s0-<id>`.
 pub fn run_dir_name(cfg: &ExperimentConfig, id: &str) -> String {
-    format!(
-        "{}-K{}-s{}-{}",
-        cfg.model.variant.name(),
-        cfg.quantizer.codebook_size,
-        cfg.train.seed,
-        id
-    )
+    format!("{}-K{}-s{}-{}", cfg.model.variant.name(), cfg.quantizer.codebook_size, cfg.train.seed, id)
 }
 
 /// JSON with object keys sorted, whatever serde_json's map ordering feature says.
@@ -80,24 +74,13 @@ fn canonical_json(v: &serde_json::Value) -> String {
             keys.sort();
             let items: Vec<String> = keys
                 .iter()
-                .map(|k| {
-                    format!(
-                        "{}:{}",
-                        serde_json::Value::String((*k).clone()),
-                        canonical_json(&map[*k])
-                    )
-                })
+                .map(|k| format!("{}:{}", serde_json::Value::String((*k).clone()), canonical_json(&map[*k])))
                 .collect();
             format!("{{{}}}", items.join(","))
         }
-        serde_json::Value::Array(items) => format!(
-            "[{}]",
-            items
-                .iter()
-                .map(canonical_json)
-                .collect::<Vec<_>>()
-                .join(",")
-        ),
+        serde_json::Value::Array(items) => {
+            format!("[{}]", items.iter().map(canonical_json).collect::<Vec<_>>().join(","))
+        }
         other => other.to_string(),
     }
 }
@@ -141,30 +124,28 @@ pub fn expand(layers: &Layers, cli_sweeps: &[String]) -> Result<Sweep, InputErro
     let file = layers.file.display().to_string();
     let defaults = serde_json::to_value(ExperimentConfig::default()).expect("defaults serialize");
 
-    let grid_origin = layers.origin_of(&base_fig, "sweep.grid");
-    let zip_origin = layers.origin_of(&base_fig, "sweep.zip");
+    let grid_origin = format!("{} [sweep.grid]", layers.origin_of(&base_fig, "sweep.grid"));
+    let zip_origin = format!("{} [sweep.zip]", layers.origin_of(&base_fig, "sweep.zip"));
     let mut grid: Vec<Axis> = axes(&base.sweep.grid, &grid_origin);
     for arg in cli_sweeps {
         let (key, values) = parse_sweep_arg(arg)?;
         grid.retain(|a| a.key != key);
-        grid.push(Axis {
-            key,
-            values,
-            origin: format!("--sweep {arg}"),
-        });
+        grid.push(Axis { key, values, origin: format!("--sweep {arg}") });
     }
-    let zip: Vec<Axis> = axes(&base.sweep.zip, &zip_origin);
+    let mut zip: Vec<Axis> = axes(&base.sweep.zip, &zip_origin);
+    // A `--set` of a key the file sweeps fixes that key: later layers win, sweeps included.
+    for set in &layers.sets {
+        let before = grid.len() + zip.len();
+        grid.retain(|a| a.key != set.key || a.origin.starts_with("--sweep"));
+        zip.retain(|a| a.key != set.key);
+        if grid.len() + zip.len() != before {
+            tracing::info!("{} fixes a key the experiment file sweeps; its sweep values are not used", set.origin);
+        }
+    }
 
-    for (section, axis) in grid
-        .iter()
-        .map(|a| ("sweep.grid", a))
-        .chain(zip.iter().map(|a| ("sweep.zip", a)))
-    {
+    for (section, axis) in grid.iter().map(|a| ("sweep.grid", a)).chain(zip.iter().map(|a| ("sweep.zip", a))) {
         let key = format!("{section}.\"{}\"", axis.key);
-        if UNSWEEPABLE
-            .iter()
-            .any(|s| axis.key == *s || axis.key.starts_with(&format!("{s}.")))
-        {
+        if UNSWEEPABLE.iter().any(|s| axis.key == *s || axis.key.starts_with(&format!("{s}."))) {
             return Err(InputError::config(
                 &axis.origin,
                 key,
@@ -175,15 +156,14 @@ pub fn expand(layers: &Layers, cli_sweeps: &[String]) -> Result<Sweep, InputErro
             return Err(InputError::config(
                 &axis.origin,
                 key,
-                format!("`{}` is not an experiment key; sweep keys are dotted keys such as quantizer.codebook_size", axis.key),
+                format!(
+                    "`{}` is not an experiment key; sweep keys are dotted keys such as quantizer.codebook_size",
+                    axis.key
+                ),
             ));
         }
         if axis.values.is_empty() {
-            return Err(InputError::config(
-                &axis.origin,
-                key,
-                "expected a non-empty list of values",
-            ));
+            return Err(InputError::config(&axis.origin, key, "expected a non-empty list of values"));
         }
     }
     if let Some(first) = zip.first() {
@@ -237,12 +217,9 @@ pub fn expand(layers: &Layers, cli_sweeps: &[String]) -> Result<Sweep, InputErro
             })
             .collect();
     }
-    let seed_origin = layers.origin_of(&base_fig, "sweep.seeds");
-    let seeds: Vec<Option<u64>> = if base.sweep.seeds.is_empty() {
-        vec![None]
-    } else {
-        base.sweep.seeds.iter().map(|s| Some(*s)).collect()
-    };
+    let seed_origin = format!("{} [sweep.seeds]", layers.origin_of(&base_fig, "sweep.seeds"));
+    let seeds: Vec<Option<u64>> =
+        if base.sweep.seeds.is_empty() { vec![None] } else { base.sweep.seeds.iter().map(|s| Some(*s)).collect() };
 
     let mut runs = Vec::new();
     let mut seen: BTreeMap<String, usize> = BTreeMap::new();
@@ -260,11 +237,7 @@ pub fn expand(layers: &Layers, cli_sweeps: &[String]) -> Result<Sweep, InputErro
                         format!("value {value} cannot be used (null or mixed list)"),
                     )
                 })?;
-                overrides.push(KeyOverride {
-                    key: axis.key.clone(),
-                    value: toml_value,
-                    origin: axis.origin.clone(),
-                });
+                overrides.push(KeyOverride { key: axis.key.clone(), value: toml_value, origin: axis.origin.clone() });
                 shown.insert(axis.key.clone(), (*value).clone());
             }
             if let Some(seed) = seed {
@@ -302,12 +275,7 @@ pub fn expand(layers: &Layers, cli_sweeps: &[String]) -> Result<Sweep, InputErro
             }
             seen.insert(id.clone(), runs.len());
             let dir_name = run_dir_name(&cfg, &id);
-            runs.push(PlannedRun {
-                id,
-                dir_name,
-                cell: shown,
-                config: cfg,
-            });
+            runs.push(PlannedRun { id, dir_name, cell: shown, config: cfg });
         }
     }
     if !problem_errors.is_empty() {
@@ -317,21 +285,11 @@ pub fn expand(layers: &Layers, cli_sweeps: &[String]) -> Result<Sweep, InputErro
             InputError::Many(problem_errors)
         });
     }
-    Ok(Sweep {
-        name: base.experiment.name.clone(),
-        base,
-        runs,
-    })
+    Ok(Sweep { name: base.experiment.name.clone(), base, runs })
 }
 
 /// A key's origin in a cell: the sweep axis that set it, else the layers below.
-fn origin_in(
-    layers: &Layers,
-    fig: &Figment,
-    overrides: &[KeyOverride],
-    key: &str,
-    _file: &str,
-) -> String {
+fn origin_in(layers: &Layers, fig: &Figment, overrides: &[KeyOverride], key: &str, _file: &str) -> String {
     if let Some(o) = overrides.iter().rev().find(|o| o.key == key) {
         return o.origin.clone();
     }
@@ -339,23 +297,14 @@ fn origin_in(
 }
 
 fn axes(map: &SweepAxes, origin: &str) -> Vec<Axis> {
-    map.iter()
-        .map(|(k, v)| Axis {
-            key: k.clone(),
-            values: v.clone(),
-            origin: origin.to_string(),
-        })
-        .collect()
+    map.iter().map(|(k, v)| Axis { key: k.clone(), values: v.clone(), origin: origin.to_string() }).collect()
 }
 
 fn describe_cell(cell: &BTreeMap<String, serde_json::Value>) -> String {
     if cell.is_empty() {
         return "the base config".into();
     }
-    cell.iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join(" ")
+    cell.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" ")
 }
 
 fn json_to_toml(v: &serde_json::Value) -> Option<toml::Value> {

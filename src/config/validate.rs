@@ -41,11 +41,10 @@ pub fn check_dir_name(name: &str) -> Result<(), String> {
     if name.len() > 100 {
         return Err("must be at most 100 characters".into());
     }
-    if let Some(bad) = name
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
-    {
-        return Err(format!("\"{name}\" contains {bad:?}; use letters, digits, `-`, `_` and `.` only (it names a directory)"));
+    if let Some(bad) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))) {
+        return Err(format!(
+            "\"{name}\" contains {bad:?}; use letters, digits, `-`, `_` and `.` only (it names a directory)"
+        ));
     }
     Ok(())
 }
@@ -63,35 +62,20 @@ pub fn validate(cfg: &ExperimentConfig, origin: &dyn Fn(&str) -> String) -> Resu
     // Data.
     let d = &cfg.data;
     if d.dataset == DatasetKind::Folder && d.path.is_empty() {
-        bad(
-            "data.path",
-            "the folder dataset needs a path to a directory of PNG/JPEG images".into(),
-        );
+        bad("data.path", "the folder dataset needs a path to a directory of PNG/JPEG images".into());
     }
     if d.dataset == DatasetKind::Folder && d.image_size == 0 {
-        bad(
-            "data.image_size",
-            "the folder dataset needs an explicit image_size (images are resized to it)".into(),
-        );
+        bad("data.image_size", "the folder dataset needs an explicit image_size (images are resized to it)".into());
     }
     if !matches!(d.channels, 0 | 1 | 3) {
-        bad(
-            "data.channels",
-            format!("expected 1 (grayscale) or 3 (RGB), found {}", d.channels),
-        );
+        bad("data.channels", format!("expected 1 (grayscale) or 3 (RGB), found {}", d.channels));
     }
     if d.eval_images == 0 {
-        bad(
-            "data.eval_images",
-            "expected at least 1 eval image, found 0".into(),
-        );
+        bad("data.eval_images", "expected at least 1 eval image, found 0".into());
     }
     let m = &cfg.model;
     if m.downsample == 0 || m.downsample > 6 {
-        bad(
-            "model.downsample",
-            format!("expected 1 to 6 stride-2 stages, found {}", m.downsample),
-        );
+        bad("model.downsample", format!("expected 1 to 6 stride-2 stages, found {}", m.downsample));
     } else if d.image_size != 0 {
         let factor = 1u32 << m.downsample;
         if d.image_size % factor != 0 {
@@ -104,73 +88,42 @@ pub fn validate(cfg: &ExperimentConfig, origin: &dyn Fn(&str) -> String) -> Resu
             );
         }
         if d.image_size < 4 || d.image_size > 1024 {
-            bad(
-                "data.image_size",
-                format!("expected 4 to 1024 pixels, found {}", d.image_size),
-            );
+            bad("data.image_size", format!("expected 4 to 1024 pixels, found {}", d.image_size));
         }
     }
 
     // Model.
     if m.hidden_channels < 2 || m.hidden_channels % 2 != 0 {
-        bad(
-            "model.hidden_channels",
-            format!("expected an even number ≥ 2, found {}", m.hidden_channels),
-        );
+        bad("model.hidden_channels", format!("expected an even number ≥ 2, found {}", m.hidden_channels));
     }
     if m.res_channels == 0 {
         bad("model.res_channels", "expected at least 1, found 0".into());
     }
     if m.res_blocks > 32 {
-        bad(
-            "model.res_blocks",
-            format!("expected at most 32, found {}", m.res_blocks),
-        );
+        bad("model.res_blocks", format!("expected at most 32, found {}", m.res_blocks));
     }
 
     // Quantizer.
     let q = &cfg.quantizer;
     if q.codebook_size == 0 {
-        bad(
-            "quantizer.codebook_size",
-            "expected at least 1 code, found 0".into(),
-        );
+        bad("quantizer.codebook_size", "expected at least 1 code, found 0".into());
     } else if q.codebook_size > 1 << 20 {
-        bad(
-            "quantizer.codebook_size",
-            format!("expected at most 1048576 codes, found {}", q.codebook_size),
-        );
+        bad("quantizer.codebook_size", format!("expected at most 1048576 codes, found {}", q.codebook_size));
     }
     if q.embed_dim == 0 {
         bad("quantizer.embed_dim", "expected at least 1, found 0".into());
     }
     if q.lookup_dim > q.embed_dim {
-        bad(
-            "quantizer.lookup_dim",
-            format!(
-                "expected at most embed_dim = {}, found {}",
-                q.embed_dim, q.lookup_dim
-            ),
-        );
+        bad("quantizer.lookup_dim", format!("expected at most embed_dim = {}, found {}", q.embed_dim, q.lookup_dim));
     }
     nonneg(&mut bad, "quantizer.beta", q.beta);
     if !(q.ema_decay > 0.0 && q.ema_decay < 1.0) {
-        bad(
-            "quantizer.ema_decay",
-            format!("expected a number in (0, 1), found {}", q.ema_decay),
-        );
+        bad("quantizer.ema_decay", format!("expected a number in (0, 1), found {}", q.ema_decay));
     }
     if !(q.ema_epsilon.is_finite() && q.ema_epsilon > 0.0) {
-        bad(
-            "quantizer.ema_epsilon",
-            format!("expected a positive number, found {}", q.ema_epsilon),
-        );
+        bad("quantizer.ema_epsilon", format!("expected a positive number, found {}", q.ema_epsilon));
     }
-    nonneg(
-        &mut bad,
-        "quantizer.dead_code_threshold",
-        q.dead_code_threshold,
-    );
+    nonneg(&mut bad, "quantizer.dead_code_threshold", q.dead_code_threshold);
 
     // Loss.
     let l = &cfg.loss;
@@ -187,10 +140,7 @@ pub fn validate(cfg: &ExperimentConfig, origin: &dyn Fn(&str) -> String) -> Resu
         bad("loss.disc_channels", "expected at least 1, found 0".into());
     }
     if l.disc_layers > 8 {
-        bad(
-            "loss.disc_layers",
-            format!("expected 0 (auto) to 8, found {}", l.disc_layers),
-        );
+        bad("loss.disc_layers", format!("expected 0 (auto) to 8, found {}", l.disc_layers));
     }
 
     // Train.
@@ -202,17 +152,11 @@ pub fn validate(cfg: &ExperimentConfig, origin: &dyn Fn(&str) -> String) -> Resu
         bad("train.batch_size", "expected at least 1, found 0".into());
     }
     if !(t.lr.is_finite() && t.lr > 0.0) {
-        bad(
-            "train.lr",
-            format!("expected a positive finite learning rate, found {}", t.lr),
-        );
+        bad("train.lr", format!("expected a positive finite learning rate, found {}", t.lr));
     }
     for (i, b) in t.betas.iter().enumerate() {
         if !(0.0..1.0).contains(b) {
-            bad(
-                "train.betas",
-                format!("expected both Adam betas in [0, 1), found betas[{i}] = {b}"),
-            );
+            bad("train.betas", format!("expected both Adam betas in [0, 1), found betas[{i}] = {b}"));
         }
     }
     for (key, v) in [
@@ -233,10 +177,7 @@ pub fn validate(cfg: &ExperimentConfig, origin: &dyn Fn(&str) -> String) -> Resu
     if e.kid_subset_size < 2 {
         bad(
             "eval.kid_subset_size",
-            format!(
-                "expected at least 2 (KID is unbiased over pairs), found {}",
-                e.kid_subset_size
-            ),
+            format!("expected at least 2 (KID is unbiased over pairs), found {}", e.kid_subset_size),
         );
     }
     if e.batch_size == 0 {
@@ -246,33 +187,21 @@ pub fn validate(cfg: &ExperimentConfig, origin: &dyn Fn(&str) -> String) -> Resu
     // Hardware and launcher.
     let h = &cfg.hardware;
     if h.runs_per_gpu == 0 {
-        bad(
-            "hardware.runs_per_gpu",
-            "expected at least 1, found 0".into(),
-        );
+        bad("hardware.runs_per_gpu", "expected at least 1, found 0".into());
     }
     if h.cpu_slots == 0 {
         bad("hardware.cpu_slots", "expected at least 1, found 0".into());
     }
     if cfg.launcher.max_attempts == 0 {
-        bad(
-            "launcher.max_attempts",
-            "expected at least 1, found 0".into(),
-        );
+        bad("launcher.max_attempts", "expected at least 1, found 0".into());
     }
 
     if issues.is_empty() {
         return Ok(());
     }
-    let mut errs: Vec<InputError> = issues
-        .into_iter()
-        .map(|(key, msg)| InputError::config(origin(key), key, msg))
-        .collect();
-    Err(if errs.len() == 1 {
-        errs.remove(0)
-    } else {
-        InputError::Many(errs)
-    })
+    let mut errs: Vec<InputError> =
+        issues.into_iter().map(|(key, msg)| InputError::config(origin(key), key, msg)).collect();
+    Err(if errs.len() == 1 { errs.remove(0) } else { InputError::Many(errs) })
 }
 
 fn nonneg(bad: &mut impl FnMut(&'static str, String), key: &'static str, v: f64) {

@@ -16,12 +16,7 @@ impl BatchOrder {
     /// `len` images, batches of `batch` (capped at `len`); the last incomplete batch of an
     /// epoch is dropped so every step has the same shape.
     pub fn new(len: usize, batch: usize, seed: u64) -> Self {
-        BatchOrder {
-            len,
-            batch: batch.min(len).max(1),
-            seed,
-            cached_epoch: None,
-        }
+        BatchOrder { len, batch: batch.min(len).max(1), seed, cached_epoch: None }
     }
 
     pub fn batch_size(&self) -> usize {
@@ -38,17 +33,11 @@ impl BatchOrder {
         let (epoch, k) = (step / per, (step % per) as usize);
         if self.cached_epoch.as_ref().map(|(e, _)| *e) != Some(epoch) {
             let mut perm: Vec<usize> = (0..self.len).collect();
-            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(
-                self.seed ^ epoch.wrapping_mul(0xa076_1d64_78bd_642f),
-            );
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(self.seed ^ epoch.wrapping_mul(0xa076_1d64_78bd_642f));
             perm.shuffle(&mut rng);
             self.cached_epoch = Some((epoch, perm));
         }
-        let perm = &self
-            .cached_epoch
-            .as_ref()
-            .map(|(_, p)| p)
-            .expect("just filled");
+        let perm = &self.cached_epoch.as_ref().map(|(_, p)| p).expect("just filled");
         perm[k * self.batch..(k + 1) * self.batch].to_vec()
     }
 }

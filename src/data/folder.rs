@@ -20,10 +20,7 @@ pub fn load_dir(
 ) -> Result<(ImageSet, ImageSet), InputError> {
     require_dir(dir, "point data.path at a directory of PNG/JPEG images")?;
     let train_dir = dir.join("train");
-    let eval_dir = ["eval", "test"]
-        .iter()
-        .map(|d| dir.join(d))
-        .find(|d| d.is_dir());
+    let eval_dir = ["eval", "test"].iter().map(|d| dir.join(d)).find(|d| d.is_dir());
     if let (true, Some(eval_dir)) = (train_dir.is_dir(), eval_dir) {
         let classes = class_names(&[&train_dir, &eval_dir]);
         return Ok((
@@ -36,19 +33,13 @@ pub fn load_dir(
     if all.len < 2 {
         return Err(InputError::data(
             dir,
-            format!(
-                "found {} image(s); a train and an eval split need at least 2",
-                all.len
-            ),
+            format!("found {} image(s); a train and an eval split need at least 2", all.len),
         ));
     }
     let n_eval = eval_images.min(all.len / 10).max(1);
     let mut order: Vec<usize> = (0..all.len).collect();
     order.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(0xf01d_e5));
-    Ok((
-        subset(&all, &order[n_eval..]),
-        subset(&all, &order[..n_eval]),
-    ))
+    Ok((subset(&all, &order[n_eval..]), subset(&all, &order[..n_eval])))
 }
 
 fn subset(set: &ImageSet, idx: &[usize]) -> ImageSet {
@@ -56,25 +47,13 @@ fn subset(set: &ImageSet, idx: &[usize]) -> ImageSet {
     for &i in idx {
         pixels.extend_from_slice(set.image(i));
     }
-    let labels = set
-        .labels
-        .as_ref()
-        .map(|l| idx.iter().map(|&i| l[i]).collect());
-    ImageSet {
-        pixels,
-        labels,
-        len: idx.len(),
-        channels: set.channels,
-        side: set.side,
-    }
+    let labels = set.labels.as_ref().map(|l| idx.iter().map(|&i| l[i]).collect());
+    ImageSet { pixels, labels, len: idx.len(), channels: set.channels, side: set.side }
 }
 
 fn is_image(p: &Path) -> bool {
     matches!(
-        p.extension()
-            .and_then(|e| e.to_str())
-            .map(|e| e.to_ascii_lowercase())
-            .as_deref(),
+        p.extension().and_then(|e| e.to_str()).map(|e| e.to_ascii_lowercase()).as_deref(),
         Some("png" | "jpg" | "jpeg")
     )
 }
@@ -110,25 +89,16 @@ fn class_names(dirs: &[&Path]) -> Option<Vec<String>> {
     }
 }
 
-fn load_files(
-    dir: &Path,
-    classes: &Option<Vec<String>>,
-    side: usize,
-    channels: usize,
-) -> Result<ImageSet, InputError> {
+fn load_files(dir: &Path, classes: &Option<Vec<String>>, side: usize, channels: usize) -> Result<ImageSet, InputError> {
     let files = list_images(dir);
     if files.is_empty() {
-        return Err(InputError::data(
-            dir,
-            "no PNG or JPEG images found (searched recursively)",
-        ));
+        return Err(InputError::data(dir, "no PNG or JPEG images found (searched recursively)"));
     }
     let per = channels * side * side;
     let decoded: Vec<Vec<u8>> = files
         .par_iter()
         .map(|f| {
-            let img = image::open(f)
-                .map_err(|e| InputError::data(f, format!("cannot decode image: {e}")))?;
+            let img = image::open(f).map_err(|e| InputError::data(f, format!("cannot decode image: {e}")))?;
             let rgb = square_resize(img.to_rgb8(), side as u32);
             Ok(planar_from_rgb(&rgb, channels))
         })
@@ -142,22 +112,13 @@ fn load_files(
             .iter()
             .map(|f| {
                 let rel = f.strip_prefix(dir).unwrap_or(f);
-                let first = rel
-                    .components()
-                    .next()
-                    .map(|c| c.as_os_str().to_string_lossy().to_string())
-                    .unwrap_or_default();
+                let first =
+                    rel.components().next().map(|c| c.as_os_str().to_string_lossy().to_string()).unwrap_or_default();
                 names.iter().position(|n| *n == first).unwrap_or(0) as u16
             })
             .collect()
     });
-    Ok(ImageSet {
-        pixels,
-        labels,
-        len: files.len(),
-        channels,
-        side,
-    })
+    Ok(ImageSet { pixels, labels, len: files.len(), channels, side })
 }
 
 /// Centre-crop to a square, then resize to `side`.

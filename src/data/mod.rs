@@ -49,11 +49,7 @@ impl ImageSet {
         for &i in indices {
             data.extend(self.image(i).iter().map(|&p| p as f32 / 255.0));
         }
-        Tensor::from_vec(
-            data,
-            (indices.len(), self.channels, self.side, self.side),
-            device,
-        )
+        Tensor::from_vec(data, (indices.len(), self.channels, self.side, self.side), device)
     }
 
     /// Keep the first `n` images.
@@ -78,24 +74,12 @@ impl ImageSet {
             let converted = convert_image(self.image(i), self.channels, self.side, channels, side);
             out.copy_from_slice(&converted);
         });
-        ImageSet {
-            pixels,
-            labels: self.labels,
-            len: self.len,
-            channels,
-            side,
-        }
+        ImageSet { pixels, labels: self.labels, len: self.len, channels, side }
     }
 }
 
 /// Convert one planar image between channel counts and sizes (bilinear via `image`).
-fn convert_image(
-    src: &[u8],
-    c_in: usize,
-    side_in: usize,
-    c_out: usize,
-    side_out: usize,
-) -> Vec<u8> {
+fn convert_image(src: &[u8], c_in: usize, side_in: usize, c_out: usize, side_out: usize) -> Vec<u8> {
     let plane = side_in * side_in;
     // Interleave to HWC for `image`.
     let mut rgb = image::RgbImage::new(side_in as u32, side_in as u32);
@@ -107,12 +91,7 @@ fn convert_image(
         };
     }
     let rgb = if side_in != side_out {
-        image::imageops::resize(
-            &rgb,
-            side_out as u32,
-            side_out as u32,
-            image::imageops::FilterType::Triangle,
-        )
+        image::imageops::resize(&rgb, side_out as u32, side_out as u32, image::imageops::FilterType::Triangle)
     } else {
         rgb
     };
@@ -162,11 +141,7 @@ impl Splits {
                 }
             }
         }
-        h.finalize()
-            .iter()
-            .take(8)
-            .map(|b| format!("{b:02x}"))
-            .collect()
+        h.finalize().iter().take(8).map(|b| format!("{b:02x}")).collect()
     }
 }
 
@@ -176,47 +151,23 @@ pub fn load(cfg: &DataConfig) -> Result<Splits, InputError> {
     let (mut train, mut eval, source) = match cfg.dataset {
         DatasetKind::FashionMnist | DatasetKind::Mnist => {
             let (t, e) = idx::load_dir(path)?;
-            (
-                t,
-                e,
-                format!("{} (IDX) at {}", cfg.dataset.name(), path.display()),
-            )
+            (t, e, format!("{} (IDX) at {}", cfg.dataset.name(), path.display()))
         }
         DatasetKind::Cifar10 => {
             let (t, e) = cifar::load_dir(path)?;
-            (
-                t,
-                e,
-                format!("cifar10 (binary batches) at {}", path.display()),
-            )
+            (t, e, format!("cifar10 (binary batches) at {}", path.display()))
         }
         DatasetKind::Folder => {
-            let (t, e) = folder::load_dir(
-                path,
-                cfg.image_size as usize,
-                cfg.channels as usize,
-                cfg.eval_images,
-            )?;
+            let (t, e) = folder::load_dir(path, cfg.image_size as usize, cfg.channels as usize, cfg.eval_images)?;
             (t, e, format!("image folder at {}", path.display()))
         }
         DatasetKind::Synthetic => {
-            let n_train = if cfg.train_images == 0 {
-                10_000
-            } else {
-                cfg.train_images
-            };
+            let n_train = if cfg.train_images == 0 { 10_000 } else { cfg.train_images };
             let side = cfg.image_size as usize;
             let ch = cfg.channels as usize;
             let t = synthetic::generate(n_train, ch, side, 0x5eed_0001);
             let e = synthetic::generate(cfg.eval_images, ch, side, 0x5eed_0002);
-            (
-                t,
-                e,
-                format!(
-                    "synthetic shapes ({n_train} train, {} eval)",
-                    cfg.eval_images
-                ),
-            )
+            (t, e, format!("synthetic shapes ({n_train} train, {} eval)", cfg.eval_images))
         }
     };
     let mut notes = Vec::new();
@@ -243,34 +194,23 @@ pub fn load(cfg: &DataConfig) -> Result<Splits, InputError> {
         return Err(InputError::data(path, "the eval split has no images"));
     }
     let (c, s) = (cfg.channels as usize, cfg.image_size as usize);
-    Ok(Splits {
-        train: train.conform(c, s),
-        eval: eval.conform(c, s),
-        source,
-        notes,
-    })
+    Ok(Splits { train: train.conform(c, s), eval: eval.conform(c, s), source, notes })
 }
 
 /// Read a whole file, decompressing gzip when the file starts with its magic bytes.
 pub(crate) fn read_maybe_gz(path: &Path) -> Result<Vec<u8>, InputError> {
     use std::io::Read;
-    let raw =
-        std::fs::read(path).map_err(|e| InputError::data(path, format!("cannot read: {e}")))?;
+    let raw = std::fs::read(path).map_err(|e| InputError::data(path, format!("cannot read: {e}")))?;
     if raw.starts_with(&[0x1f, 0x8b]) {
         let mut out = Vec::new();
-        flate2::read::MultiGzDecoder::new(&raw[..])
-            .read_to_end(&mut out)
-            .map_err(|e| {
-                let what = if e.kind() == std::io::ErrorKind::UnexpectedEof {
-                    "truncated gzip stream"
-                } else {
-                    "corrupt gzip stream"
-                };
-                InputError::data(
-                    path,
-                    format!("{what} ({e}); re-download or reinstall the dataset"),
-                )
-            })?;
+        flate2::read::MultiGzDecoder::new(&raw[..]).read_to_end(&mut out).map_err(|e| {
+            let what = if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                "truncated gzip stream"
+            } else {
+                "corrupt gzip stream"
+            };
+            InputError::data(path, format!("{what} ({e}); re-download or reinstall the dataset"))
+        })?;
         Ok(out)
     } else {
         Ok(raw)
@@ -282,9 +222,6 @@ pub(crate) fn require_dir(path: &Path, hint: &str) -> Result<(), InputError> {
     match std::fs::metadata(path) {
         Ok(m) if m.is_dir() => Ok(()),
         Ok(_) => Err(InputError::data(path, "is not a directory")),
-        Err(_) => Err(InputError::data(
-            path,
-            format!("directory not found (data.path); {hint}"),
-        )),
+        Err(_) => Err(InputError::data(path, format!("directory not found (data.path); {hint}"))),
     }
 }

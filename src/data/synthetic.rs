@@ -13,25 +13,13 @@ pub fn generate(n: usize, channels: usize, side: usize, seed: u64) -> ImageSet {
     let per = channels * side * side;
     let mut pixels = vec![0u8; n * per];
     let mut labels = vec![0u16; n];
-    pixels
-        .par_chunks_mut(per)
-        .zip(labels.par_iter_mut())
-        .enumerate()
-        .for_each(|(i, (img, label))| {
-            // One generator per image: the result does not depend on the thread count.
-            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(
-                seed.wrapping_mul(0x9e37_79b9_7f4a_7c15)
-                    .wrapping_add(i as u64),
-            );
-            *label = draw(img, channels, side, &mut rng) as u16;
-        });
-    ImageSet {
-        pixels,
-        labels: Some(labels),
-        len: n,
-        channels,
-        side,
-    }
+    pixels.par_chunks_mut(per).zip(labels.par_iter_mut()).enumerate().for_each(|(i, (img, label))| {
+        // One generator per image: the result does not depend on the thread count.
+        let mut rng =
+            rand_chacha::ChaCha8Rng::seed_from_u64(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15).wrapping_add(i as u64));
+        *label = draw(img, channels, side, &mut rng) as u16;
+    });
+    ImageSet { pixels, labels: Some(labels), len: n, channels, side }
 }
 
 fn draw(img: &mut [u8], channels: usize, side: usize, rng: &mut impl Rng) -> usize {
@@ -53,10 +41,7 @@ fn draw(img: &mut [u8], channels: usize, side: usize, rng: &mut impl Rng) -> usi
                 2 => d <= r && d >= r * 0.6,
                 3 => fy.abs() <= r && ((fy + r) / (r / 2.0)) as i32 % 2 == 0 && fx.abs() <= r,
                 4 => fx.abs() <= r && ((fx + r) / (r / 2.0)) as i32 % 2 == 0 && fy.abs() <= r,
-                5 => {
-                    (fx.abs() <= r * 0.25 && fy.abs() <= r)
-                        || (fy.abs() <= r * 0.25 && fx.abs() <= r)
-                }
+                5 => (fx.abs() <= r * 0.25 && fy.abs() <= r) || (fy.abs() <= r * 0.25 && fx.abs() <= r),
                 6 => fy <= r * 0.7 && fy >= -r && fx.abs() <= (fy + r) * 0.6,
                 _ => (fx - fy).abs() <= r * 0.3 && d <= r * 1.2,
             };

@@ -29,16 +29,10 @@ impl MetricsLog {
     /// A log for a run dir; on resume, the rows up to `keep_until_step` are read back.
     pub fn open(run_dir: &Path, keep_until_step: Option<u64>) -> anyhow::Result<Self> {
         let path = run_dir.join(METRICS_FILE);
-        let mut log = MetricsLog {
-            rows: Vec::new(),
-            path,
-        };
+        let mut log = MetricsLog { rows: Vec::new(), path };
         if let Some(limit) = keep_until_step {
             if log.path.exists() {
-                log.rows = read_rows(&log.path)?
-                    .into_iter()
-                    .filter(|r| r.step <= limit as i64)
-                    .collect();
+                log.rows = read_rows(&log.path)?.into_iter().filter(|r| r.step <= limit as i64).collect();
             }
         }
         Ok(log)
@@ -63,43 +57,18 @@ impl MetricsLog {
     /// The last value of `split/metric`.
     pub fn last(&self, name: &str) -> Option<f64> {
         let (split, metric) = name.split_once('/')?;
-        self.rows
-            .iter()
-            .rev()
-            .find(|r| r.split == split && r.metric == metric)
-            .map(|r| r.value)
+        self.rows.iter().rev().find(|r| r.split == split && r.metric == metric).map(|r| r.value)
     }
 
     /// Rewrite `metrics.parquet` atomically.
     pub fn flush(&self) -> anyhow::Result<()> {
         let n = self.rows.len();
         let cols = vec![
-            Column::new(
-                "step".into(),
-                self.rows.iter().map(|r| r.step).collect::<Vec<i64>>(),
-            ),
-            Column::new(
-                "wall_time".into(),
-                self.rows.iter().map(|r| r.wall_time).collect::<Vec<f64>>(),
-            ),
-            Column::new(
-                "split".into(),
-                self.rows
-                    .iter()
-                    .map(|r| r.split.as_str())
-                    .collect::<Vec<&str>>(),
-            ),
-            Column::new(
-                "metric".into(),
-                self.rows
-                    .iter()
-                    .map(|r| r.metric.as_str())
-                    .collect::<Vec<&str>>(),
-            ),
-            Column::new(
-                "value".into(),
-                self.rows.iter().map(|r| r.value).collect::<Vec<f64>>(),
-            ),
+            Column::new("step".into(), self.rows.iter().map(|r| r.step).collect::<Vec<i64>>()),
+            Column::new("wall_time".into(), self.rows.iter().map(|r| r.wall_time).collect::<Vec<f64>>()),
+            Column::new("split".into(), self.rows.iter().map(|r| r.split.as_str()).collect::<Vec<&str>>()),
+            Column::new("metric".into(), self.rows.iter().map(|r| r.metric.as_str()).collect::<Vec<&str>>()),
+            Column::new("value".into(), self.rows.iter().map(|r| r.value).collect::<Vec<f64>>()),
         ];
         let mut df = DataFrame::new(n, cols)?;
         write_atomic_with(&self.path, |tmp| {
@@ -114,9 +83,8 @@ impl MetricsLog {
 /// Read a `metrics.parquet` back into rows.
 pub fn read_rows(path: &Path) -> anyhow::Result<Vec<MetricRow>> {
     let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let df = anyhow::Context::with_context(ParquetReader::new(file).finish(), || {
-        format!("reading {}", path.display())
-    })?;
+    let df =
+        anyhow::Context::with_context(ParquetReader::new(file).finish(), || format!("reading {}", path.display()))?;
     let step = df.column("step")?.i64()?;
     let wall = df.column("wall_time")?.f64()?;
     let split = df.column("split")?.str()?;

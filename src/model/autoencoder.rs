@@ -16,12 +16,7 @@ pub struct Encoder {
 }
 
 impl Encoder {
-    pub fn new(
-        ps: &mut ParamStore,
-        m: &ModelConfig,
-        channels: usize,
-        embed_dim: usize,
-    ) -> Result<Self> {
+    pub fn new(ps: &mut ParamStore, m: &ModelConfig, channels: usize, embed_dim: usize) -> Result<Self> {
         let hidden = m.hidden_channels as usize;
         let n = m.downsample as usize;
         let mut downs = Vec::with_capacity(n);
@@ -29,32 +24,13 @@ impl Encoder {
         for i in 0..n {
             // Sonnet: hidden/2 channels in all but the last stride-2 stage.
             let c_out = if i + 1 == n { hidden } else { hidden / 2 };
-            downs.push(Conv2d::new(
-                ps,
-                &format!("encoder.down{i}"),
-                c_in,
-                c_out,
-                4,
-                2,
-                1,
-            )?);
+            downs.push(Conv2d::new(ps, &format!("encoder.down{i}"), c_in, c_out, 4, 2, 1)?);
             c_in = c_out;
         }
         let conv3 = Conv2d::new(ps, "encoder.conv3", hidden, hidden, 3, 1, 1)?;
-        let res = ResidualStack::new(
-            ps,
-            "encoder.res",
-            hidden,
-            m.res_channels as usize,
-            m.res_blocks as usize,
-        )?;
+        let res = ResidualStack::new(ps, "encoder.res", hidden, m.res_channels as usize, m.res_blocks as usize)?;
         let pre_vq = Conv2d::new(ps, "encoder.pre_vq", hidden, embed_dim, 1, 1, 0)?;
-        Ok(Encoder {
-            downs,
-            conv3,
-            res,
-            pre_vq,
-        })
+        Ok(Encoder { downs, conv3, res, pre_vq })
     }
 
     /// Pixels (centred on 0) to latents (B, embed_dim, H/2^n, W/2^n).
@@ -76,35 +52,16 @@ pub struct Decoder {
 }
 
 impl Decoder {
-    pub fn new(
-        ps: &mut ParamStore,
-        m: &ModelConfig,
-        channels: usize,
-        embed_dim: usize,
-    ) -> Result<Self> {
+    pub fn new(ps: &mut ParamStore, m: &ModelConfig, channels: usize, embed_dim: usize) -> Result<Self> {
         let hidden = m.hidden_channels as usize;
         let n = m.downsample as usize;
         let conv_in = Conv2d::new(ps, "decoder.conv_in", embed_dim, hidden, 3, 1, 1)?;
-        let res = ResidualStack::new(
-            ps,
-            "decoder.res",
-            hidden,
-            m.res_channels as usize,
-            m.res_blocks as usize,
-        )?;
+        let res = ResidualStack::new(ps, "decoder.res", hidden, m.res_channels as usize, m.res_blocks as usize)?;
         let mut ups = Vec::with_capacity(n);
         let mut c_in = hidden;
         for i in 0..n {
             let c_out = if i + 1 == n { channels } else { hidden / 2 };
-            ups.push(ConvTranspose2d::new(
-                ps,
-                &format!("decoder.up{i}"),
-                c_in,
-                c_out,
-                4,
-                2,
-                1,
-            )?);
+            ups.push(ConvTranspose2d::new(ps, &format!("decoder.up{i}"), c_in, c_out, 4, 2, 1)?);
             c_in = c_out;
         }
         Ok(Decoder { conv_in, res, ups })

@@ -27,17 +27,8 @@ impl ActNorm {
         ps.param(&format!("{name}.loc"), &[1, c, 1, 1], Init::Const(0.0))?;
         ps.param(&format!("{name}.scale"), &[1, c, 1, 1], Init::Const(1.0))?;
         let initialized_flag = ps.buffer(&format!("{name}.initialized"), &[1], Init::Const(0.0))?;
-        let get = |n: &str| {
-            ps.get(&format!("{name}.{n}"))
-                .expect("just created")
-                .clone()
-        };
-        Ok(ActNorm {
-            loc: get("loc"),
-            scale: get("scale"),
-            initialized_flag,
-            initialized: Cell::new(false),
-        })
+        let get = |n: &str| ps.get(&format!("{name}.{n}")).expect("just created").clone();
+        Ok(ActNorm { loc: get("loc"), scale: get("scale"), initialized_flag, initialized: Cell::new(false) })
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
@@ -45,20 +36,13 @@ impl ActNorm {
             // Data-dependent init: zero mean, unit variance per channel on this batch.
             let x = x.detach();
             let mean = x.mean_keepdim(0)?.mean_keepdim(2)?.mean_keepdim(3)?;
-            let var = x
-                .broadcast_sub(&mean)?
-                .sqr()?
-                .mean_keepdim(0)?
-                .mean_keepdim(2)?
-                .mean_keepdim(3)?;
+            let var = x.broadcast_sub(&mean)?.sqr()?.mean_keepdim(0)?.mean_keepdim(2)?.mean_keepdim(3)?;
             self.loc.set(&mean.neg()?)?;
             self.scale.set(&(var.sqrt()? + 1e-6)?.recip()?)?;
-            self.initialized_flag
-                .set(&Tensor::ones(1, candle_core::DType::F32, x.device())?)?;
+            self.initialized_flag.set(&Tensor::ones(1, candle_core::DType::F32, x.device())?)?;
             self.initialized.set(true);
         }
-        x.broadcast_add(self.loc.as_tensor())?
-            .broadcast_mul(self.scale.as_tensor())
+        x.broadcast_add(self.loc.as_tensor())?.broadcast_mul(self.scale.as_tensor())
     }
 }
 
@@ -80,22 +64,9 @@ pub fn auto_layers(side: usize) -> usize {
 }
 
 impl Discriminator {
-    pub fn new(
-        ps: &mut ParamStore,
-        channels: usize,
-        side: usize,
-        ndf: usize,
-        layers: usize,
-    ) -> Result<Self> {
-        let n_layers = if layers == 0 {
-            auto_layers(side)
-        } else {
-            layers
-        };
-        let w = Init::Normal {
-            mean: 0.0,
-            std: 0.02,
-        };
+    pub fn new(ps: &mut ParamStore, channels: usize, side: usize, ndf: usize, layers: usize) -> Result<Self> {
+        let n_layers = if layers == 0 { auto_layers(side) } else { layers };
+        let w = Init::Normal { mean: 0.0, std: 0.02 };
         let first = Conv2d::with_init(ps, "disc.conv0", channels, ndf, 4, 2, 1, w, true)?;
         let mut blocks = Vec::new();
         let mut mult = 1;
@@ -104,18 +75,12 @@ impl Discriminator {
             mult = (1 << i).min(8);
             let stride = if i == n_layers { 1 } else { 2 };
             let name = format!("disc.conv{i}");
-            let conv =
-                Conv2d::with_init(ps, &name, ndf * prev, ndf * mult, 4, stride, 1, w, false)?;
+            let conv = Conv2d::with_init(ps, &name, ndf * prev, ndf * mult, 4, stride, 1, w, false)?;
             let norm = ActNorm::new(ps, &format!("disc.norm{i}"), ndf * mult)?;
             blocks.push((conv, norm));
         }
         let last = Conv2d::with_init(ps, "disc.out", ndf * mult, 1, 4, 1, 1, w, true)?;
-        Ok(Discriminator {
-            first,
-            blocks,
-            last,
-            n_layers,
-        })
+        Ok(Discriminator { first, blocks, last, n_layers })
     }
 
     /// Logits per patch, (B, 1, h, w).
@@ -131,8 +96,7 @@ impl Discriminator {
     pub fn sync_initialized(&self) -> Result<()> {
         for (_, norm) in &self.blocks {
             let v = norm.initialized_flag.as_tensor().to_vec1::<f32>()?;
-            norm.initialized
-                .set(v.first().copied().unwrap_or(0.0) > 0.5);
+            norm.initialized.set(v.first().copied().unwrap_or(0.0) > 0.5);
         }
         Ok(())
     }

@@ -27,12 +27,7 @@ impl Conv2d {
         let init = torch_default(c_in * k * k);
         let weight = ps.param(&format!("{name}.weight"), &[c_out, c_in, k, k], init)?;
         let bias = Some(ps.param(&format!("{name}.bias"), &[c_out], init)?);
-        Ok(Conv2d {
-            weight,
-            bias,
-            stride,
-            padding,
-        })
+        Ok(Conv2d { weight, bias, stride, padding })
     }
 
     /// Weights from a given distribution, bias optional (the GAN discriminator's init).
@@ -49,17 +44,8 @@ impl Conv2d {
         bias: bool,
     ) -> Result<Self> {
         let weight = ps.param(&format!("{name}.weight"), &[c_out, c_in, k, k], init)?;
-        let bias = if bias {
-            Some(ps.param(&format!("{name}.bias"), &[c_out], Init::Const(0.0))?)
-        } else {
-            None
-        };
-        Ok(Conv2d {
-            weight,
-            bias,
-            stride,
-            padding,
-        })
+        let bias = if bias { Some(ps.param(&format!("{name}.bias"), &[c_out], Init::Const(0.0))?) } else { None };
+        Ok(Conv2d { weight, bias, stride, padding })
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
@@ -94,12 +80,7 @@ impl ConvTranspose2d {
         let init = torch_default(c_out * k * k);
         let weight = ps.param(&format!("{name}.weight"), &[c_in, c_out, k, k], init)?;
         let bias = ps.param(&format!("{name}.bias"), &[c_out], init)?;
-        Ok(ConvTranspose2d {
-            weight,
-            bias,
-            stride,
-            padding,
-        })
+        Ok(ConvTranspose2d { weight, bias, stride, padding })
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
@@ -115,13 +96,7 @@ pub struct ResidualStack {
 }
 
 impl ResidualStack {
-    pub fn new(
-        ps: &mut ParamStore,
-        name: &str,
-        hidden: usize,
-        res: usize,
-        n: usize,
-    ) -> Result<Self> {
+    pub fn new(ps: &mut ParamStore, name: &str, hidden: usize, res: usize, n: usize) -> Result<Self> {
         let blocks = (0..n)
             .map(|i| {
                 Ok((

@@ -52,13 +52,7 @@ impl VqModel {
                 cfg.loss.disc_layers as usize,
             )?),
         };
-        Ok(VqModel {
-            params: ps,
-            encoder,
-            quantizer,
-            decoder,
-            discriminator,
-        })
+        Ok(VqModel { params: ps, encoder, quantizer, decoder, discriminator })
     }
 
     /// Encode, quantize, decode. Pixels in [0, 1]; the network sees them centred on 0.
@@ -97,9 +91,7 @@ pub fn mermaid(cfg: &ExperimentConfig) -> String {
     for i in 0..n {
         side /= 2;
         let ch = if i + 1 == n { h } else { h / 2 };
-        out.push_str(&format!(
-            "    {prev} --> d{i}[\"conv 4×4 s2 → {ch}×{side}×{side}, ReLU\"]\n"
-        ));
+        out.push_str(&format!("    {prev} --> d{i}[\"conv 4×4 s2 → {ch}×{side}×{side}, ReLU\"]\n"));
         prev = format!("d{i}");
     }
     out.push_str(&format!(
@@ -118,35 +110,24 @@ pub fn mermaid(cfg: &ExperimentConfig) -> String {
     if q.lookup_dim > 0 {
         extras.push(format!("lookup in {} dims", q.lookup_dim));
     }
-    let extras = if extras.is_empty() {
-        String::new()
-    } else {
-        format!(", {}", extras.join(", "))
-    };
+    let extras = if extras.is_empty() { String::new() } else { format!(", {}", extras.join(", ")) };
     out.push_str(&format!(
         "  enc --> vq{{\"VQ: K = {}, D = {}, β = {}<br/>{kind}{extras}<br/>straight-through\"}}\n",
         q.codebook_size, q.embed_dim, q.beta
     ));
     out.push_str("  vq --> dec\n  subgraph dec[Decoder]\n    direction TB\n");
-    out.push_str(&format!(
-        "    ci[\"conv 3×3 → {h}\"] --> dr[\"{} residual blocks, ReLU\"]\n",
-        cfg.model.res_blocks
-    ));
+    out.push_str(&format!("    ci[\"conv 3×3 → {h}\"] --> dr[\"{} residual blocks, ReLU\"]\n", cfg.model.res_blocks));
     let mut prev = "dr".to_string();
     let mut side = latent;
     for i in 0..n {
         side *= 2;
         let ch = if i + 1 == n { c } else { h / 2 };
         let act = if i + 1 == n { "" } else { ", ReLU" };
-        out.push_str(&format!(
-            "    {prev} --> u{i}[\"conv-transpose 4×4 s2 → {ch}×{side}×{side}{act}\"]\n"
-        ));
+        out.push_str(&format!("    {prev} --> u{i}[\"conv-transpose 4×4 s2 → {ch}×{side}×{side}{act}\"]\n"));
         prev = format!("u{i}");
     }
     out.push_str("  end\n");
-    out.push_str(&format!(
-        "  dec --> xh[\"reconstruction {c}×{s}×{s} (+ 0.5)\"]\n"
-    ));
+    out.push_str(&format!("  dec --> xh[\"reconstruction {c}×{s}×{s} (+ 0.5)\"]\n"));
     if cfg.model.variant == Variant::Vqgan {
         let layers = if cfg.loss.disc_layers == 0 {
             discriminator::auto_layers(s as usize)

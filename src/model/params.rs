@@ -61,12 +61,9 @@ impl ParamStore {
         }
         let n: usize = shape.iter().product();
         let data: Vec<f32> = match init {
-            Init::Uniform(lo, hi) => (0..n)
-                .map(|_| self.rng.random_range(lo..hi) as f32)
-                .collect(),
+            Init::Uniform(lo, hi) => (0..n).map(|_| self.rng.random_range(lo..hi) as f32).collect(),
             Init::Normal { mean, std } => {
-                let d =
-                    Normal::new(mean, std).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+                let d = Normal::new(mean, std).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
                 (0..n).map(|_| d.sample(&mut self.rng) as f32).collect()
             }
             Init::Const(v) => vec![v as f32; n],
@@ -80,11 +77,7 @@ impl ParamStore {
 
     /// Variables whose names start with `prefix` (e.g. `disc.`), sorted by name.
     pub fn vars_with_prefix(&self, prefix: &str) -> Vec<(String, Var)> {
-        self.vars
-            .iter()
-            .filter(|(k, _)| k.starts_with(prefix))
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect()
+        self.vars.iter().filter(|(k, _)| k.starts_with(prefix)).map(|(k, v)| (k.clone(), v.clone())).collect()
     }
 
     /// A parameter or buffer by name.
@@ -94,28 +87,20 @@ impl ParamStore {
 
     /// Number of scalars under a prefix ("" = all).
     pub fn count(&self, prefix: &str) -> usize {
-        self.vars
-            .iter()
-            .filter(|(k, _)| k.starts_with(prefix))
-            .map(|(_, v)| v.elem_count())
-            .sum()
+        self.vars.iter().filter(|(k, _)| k.starts_with(prefix)).map(|(_, v)| v.elem_count()).sum()
     }
 
     /// All parameters and buffers by name (for checkpoints).
     pub fn tensors(&self) -> BTreeMap<String, Tensor> {
-        self.vars
-            .iter()
-            .chain(self.buffers.iter())
-            .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
-            .collect()
+        self.vars.iter().chain(self.buffers.iter()).map(|(k, v)| (k.clone(), v.as_tensor().clone())).collect()
     }
 
     /// Overwrite variables from named tensors; every variable must be present with its shape.
     pub fn load(&self, tensors: &BTreeMap<String, Tensor>) -> Result<()> {
         for (name, var) in self.vars.iter().chain(self.buffers.iter()) {
-            let t = tensors.get(name).ok_or_else(|| {
-                candle_core::Error::Msg(format!("checkpoint lacks parameter {name}"))
-            })?;
+            let t = tensors
+                .get(name)
+                .ok_or_else(|| candle_core::Error::Msg(format!("checkpoint lacks parameter {name}")))?;
             if t.dims() != var.dims() {
                 candle_core::bail!(
                     "checkpoint parameter {name} has shape {:?}, model expects {:?}",

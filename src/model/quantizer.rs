@@ -9,11 +9,7 @@ use super::params::{Init, ParamStore};
 use crate::config::{QuantizerConfig, QuantizerKind};
 
 /// Names of the EMA state tensors.
-pub const EMA_BUFFERS: &[&str] = &[
-    "quantizer.ema_cluster_size",
-    "quantizer.ema_dw",
-    "quantizer.ema_counter",
-];
+pub const EMA_BUFFERS: &[&str] = &["quantizer.ema_cluster_size", "quantizer.ema_dw", "quantizer.ema_counter"];
 
 #[derive(Debug, Clone)]
 pub struct Quantizer {
@@ -43,11 +39,7 @@ pub struct Quantized {
 }
 
 fn l2norm(x: &Tensor) -> Result<Tensor> {
-    let n = x
-        .sqr()?
-        .sum_keepdim(D::Minus1)?
-        .sqrt()?
-        .clamp(1e-12, f64::MAX)?;
+    let n = x.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?.clamp(1e-12, f64::MAX)?;
     x.broadcast_div(&n)
 }
 
@@ -55,11 +47,7 @@ impl Quantizer {
     pub fn new(ps: &mut ParamStore, q: &QuantizerConfig) -> Result<Self> {
         let k = q.codebook_size as usize;
         let d = q.embed_dim as usize;
-        let code_dim = if q.lookup_dim > 0 {
-            q.lookup_dim as usize
-        } else {
-            d
-        };
+        let code_dim = if q.lookup_dim > 0 { q.lookup_dim as usize } else { d };
         let proj = if q.lookup_dim > 0 {
             Some((
                 Conv2d::new(ps, "quantizer.proj_in", d, code_dim, 1, 1, 0)?,
@@ -83,10 +71,7 @@ impl Quantizer {
             (codebook, Some((cs, dw, counter)))
         } else {
             ps.param("quantizer.codebook", &[k, code_dim], init)?;
-            (
-                ps.get("quantizer.codebook").expect("just created").clone(),
-                None,
-            )
+            (ps.get("quantizer.codebook").expect("just created").clone(), None)
         };
         Ok(Quantizer {
             kind: q.kind,
@@ -119,11 +104,7 @@ impl Quantizer {
         };
         let (b, d, h, w) = z.dims4()?;
         let flat = z.permute((0, 2, 3, 1))?.reshape((b * h * w, d))?;
-        let flat = if self.l2_normalize {
-            l2norm(&flat)?
-        } else {
-            flat
-        };
+        let flat = if self.l2_normalize { l2norm(&flat)? } else { flat };
         let e = self.lookup_codebook()?;
         let indices = nearest(&flat.detach(), &e.detach())?;
         let chosen = e.index_select(&indices, 0)?;
@@ -135,36 +116,22 @@ impl Quantizer {
             }
         }
         let st = (&flat + (chosen - &flat)?.detach())?;
-        let z_q = st
-            .reshape((b, h, w, d))?
-            .permute((0, 3, 1, 2))?
-            .contiguous()?;
+        let z_q = st.reshape((b, h, w, d))?.permute((0, 3, 1, 2))?.contiguous()?;
         let z_q = match &self.proj {
             Some((_, p_out)) => p_out.forward(&z_q)?,
             None => z_q,
         };
-        Ok(Quantized {
-            z_q,
-            indices,
-            codebook_loss,
-            commit_loss,
-        })
+        Ok(Quantized { z_q, indices, codebook_loss, commit_loss })
     }
 
     /// Sonnet's update: hidden ← hidden − (hidden − value)(1 − γ); average = hidden / (1 − γᵗ);
     /// n = Σ cluster sizes; smoothed = (size + ε) / (n + Kε) · n; codebook = dw / smoothed.
-    fn ema_update(
-        &self,
-        (cs, dw, counter): &(Var, Var, Var),
-        flat: &Tensor,
-        indices: &Tensor,
-    ) -> Result<()> {
+    fn ema_update(&self, (cs, dw, counter): &(Var, Var, Var), flat: &Tensor, indices: &Tensor) -> Result<()> {
         let k = self.codebook_size;
         let dev = flat.device();
         let ones = Tensor::ones(indices.dims1()?, DType::F32, dev)?;
         let counts = Tensor::zeros(k, DType::F32, dev)?.index_add(indices, &ones, 0)?;
-        let sums =
-            Tensor::zeros((k, flat.dim(1)?), DType::F32, dev)?.index_add(indices, flat, 0)?;
+        let sums = Tensor::zeros((k, flat.dim(1)?), DType::F32, dev)?.index_add(indices, flat, 0)?;
         let g = self.decay;
         let t = (counter.as_tensor() + 1.0)?;
         counter.set(&t)?;
@@ -178,9 +145,8 @@ impl Quantizer {
         let avg_cs = new_cs.broadcast_div(&one_minus)?;
         let avg_dw = new_dw.broadcast_div(&one_minus)?;
         let n = avg_cs.sum_keepdim(0)?;
-        let smoothed = ((&avg_cs + self.epsilon)?
-            .broadcast_div(&(&n + k as f64 * self.epsilon)?)?)
-        .broadcast_mul(&n)?;
+        let smoothed =
+            ((&avg_cs + self.epsilon)?.broadcast_div(&(&n + k as f64 * self.epsilon)?)?).broadcast_mul(&n)?;
         let codebook = avg_dw.broadcast_div(&smoothed.unsqueeze(1)?)?;
         self.codebook.set(&codebook)
     }

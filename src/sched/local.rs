@@ -20,27 +20,19 @@ pub const WORKER_ENV: &str = "VQLAB_WORKER";
 
 /// The state of a planned run as its directory says (pending when it has none).
 pub fn planned_state(sweep_dir: &Path, run: &PlannedRun) -> RunStatus {
-    RunStatus::read(&sweep_dir.join(&run.dir_name))
-        .ok()
-        .flatten()
-        .unwrap_or_else(RunStatus::pending)
+    RunStatus::read(&sweep_dir.join(&run.dir_name)).ok().flatten().unwrap_or_else(RunStatus::pending)
 }
 
 /// Create the sweep dir, its provenance file, and a directory with `config.toml` and
 /// `status.json` for every run that does not have one yet.
 pub fn prepare(runs_dir: &Path, sweep: &Sweep, provenance: &str) -> anyhow::Result<PathBuf> {
     let sweep_dir = runs_dir.join(&sweep.name);
-    std::fs::create_dir_all(&sweep_dir)
-        .with_context(|| format!("creating sweep directory {}", sweep_dir.display()))?;
+    std::fs::create_dir_all(&sweep_dir).with_context(|| format!("creating sweep directory {}", sweep_dir.display()))?;
     let mut text = String::new();
     for line in provenance.lines() {
         text.push_str(&format!("# {line}\n"));
     }
-    text.push_str(&format!(
-        "# written {} by vqlab {}\n\n",
-        timestamp_now(),
-        env!("CARGO_PKG_VERSION")
-    ));
+    text.push_str(&format!("# written {} by vqlab {}\n\n", timestamp_now(), env!("CARGO_PKG_VERSION")));
     text.push_str(&config::to_toml(&sweep.base));
     write_atomic(&sweep_dir.join(EXPERIMENT_FILE), text.as_bytes())?;
     for run in &sweep.runs {
@@ -87,12 +79,7 @@ pub fn run_sweep(sweep_dir: &Path, sweep: &Sweep, opts: &LocalOptions) -> anyhow
         let dir = sweep_dir.join(&run.dir_name);
         let status = RunStatus::read(&dir)?.unwrap_or_else(RunStatus::pending);
         if status.state.is_finished() {
-            tracing::info!(
-                "[{}/{total}] {}: {}, skipped",
-                i + 1,
-                run.dir_name,
-                status.state.name()
-            );
+            tracing::info!("[{}/{total}] {}: {}, skipped", i + 1, run.dir_name, status.state.name());
             continue;
         }
         if status.state == RunState::Failed && status.attempts >= opts.max_attempts {
@@ -106,20 +93,12 @@ pub fn run_sweep(sweep_dir: &Path, sweep: &Sweep, opts: &LocalOptions) -> anyhow
             failed += 1;
             continue;
         }
-        tracing::info!(
-            "[{}/{total}] {}: training ({})",
-            i + 1,
-            run.dir_name,
-            config::short_description(&run.config)
-        );
+        tracing::info!("[{}/{total}] {}: training ({})", i + 1, run.dir_name, config::short_description(&run.config));
         let outcome = run_child(&exe, &dir)?;
         match outcome.state {
-            RunState::Done | RunState::StoppedEarly => tracing::info!(
-                "[{}/{total}] {}: {}",
-                i + 1,
-                run.dir_name,
-                outcome.state.name()
-            ),
+            RunState::Done | RunState::StoppedEarly => {
+                tracing::info!("[{}/{total}] {}: {}", i + 1, run.dir_name, outcome.state.name())
+            }
             _ => {
                 failed += 1;
                 tracing::error!(
@@ -170,11 +149,7 @@ fn run_child(exe: &Path, dir: &Path) -> anyhow::Result<RunStatus> {
         };
         status.mark_finished(
             RunState::Failed,
-            format!(
-                "worker died ({how}) at step {}; see {}",
-                status.step,
-                log_path.display()
-            ),
+            format!("worker died ({how}) at step {}; see {}", status.step, log_path.display()),
         );
         status.write(dir)?;
     }

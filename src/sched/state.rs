@@ -76,10 +76,7 @@ impl RunStatus {
     pub fn read(run_dir: &Path) -> anyhow::Result<Option<Self>> {
         let p = run_dir.join(STATUS_FILE);
         match std::fs::read(&p) {
-            Ok(bytes) => Ok(Some(
-                serde_json::from_slice(&bytes)
-                    .with_context(|| format!("parsing {}", p.display()))?,
-            )),
+            Ok(bytes) => Ok(Some(serde_json::from_slice(&bytes).with_context(|| format!("parsing {}", p.display()))?)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e).with_context(|| format!("reading {}", p.display())),
         }

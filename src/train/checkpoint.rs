@@ -30,16 +30,13 @@ pub struct Checkpoint {
 }
 
 fn data_section(bytes: &[u8]) -> anyhow::Result<&[u8]> {
-    let (header_len, _) = safetensors::SafeTensors::read_metadata(bytes)
-        .map_err(|e| anyhow::anyhow!("not a safetensors file: {e}"))?;
+    let (header_len, _) =
+        safetensors::SafeTensors::read_metadata(bytes).map_err(|e| anyhow::anyhow!("not a safetensors file: {e}"))?;
     Ok(&bytes[8 + header_len..])
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Serialize with metadata and a checksum of the tensor data.
@@ -57,10 +54,7 @@ pub fn to_bytes(ckpt: &Checkpoint, extra_meta: &[(&str, String)]) -> anyhow::Res
     // The data section does not depend on the metadata: hash it from a first serialization.
     let plain = safetensors::serialize(ckpt.tensors.iter().map(|(k, v)| (k.as_str(), v)), None)?;
     meta.insert("data_sha256".into(), sha256_hex(data_section(&plain)?));
-    Ok(safetensors::serialize(
-        ckpt.tensors.iter().map(|(k, v)| (k.as_str(), v)),
-        Some(meta),
-    )?)
+    Ok(safetensors::serialize(ckpt.tensors.iter().map(|(k, v)| (k.as_str(), v)), Some(meta))?)
 }
 
 /// Read and verify a checkpoint file.
@@ -68,42 +62,22 @@ pub fn read(path: &Path, device: &Device) -> anyhow::Result<Checkpoint> {
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     let st = safetensors::SafeTensors::deserialize(&bytes)
         .map_err(|e| anyhow::anyhow!("{}: not a valid safetensors file: {e}", path.display()))?;
-    let meta = safetensors::SafeTensors::read_metadata(&bytes)
-        .map_err(|e| anyhow::anyhow!("{e}"))?
-        .1;
+    let meta = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| anyhow::anyhow!("{e}"))?.1;
     let meta = meta.metadata().clone().unwrap_or_default();
     drop(st);
     if meta.get("format").map(String::as_str) != Some(FORMAT) {
-        bail!(
-            "{}: not a vqlab checkpoint (format {:?})",
-            path.display(),
-            meta.get("format")
-        );
+        bail!("{}: not a vqlab checkpoint (format {:?})", path.display(), meta.get("format"));
     }
     let expected = meta.get("data_sha256").cloned().unwrap_or_default();
     let actual = sha256_hex(data_section(&bytes)?);
     if expected != actual {
-        bail!(
-            "{}: checksum mismatch (corrupted file): expected {expected}, found {actual}",
-            path.display()
-        );
+        bail!("{}: checksum mismatch (corrupted file): expected {expected}, found {actual}", path.display());
     }
-    let step = meta
-        .get("step")
-        .and_then(|s| s.parse().ok())
-        .context("checkpoint metadata lacks step")?;
-    let counters = meta
-        .iter()
-        .filter_map(|(k, v)| Some((k.strip_prefix("counter.")?.to_string(), v.parse().ok()?)))
-        .collect();
-    let tensors = candle_core::safetensors::load_buffer(&bytes, device)?
-        .into_iter()
-        .collect();
-    Ok(Checkpoint {
-        step,
-        tensors,
-        counters,
-    })
+    let step = meta.get("step").and_then(|s| s.parse().ok()).context("checkpoint metadata lacks step")?;
+    let counters =
+        meta.iter().filter_map(|(k, v)| Some((k.strip_prefix("counter.")?.to_string(), v.parse().ok()?))).collect();
+    let tensors = candle_core::safetensors::load_buffer(&bytes, device)?.into_iter().collect();
+    Ok(Checkpoint { step, tensors, counters })
 }
 
 pub fn dir(run_dir: &Path) -> PathBuf {
@@ -117,27 +91,15 @@ pub fn save_last(run_dir: &Path, ckpt: &Checkpoint) -> anyhow::Result<()> {
     let bytes = to_bytes(ckpt, &[])?;
     let last = d.join(LAST);
     if last.exists() {
-        std::fs::rename(&last, d.join(PREVIOUS))
-            .with_context(|| format!("keeping {} as previous", last.display()))?;
+        std::fs::rename(&last, d.join(PREVIOUS)).with_context(|| format!("keeping {} as previous", last.display()))?;
     }
     write_atomic(&last, &bytes)
 }
 
-pub fn save_best(
-    run_dir: &Path,
-    ckpt: &Checkpoint,
-    metric: &str,
-    value: f64,
-) -> anyhow::Result<()> {
+pub fn save_best(run_dir: &Path, ckpt: &Checkpoint, metric: &str, value: f64) -> anyhow::Result<()> {
     let d = dir(run_dir);
     std::fs::create_dir_all(&d)?;
-    let bytes = to_bytes(
-        ckpt,
-        &[
-            ("best_metric", metric.to_string()),
-            ("best_value", value.to_string()),
-        ],
-    )?;
+    let bytes = to_bytes(ckpt, &[("best_metric", metric.to_string()), ("best_value", value.to_string())])?;
     write_atomic(&d.join(BEST), &bytes)
 }
 

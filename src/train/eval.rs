@@ -17,12 +17,7 @@ pub struct EvalResult {
     pub counts: Vec<u64>,
 }
 
-pub fn evaluate(
-    model: &VqModel,
-    set: &ImageSet,
-    batch_size: usize,
-    device: &Device,
-) -> Result<EvalResult> {
+pub fn evaluate(model: &VqModel, set: &ImageSet, batch_size: usize, device: &Device) -> Result<EvalResult> {
     let k = model.quantizer.codebook_size;
     let mut counts = vec![0u64; k];
     let mut sq_sum = 0.0f64;
@@ -32,11 +27,7 @@ pub fn evaluate(
         let x = set.batch(chunk, device)?;
         let r = model.reconstruct(&x, false)?;
         let err = (r.x_hat.clamp(0.0, 1.0)? - &x)?.sqr()?;
-        let per_image = err
-            .flatten_from(1)?
-            .mean(1)?
-            .to_dtype(candle_core::DType::F64)?
-            .to_vec1::<f64>()?;
+        let per_image = err.flatten_from(1)?.mean(1)?.to_dtype(candle_core::DType::F64)?.to_vec1::<f64>()?;
         for mse in per_image {
             sq_sum += mse;
             psnr_sum += psnr_from_mse(mse);
@@ -46,22 +37,12 @@ pub fn evaluate(
         }
     }
     let n = set.len.max(1) as f64;
-    Ok(EvalResult {
-        rec_mse: sq_sum / n,
-        psnr: psnr_sum / n,
-        codes: codebook_stats(&counts),
-        counts,
-    })
+    Ok(EvalResult { rec_mse: sq_sum / n, psnr: psnr_sum / n, codes: codebook_stats(&counts), counts })
 }
 
 /// Originals (top rows) above their reconstructions (bottom rows), up to 8 per row, with a
 /// 2-pixel gap. Returns an RGB image.
-pub fn reconstruction_grid(
-    model: &VqModel,
-    set: &ImageSet,
-    n: usize,
-    device: &Device,
-) -> Result<image::RgbImage> {
+pub fn reconstruction_grid(model: &VqModel, set: &ImageSet, n: usize, device: &Device) -> Result<image::RgbImage> {
     let n = n.min(set.len).max(1);
     let idx: Vec<usize> = (0..n).collect();
     let x = set.batch(&idx, device)?;
@@ -85,14 +66,8 @@ pub fn reconstruction_grid(
             let x0 = gap + col * cell;
             for y in 0..s {
                 for xx in 0..s {
-                    let px = |ch: usize| {
-                        (data[i * c * s * s + ch * s * s + y * s + xx] * 255.0).round() as u8
-                    };
-                    let rgb = if c == 1 {
-                        [px(0); 3]
-                    } else {
-                        [px(0), px(1), px(2)]
-                    };
+                    let px = |ch: usize| (data[i * c * s * s + ch * s * s + y * s + xx] * 255.0).round() as u8;
+                    let rgb = if c == 1 { [px(0); 3] } else { [px(0), px(1), px(2)] };
                     img.put_pixel((x0 + xx) as u32, (y0 + y) as u32, image::Rgb(rgb));
                 }
             }

@@ -44,10 +44,7 @@ pub fn select_device(kind: DeviceKind) -> anyhow::Result<Device> {
 pub fn device_name(d: &Device) -> String {
     match d {
         Device::Cpu => "cpu".into(),
-        Device::Cuda(_) => format!(
-            "cuda:{}",
-            std::env::var("CUDA_VISIBLE_DEVICES").unwrap_or_else(|_| "0".into())
-        ),
+        Device::Cuda(_) => format!("cuda:{}", std::env::var("CUDA_VISIBLE_DEVICES").unwrap_or_else(|_| "0".into())),
         Device::Metal(_) => "metal".into(),
     }
 }
@@ -69,9 +66,7 @@ pub fn train_run(run_dir: &Path) -> anyhow::Result<Outcome> {
     };
     if cfg.hardware.threads_per_run > 0 {
         // Ignore the error if a pool already exists (a library caller set one up).
-        let _ = rayon::ThreadPoolBuilder::new()
-            .num_threads(cfg.hardware.threads_per_run as usize)
-            .build_global();
+        let _ = rayon::ThreadPoolBuilder::new().num_threads(cfg.hardware.threads_per_run as usize).build_global();
     }
     let device = select_device(cfg.hardware.device)?;
     status.mark_running(&device_name(&device));
@@ -136,11 +131,7 @@ impl<'a> Trainer<'a> {
             .collect();
         let opt_g = Adam::new(g_vars, cfg.train.lr, cfg.train.betas)?;
         let opt_d = match cfg.model.variant {
-            Variant::Vqgan => Some(Adam::new(
-                model.params.vars_with_prefix("disc."),
-                cfg.train.lr,
-                cfg.train.betas,
-            )?),
+            Variant::Vqgan => Some(Adam::new(model.params.vars_with_prefix("disc."), cfg.train.lr, cfg.train.betas)?),
             Variant::Vqvae => None,
         };
         let (ckpt, notes) = checkpoint::load_latest(run_dir, device);
@@ -171,55 +162,30 @@ impl<'a> Trainer<'a> {
             "model: {} {}; parameters: {}",
             cfg.model.variant.name(),
             config::short_description(cfg),
-            counts
-                .iter()
-                .filter(|(_, n)| *n > 0)
-                .map(|(k, n)| format!("{k} {n}"))
-                .collect::<Vec<_>>()
-                .join(", ")
+            counts.iter().filter(|(_, n)| *n > 0).map(|(k, n)| format!("{k} {n}")).collect::<Vec<_>>().join(", ")
         );
         trainer.train_from(start, &splits, status)?;
         Ok(())
     }
 
     fn restore(&mut self, c: &Checkpoint) -> anyhow::Result<()> {
-        let model: BTreeMap<String, _> = c
-            .tensors
-            .iter()
-            .filter_map(|(k, v)| Some((k.strip_prefix("model.")?.to_string(), v.clone())))
-            .collect();
+        let model: BTreeMap<String, _> =
+            c.tensors.iter().filter_map(|(k, v)| Some((k.strip_prefix("model.")?.to_string(), v.clone()))).collect();
         self.model.params.load(&model)?;
         if let Some(d) = &self.model.discriminator {
             d.sync_initialized()?;
         }
-        self.opt_g.load_state(
-            "opt_g",
-            &c.tensors,
-            c.counters.get("opt_g_t").copied().unwrap_or(0),
-        )?;
+        self.opt_g.load_state("opt_g", &c.tensors, c.counters.get("opt_g_t").copied().unwrap_or(0))?;
         if let Some(o) = &mut self.opt_d {
-            o.load_state(
-                "opt_d",
-                &c.tensors,
-                c.counters.get("opt_d_t").copied().unwrap_or(0),
-            )?;
+            o.load_state("opt_d", &c.tensors, c.counters.get("opt_d_t").copied().unwrap_or(0))?;
         }
-        self.best_rec_mse = c
-            .counters
-            .get("best_rec_mse_bits")
-            .map(|b| f64::from_bits(*b))
-            .unwrap_or(f64::INFINITY);
+        self.best_rec_mse = c.counters.get("best_rec_mse_bits").map(|b| f64::from_bits(*b)).unwrap_or(f64::INFINITY);
         Ok(())
     }
 
     fn snapshot(&self, step: u64) -> Checkpoint {
-        let mut tensors: BTreeMap<String, _> = self
-            .model
-            .params
-            .tensors()
-            .into_iter()
-            .map(|(k, v)| (format!("model.{k}"), v))
-            .collect();
+        let mut tensors: BTreeMap<String, _> =
+            self.model.params.tensors().into_iter().map(|(k, v)| (format!("model.{k}"), v)).collect();
         tensors.extend(self.opt_g.state("opt_g"));
         let mut counters = BTreeMap::from([
             ("opt_g_t".to_string(), self.opt_g.t),
@@ -229,19 +195,10 @@ impl<'a> Trainer<'a> {
             tensors.extend(o.state("opt_d"));
             counters.insert("opt_d_t".into(), o.t);
         }
-        Checkpoint {
-            step,
-            tensors,
-            counters,
-        }
+        Checkpoint { step, tensors, counters }
     }
 
-    fn train_from(
-        &mut self,
-        start: u64,
-        splits: &data::Splits,
-        status: &mut RunStatus,
-    ) -> anyhow::Result<()> {
+    fn train_from(&mut self, start: u64, splits: &data::Splits, status: &mut RunStatus) -> anyhow::Result<()> {
         let cfg = self.cfg;
         let t = &cfg.train;
         let mut order = BatchOrder::new(splits.train.len, t.batch_size, t.seed);
@@ -257,22 +214,15 @@ impl<'a> Trainer<'a> {
             images_since_log += order.batch_size();
             let losses = match &mut self.opt_d {
                 None => step::vqvae_step(cfg, &self.model, &mut self.opt_g, &x, log)?,
-                Some(opt_d) => {
-                    step::vqgan_step(cfg, &self.model, &mut self.opt_g, opt_d, &x, step, log)?
-                }
+                Some(opt_d) => step::vqgan_step(cfg, &self.model, &mut self.opt_g, opt_d, &x, step, log)?,
             };
             if log || ckpt {
                 // The only host synchronisation of a training step, at log and checkpoint steps.
                 let mut values = Vec::with_capacity(losses.len());
                 for (name, tensor) in &losses {
-                    let v = tensor
-                        .to_dtype(candle_core::DType::F64)?
-                        .to_scalar::<f64>()?;
+                    let v = tensor.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
                     if !v.is_finite() {
-                        anyhow::bail!(
-                            "non-finite {} at step {done}",
-                            name.trim_start_matches("train/")
-                        );
+                        anyhow::bail!("non-finite {} at step {done}", name.trim_start_matches("train/"));
                     }
                     values.push((*name, v));
                 }
@@ -283,15 +233,8 @@ impl<'a> Trainer<'a> {
                         self.metrics.record(done, name, *v);
                     }
                     self.metrics.record(done, "train/img_per_s", img_per_s);
-                    let rec = values
-                        .iter()
-                        .find(|(n, _)| *n == "train/rec_loss")
-                        .map(|(_, v)| *v)
-                        .unwrap_or(f64::NAN);
-                    tracing::info!(
-                        "step {done}/{} rec_loss {rec:.5} {img_per_s:.0} img/s",
-                        t.steps
-                    );
+                    let rec = values.iter().find(|(n, _)| *n == "train/rec_loss").map(|(_, v)| *v).unwrap_or(f64::NAN);
+                    tracing::info!("step {done}/{} rec_loss {rec:.5} {img_per_s:.0} img/s", t.steps);
                     since_log = Instant::now();
                     images_since_log = 0;
                 }
@@ -312,12 +255,7 @@ impl<'a> Trainer<'a> {
 
     fn evaluate(&mut self, step: u64, splits: &data::Splits) -> anyhow::Result<()> {
         let t0 = Instant::now();
-        let r = eval::evaluate(
-            &self.model,
-            &splits.eval,
-            self.cfg.eval.batch_size,
-            self.device,
-        )?;
+        let r = eval::evaluate(&self.model, &splits.eval, self.cfg.eval.batch_size, self.device)?;
         for (name, v) in [
             ("eval/rec_mse", r.rec_mse),
             ("eval/psnr", r.psnr),
@@ -339,12 +277,8 @@ impl<'a> Trainer<'a> {
             r.codes.dead_codes,
             t0.elapsed().as_secs_f64()
         );
-        let grid = eval::reconstruction_grid(
-            &self.model,
-            &splits.eval,
-            self.cfg.eval.sample_images as usize,
-            self.device,
-        )?;
+        let grid =
+            eval::reconstruction_grid(&self.model, &splits.eval, self.cfg.eval.sample_images as usize, self.device)?;
         let dir = self.run_dir.join(SAMPLES_DIR);
         std::fs::create_dir_all(&dir)?;
         let mut png = Vec::new();
@@ -354,13 +288,7 @@ impl<'a> Trainer<'a> {
             self.best_rec_mse = r.rec_mse;
             let weights = Checkpoint {
                 step,
-                tensors: self
-                    .model
-                    .params
-                    .tensors()
-                    .into_iter()
-                    .map(|(k, v)| (format!("model.{k}"), v))
-                    .collect(),
+                tensors: self.model.params.tensors().into_iter().map(|(k, v)| (format!("model.{k}"), v)).collect(),
                 counters: BTreeMap::new(),
             };
             checkpoint::save_best(self.run_dir, &weights, "eval/rec_mse", r.rec_mse)?;
@@ -374,25 +302,12 @@ impl<'a> Trainer<'a> {
         flatten("", &serde_json::to_value(self.cfg)?, &mut summary);
         summary.insert(
             "run.dir".into(),
-            self.run_dir
-                .file_name()
-                .map(|n| n.to_string_lossy().to_string())
-                .unwrap_or_default()
-                .into(),
+            self.run_dir.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default().into(),
         );
         summary.insert("run.id".into(), config::run_id(self.cfg).into());
-        summary.insert(
-            "run.dataset_fingerprint".into(),
-            splits.fingerprint().into(),
-        );
-        for name in [
-            "eval/rec_mse",
-            "eval/psnr",
-            "eval/perplexity",
-            "eval/usage",
-            "eval/dead_codes",
-            "train/img_per_s",
-        ] {
+        summary.insert("run.dataset_fingerprint".into(), splits.fingerprint().into());
+        for name in ["eval/rec_mse", "eval/psnr", "eval/perplexity", "eval/usage", "eval/dead_codes", "train/img_per_s"]
+        {
             if let Some(v) = self.metrics.last(name) {
                 summary.insert(name.into(), v.into());
             }
@@ -404,19 +319,11 @@ impl<'a> Trainer<'a> {
 }
 
 /// Flatten nested objects into dotted keys; arrays stay values.
-pub fn flatten(
-    prefix: &str,
-    v: &serde_json::Value,
-    out: &mut serde_json::Map<String, serde_json::Value>,
-) {
+pub fn flatten(prefix: &str, v: &serde_json::Value, out: &mut serde_json::Map<String, serde_json::Value>) {
     match v {
         serde_json::Value::Object(map) => {
             for (k, v) in map {
-                let key = if prefix.is_empty() {
-                    k.clone()
-                } else {
-                    format!("{prefix}.{k}")
-                };
+                let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
                 flatten(&key, v, out);
             }
         }

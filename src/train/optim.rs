@@ -19,32 +19,14 @@ pub struct Adam {
 
 impl Adam {
     pub fn new(vars: Vec<(String, Var)>, lr: f64, betas: [f64; 2]) -> Result<Self> {
-        let m = vars
-            .iter()
-            .map(|(_, v)| v.as_tensor().zeros_like())
-            .collect::<Result<Vec<_>>>()?;
-        let v = vars
-            .iter()
-            .map(|(_, v)| v.as_tensor().zeros_like())
-            .collect::<Result<Vec<_>>>()?;
-        Ok(Adam {
-            lr,
-            beta1: betas[0],
-            beta2: betas[1],
-            eps: 1e-8,
-            t: 0,
-            vars,
-            m,
-            v,
-        })
+        let m = vars.iter().map(|(_, v)| v.as_tensor().zeros_like()).collect::<Result<Vec<_>>>()?;
+        let v = vars.iter().map(|(_, v)| v.as_tensor().zeros_like()).collect::<Result<Vec<_>>>()?;
+        Ok(Adam { lr, beta1: betas[0], beta2: betas[1], eps: 1e-8, t: 0, vars, m, v })
     }
 
     /// One update. `grad(i, name, var)` gives the gradient of variable `i` (None = no gradient
     /// this step: the variable and its moments stay as they are, as in PyTorch).
-    pub fn step(
-        &mut self,
-        mut grad: impl FnMut(usize, &str, &Var) -> Result<Option<Tensor>>,
-    ) -> Result<()> {
+    pub fn step(&mut self, mut grad: impl FnMut(usize, &str, &Var) -> Result<Option<Tensor>>) -> Result<()> {
         self.t += 1;
         let bc1 = 1.0 - self.beta1.powi(self.t as i32);
         let bc2 = 1.0 - self.beta2.powi(self.t as i32);
@@ -80,18 +62,12 @@ impl Adam {
         out
     }
 
-    pub fn load_state(
-        &mut self,
-        prefix: &str,
-        tensors: &BTreeMap<String, Tensor>,
-        t: u64,
-    ) -> Result<()> {
+    pub fn load_state(&mut self, prefix: &str, tensors: &BTreeMap<String, Tensor>, t: u64) -> Result<()> {
         for (i, (name, var)) in self.vars.iter().enumerate() {
             for (slot, store) in [("m", &mut self.m), ("v", &mut self.v)] {
                 let key = format!("{prefix}.{slot}.{name}");
-                let tensor = tensors
-                    .get(&key)
-                    .ok_or_else(|| candle_core::Error::Msg(format!("checkpoint lacks {key}")))?;
+                let tensor =
+                    tensors.get(&key).ok_or_else(|| candle_core::Error::Msg(format!("checkpoint lacks {key}")))?;
                 store[i] = tensor.to_device(var.device())?;
             }
         }

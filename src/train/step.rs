@@ -25,20 +25,14 @@ pub fn batch_code_stats(indices: &Tensor, k: usize) -> Result<(Tensor, Tensor)> 
     let counts = Tensor::zeros(k, DType::F32, indices.device())?.index_add(indices, &ones, 0)?;
     let p = (counts.clone() / n as f64)?;
     // p·ln p with 0·ln 0 = 0: ln of max(p, tiny) is finite and multiplied by p = 0.
-    let entropy = (p.clone() * p.clamp(1e-30, 1.0)?.log()?)?
-        .sum_all()?
-        .neg()?;
+    let entropy = (p.clone() * p.clamp(1e-30, 1.0)?.log()?)?.sum_all()?.neg()?;
     let perplexity = entropy.exp()?;
     let usage = (counts.gt(0.0)?.to_dtype(DType::F32)?.sum_all()? / k as f64)?;
     Ok((perplexity, usage))
 }
 
 /// Quantizer loss as the autoencoder optimises it: codebook term (vq kind) + β·commitment.
-fn quantizer_loss(
-    cfg: &ExperimentConfig,
-    model: &VqModel,
-    q: &crate::model::Quantized,
-) -> Result<Tensor> {
+fn quantizer_loss(cfg: &ExperimentConfig, model: &VqModel, q: &crate::model::Quantized) -> Result<Tensor> {
     let commit = (&q.commit_loss * model.quantizer.beta)?;
     match cfg.quantizer.kind {
         QuantizerKind::Vq => commit + (&q.codebook_loss * cfg.loss.codebook_weight)?,
@@ -70,8 +64,7 @@ pub fn vqvae_step(
         ("train/commit_loss", r.quantized.commit_loss),
     ];
     if log {
-        let (perplexity, usage) =
-            batch_code_stats(&r.quantized.indices, model.quantizer.codebook_size)?;
+        let (perplexity, usage) = batch_code_stats(&r.quantized.indices, model.quantizer.codebook_size)?;
         out.push(("train/perplexity", perplexity));
         out.push(("train/usage", usage));
     }
@@ -82,14 +75,8 @@ pub fn vqvae_step(
 /// vanilla 0.5·(mean softplus(−D(x)) + mean softplus(D(x̂))).
 pub fn disc_loss(real: &Tensor, fake: &Tensor, kind: DiscLoss) -> Result<Tensor> {
     let (a, b) = match kind {
-        DiscLoss::Hinge => (
-            real.affine(-1.0, 1.0)?.relu()?.mean_all()?,
-            fake.affine(1.0, 1.0)?.relu()?.mean_all()?,
-        ),
-        DiscLoss::Vanilla => (
-            softplus(&real.neg()?)?.mean_all()?,
-            softplus(fake)?.mean_all()?,
-        ),
+        DiscLoss::Hinge => (real.affine(-1.0, 1.0)?.relu()?.mean_all()?, fake.affine(1.0, 1.0)?.relu()?.mean_all()?),
+        DiscLoss::Vanilla => (softplus(&real.neg()?)?.mean_all()?, softplus(fake)?.mean_all()?),
     };
     (a + b)? * 0.5
 }
@@ -182,8 +169,7 @@ pub fn vqgan_step(
     out.push(("train/codebook_loss", r.quantized.codebook_loss));
     out.push(("train/commit_loss", r.quantized.commit_loss));
     if log {
-        let (perplexity, usage) =
-            batch_code_stats(&r.quantized.indices, model.quantizer.codebook_size)?;
+        let (perplexity, usage) = batch_code_stats(&r.quantized.indices, model.quantizer.codebook_size)?;
         out.push(("train/perplexity", perplexity));
         out.push(("train/usage", usage));
     }

@@ -1,0 +1,7 @@
+//! vqlab's integration tests: one binary, one module per area, each test in its own temp dir.
+
+mod common;
+mod config_errors;
+mod data;
+mod plan;
+mod train;
