@@ -52,6 +52,7 @@ pub struct Sweep {
 
 /// The run id: a short hash of the canonical JSON of the result-relevant config.
 pub fn run_id(cfg: &ExperimentConfig) -> String {
+    // Plain structs and string-keyed maps: serializing to JSON cannot fail.
     let mut value = serde_json::to_value(cfg).expect("a config always serializes to JSON");
     for key in NON_RESULT_KEYS {
         remove_key(&mut value, key);
@@ -122,6 +123,7 @@ struct Axis {
 pub fn expand(layers: &Layers, cli_sweeps: &[String]) -> Result<Sweep, InputError> {
     let (base, base_fig) = layers.extract_with(&[])?;
     let file = layers.file.display().to_string();
+    // Plain structs and string-keyed maps: serializing to JSON cannot fail.
     let defaults = serde_json::to_value(ExperimentConfig::default()).expect("defaults serialize");
 
     let grid_origin = format!("{} [sweep.grid]", layers.origin_of(&base_fig, "sweep.grid"));

@@ -32,12 +32,14 @@ impl BatchOrder {
         let per = self.batches_per_epoch();
         let (epoch, k) = (step / per, (step % per) as usize);
         if self.cached_epoch.as_ref().map(|(e, _)| *e) != Some(epoch) {
-            let mut perm: Vec<usize> = (0..self.len).collect();
-            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(self.seed ^ epoch.wrapping_mul(0xa076_1d64_78bd_642f));
-            perm.shuffle(&mut rng);
-            self.cached_epoch = Some((epoch, perm));
+            self.cached_epoch = None;
         }
-        let perm = &self.cached_epoch.as_ref().map(|(_, p)| p).expect("just filled");
+        let (len, seed) = (self.len, self.seed);
+        let (_, perm) = self.cached_epoch.get_or_insert_with(|| {
+            let mut perm: Vec<usize> = (0..len).collect();
+            perm.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ epoch.wrapping_mul(0xa076_1d64_78bd_642f)));
+            (epoch, perm)
+        });
         perm[k * self.batch..(k + 1) * self.batch].to_vec()
     }
 }

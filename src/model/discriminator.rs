@@ -24,11 +24,10 @@ struct ActNorm {
 
 impl ActNorm {
     fn new(ps: &mut ParamStore, name: &str, c: usize) -> Result<Self> {
-        ps.param(&format!("{name}.loc"), &[1, c, 1, 1], Init::Const(0.0))?;
-        ps.param(&format!("{name}.scale"), &[1, c, 1, 1], Init::Const(1.0))?;
+        let loc = ps.param_var(&format!("{name}.loc"), &[1, c, 1, 1], Init::Const(0.0))?;
+        let scale = ps.param_var(&format!("{name}.scale"), &[1, c, 1, 1], Init::Const(1.0))?;
         let initialized_flag = ps.buffer(&format!("{name}.initialized"), &[1], Init::Const(0.0))?;
-        let get = |n: &str| ps.get(&format!("{name}.{n}")).expect("just created").clone();
-        Ok(ActNorm { loc: get("loc"), scale: get("scale"), initialized_flag, initialized: Cell::new(false) })
+        Ok(ActNorm { loc, scale, initialized_flag, initialized: Cell::new(false) })
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {

@@ -55,9 +55,14 @@ impl VqModel {
         Ok(VqModel { params: ps, encoder, quantizer, decoder, discriminator })
     }
 
-    /// Encode, quantize, decode. Pixels in [0, 1]; the network sees them centred on 0.
+    /// Encoder output for pixels in [0, 1] (the network sees them centred on 0).
+    pub fn encode(&self, x: &Tensor) -> Result<Tensor> {
+        self.encoder.forward(&(x - 0.5)?)
+    }
+
+    /// Encode, quantize, decode. Pixels in [0, 1].
     pub fn reconstruct(&self, x: &Tensor, train: bool) -> Result<Reconstruction> {
-        let z = self.encoder.forward(&(x - 0.5)?)?;
+        let z = self.encode(x)?;
         let quantized = self.quantizer.forward(&z, train)?;
         let x_hat = (self.decoder.forward(&quantized.z_q)? + 0.5)?;
         Ok(Reconstruction { x_hat, quantized })

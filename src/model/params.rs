@@ -42,10 +42,14 @@ impl ParamStore {
 
     /// Create a trainable parameter; names must be unique.
     pub fn param(&mut self, name: &str, shape: &[usize], init: Init) -> Result<Tensor> {
+        Ok(self.param_var(name, shape, init)?.as_tensor().clone())
+    }
+
+    /// Create a trainable parameter and return its variable (for layers that set it).
+    pub fn param_var(&mut self, name: &str, shape: &[usize], init: Init) -> Result<Var> {
         let var = self.create(name, shape, init)?;
-        let t = var.as_tensor().clone();
-        self.vars.insert(name.to_string(), var);
-        Ok(t)
+        self.vars.insert(name.to_string(), var.clone());
+        Ok(var)
     }
 
     /// Create a non-trainable state tensor, saved in checkpoints.

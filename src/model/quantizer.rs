@@ -24,6 +24,10 @@ pub struct Quantizer {
     proj: Option<(Conv2d, Conv2d)>,
     /// EMA state (hidden, un-debiased values) and the update counter.
     ema: Option<(Var, Var, Var)>,
+    /// Dead-code restart: EMA of the number of latent vectors each code gets per batch, and
+    /// the threshold below which a code is restarted.
+    usage_ema: Option<Var>,
+    dead_code_threshold: f64,
 }
 
 /// What one quantization pass produces.
@@ -36,6 +40,8 @@ pub struct Quantized {
     pub codebook_loss: Tensor,
     /// mean((z − sg[z_q])²): unweighted commitment term.
     pub commit_loss: Tensor,
+    /// The latent vectors as looked up (N, code_dim), detached: restarts draw from them.
+    pub flat: Tensor,
 }
 
 fn l2norm(x: &Tensor) -> Result<Tensor> {
@@ -70,10 +76,17 @@ impl Quantizer {
             let counter = ps.buffer(EMA_BUFFERS[2], &[1], Init::Const(0.0))?;
             (codebook, Some((cs, dw, counter)))
         } else {
-            ps.param("quantizer.codebook", &[k, code_dim], init)?;
-            (ps.get("quantizer.codebook").expect("just created").clone(), None)
+            (ps.param_var("quantizer.codebook", &[k, code_dim], init)?, None)
+        };
+        let usage_ema = if q.dead_code_threshold > 0.0 {
+            // Start "alive": a code is restarted only after it has gone unused for a while.
+            Some(ps.buffer("quantizer.usage_ema", &[k], Init::Const(q.dead_code_threshold))?)
+        } else {
+            None
         };
         Ok(Quantizer {
+            usage_ema,
+            dead_code_threshold: q.dead_code_threshold,
             kind: q.kind,
             codebook,
             codebook_size: k,
@@ -98,13 +111,9 @@ impl Quantizer {
 
     /// Quantize encoder output (B, D, H, W). `train` enables the EMA update.
     pub fn forward(&self, z: &Tensor, train: bool) -> Result<Quantized> {
-        let z = match &self.proj {
-            Some((p_in, _)) => p_in.forward(z)?,
-            None => z.clone(),
-        };
-        let (b, d, h, w) = z.dims4()?;
-        let flat = z.permute((0, 2, 3, 1))?.reshape((b * h * w, d))?;
-        let flat = if self.l2_normalize { l2norm(&flat)? } else { flat };
+        let (b, _, h, w) = z.dims4()?;
+        let flat = self.lookup_vectors(z)?;
+        let d = flat.dim(1)?;
         let e = self.lookup_codebook()?;
         let indices = nearest(&flat.detach(), &e.detach())?;
         let chosen = e.index_select(&indices, 0)?;
@@ -121,7 +130,7 @@ impl Quantizer {
             Some((_, p_out)) => p_out.forward(&z_q)?,
             None => z_q,
         };
-        Ok(Quantized { z_q, indices, codebook_loss, commit_loss })
+        Ok(Quantized { z_q, indices, codebook_loss, commit_loss, flat: flat.detach() })
     }
 
     /// Sonnet's update: hidden ← hidden − (hidden − value)(1 − γ); average = hidden / (1 − γᵗ);
@@ -151,6 +160,61 @@ impl Quantizer {
         self.codebook.set(&codebook)
     }
 
+    /// After an optimizer step: update the usage EMA and restart dead codes from random latent
+    /// vectors of this batch (drawn from (seed, step), so resumes repeat them). Everything
+    /// stays on the device: dead codes are selected by a mask, not read back.
+    pub fn restart_dead_codes(&self, q: &Quantized, seed: u64, step: u64) -> Result<()> {
+        let Some(usage) = &self.usage_ema else { return Ok(()) };
+        let k = self.codebook_size;
+        let dev = q.flat.device();
+        let n = q.flat.dim(0)?;
+        let ones = Tensor::ones(n, DType::F32, dev)?;
+        let counts = Tensor::zeros(k, DType::F32, dev)?.index_add(&q.indices, &ones, 0)?;
+        let g = self.decay;
+        let new_usage = ((usage.as_tensor() * g)? + (counts * (1.0 - g))?)?;
+        let dead = new_usage.lt(self.dead_code_threshold)?.to_dtype(DType::F32)?; // (K)
+        let alive = dead.affine(-1.0, 1.0)?;
+        let picks = random_rows(n, k, seed, step, dev)?;
+        let candidates = q.flat.index_select(&picks, 0)?; // (K, code_dim)
+        let dead_col = dead.unsqueeze(1)?;
+        let alive_col = alive.unsqueeze(1)?;
+        let codebook = (self.codebook.as_tensor().broadcast_mul(&alive_col)? + candidates.broadcast_mul(&dead_col)?)?;
+        self.codebook.set(&codebook)?;
+        // A restarted code counts as just alive again.
+        usage.set(&((new_usage * &alive)? + (dead.clone() * self.dead_code_threshold)?)?)?;
+        if let Some((cs, dw, counter)) = &self.ema {
+            // Make the EMA averages of a restarted code equal (size 1, the new vector), in the
+            // hidden (un-debiased) units: hidden = average · (1 − γᵗ).
+            let one_minus = (counter.as_tensor() * g.ln())?.exp()?.affine(-1.0, 1.0)?;
+            let cs_new = (cs.as_tensor() * &alive)? + dead.broadcast_mul(&one_minus)?;
+            let dw_new = (dw.as_tensor().broadcast_mul(&alive_col)?
+                + candidates.broadcast_mul(&dead_col)?.broadcast_mul(&one_minus)?)?;
+            cs.set(&cs_new?)?;
+            dw.set(&dw_new)?;
+        }
+        Ok(())
+    }
+
+    /// Replace the codebook (k-means initialisation).
+    pub fn set_codebook(&self, codes: &Tensor) -> Result<()> {
+        self.codebook.set(&codes.to_dtype(DType::F32)?)
+    }
+
+    /// Project and flatten encoder output as the lookup sees it (N, code_dim).
+    pub fn lookup_vectors(&self, z: &Tensor) -> Result<Tensor> {
+        let z = match &self.proj {
+            Some((p_in, _)) => p_in.forward(z)?,
+            None => z.clone(),
+        };
+        let (b, d, h, w) = z.dims4()?;
+        let flat = z.permute((0, 2, 3, 1))?.reshape((b * h * w, d))?;
+        if self.l2_normalize {
+            l2norm(&flat)
+        } else {
+            Ok(flat)
+        }
+    }
+
     /// Code indices of latents (B, D, H, W), without losses or updates (eval).
     pub fn encode_indices(&self, z: &Tensor) -> Result<Tensor> {
         Ok(self.forward(z, false)?.indices)
@@ -162,4 +226,154 @@ pub fn nearest(x: &Tensor, codebook: &Tensor) -> Result<Tensor> {
     let half_norms = (codebook.sqr()?.sum(1)? * 0.5)?;
     let scores = x.matmul(&codebook.t()?)?;
     half_norms.unsqueeze(0)?.broadcast_sub(&scores)?.argmin(1)
+}
+
+/// K row indices in 0..n drawn from (seed, step): the same on every device and every resume.
+fn random_rows(n: usize, k: usize, seed: u64, step: u64, dev: &candle_core::Device) -> Result<Tensor> {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ step.wrapping_mul(0x2545_f491_4f6c_dd1d) ^ 0xdead_c0de);
+    let picks: Vec<u32> = (0..k).map(|_| rng.random_range(0..n as u32)).collect();
+    Tensor::from_vec(picks, k, dev)
+}
+
+/// Lloyd's k-means on the device: K centroids of the rows of `x` (N, D), initialised from a
+/// seeded sample of rows; an empty cluster keeps its previous centroid.
+pub fn kmeans(x: &Tensor, k: usize, iterations: usize, seed: u64) -> Result<Tensor> {
+    let n = x.dim(0)?;
+    let dev = x.device();
+    let mut centroids = x.index_select(&random_rows(n, k, seed, u64::MAX, dev)?, 0)?;
+    let ones = Tensor::ones(n, DType::F32, dev)?;
+    for _ in 0..iterations {
+        let assign = nearest(x, &centroids)?;
+        let sums = Tensor::zeros(centroids.shape(), DType::F32, dev)?.index_add(&assign, x, 0)?;
+        let counts = Tensor::zeros(k, DType::F32, dev)?.index_add(&assign, &ones, 0)?.unsqueeze(1)?;
+        let filled = counts.gt(0.0)?.to_dtype(DType::F32)?;
+        let means = sums.broadcast_div(&counts.clamp(1.0, f64::MAX)?)?;
+        centroids = (means.broadcast_mul(&filled)? + centroids.broadcast_mul(&filled.affine(-1.0, 1.0)?)?)?;
+    }
+    Ok(centroids)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::QuantizerConfig;
+    use candle_core::Device;
+
+    fn quantizer(k: u32, d: u32, kind: QuantizerKind, decay: f64, threshold: f64) -> (ParamStore, Quantizer) {
+        let mut ps = ParamStore::new(&Device::Cpu, 0);
+        let cfg = QuantizerConfig {
+            kind,
+            codebook_size: k,
+            embed_dim: d,
+            ema_decay: decay,
+            dead_code_threshold: threshold,
+            ..Default::default()
+        };
+        let q = Quantizer::new(&mut ps, &cfg).unwrap();
+        (ps, q)
+    }
+
+    /// Latents (N, D) as a (N, D, 1, 1) encoder output.
+    fn latents(rows: &[&[f32]]) -> Tensor {
+        let d = rows[0].len();
+        let flat: Vec<f32> = rows.iter().flat_map(|r| r.iter().copied()).collect();
+        Tensor::from_vec(flat, (rows.len(), d, 1, 1), &Device::Cpu).unwrap()
+    }
+
+    #[test]
+    fn nearest_code_on_a_hand_made_codebook() {
+        let e = Tensor::new(&[[0f32, 0.], [3., 3.], [-4., 1.]], &Device::Cpu).unwrap();
+        let x = Tensor::new(&[[0.1f32, 0.2], [2.9, 3.2], [-5., 0.], [1.4, 1.4]], &Device::Cpu).unwrap();
+        // Squared distances of the last row: 3.92 to code 0, 5.12 to code 1.
+        assert_eq!(nearest(&x, &e).unwrap().to_vec1::<u32>().unwrap(), vec![0, 1, 2, 0]);
+    }
+
+    #[test]
+    fn loss_terms_and_straight_through_gradient() {
+        let (_ps, q) = quantizer(2, 2, QuantizerKind::Vq, 0.99, 0.0);
+        q.set_codebook(&Tensor::new(&[[0f32, 0.], [3., 3.]], &Device::Cpu).unwrap()).unwrap();
+        // z = (2, 1.5): distances 6.25 and 3.25, so code 1; both terms = ((3−2)² + (3−1.5)²)/2.
+        let z = Var::from_tensor(&latents(&[&[2.0, 1.5]])).unwrap();
+        let out = q.forward(z.as_tensor(), true).unwrap();
+        assert_eq!(out.indices.to_vec1::<u32>().unwrap(), vec![1]);
+        let cb = out.codebook_loss.to_scalar::<f32>().unwrap();
+        let commit = out.commit_loss.to_scalar::<f32>().unwrap();
+        assert!((cb - 1.625).abs() < 1e-6 && (commit - 1.625).abs() < 1e-6, "{cb} {commit}");
+        // Forward value is the code; the gradient of a downstream loss reaches z unchanged.
+        assert_eq!(out.z_q.flatten_all().unwrap().to_vec1::<f32>().unwrap(), vec![3.0, 3.0]);
+        let w = Tensor::new(&[0.7f32, -1.3], &Device::Cpu).unwrap().reshape((1, 2, 1, 1)).unwrap();
+        let downstream = (&out.z_q * &w).unwrap().sum_all().unwrap();
+        let grads = downstream.backward().unwrap();
+        let g = grads.get(z.as_tensor()).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(g, vec![0.7, -1.3]);
+        // The codebook gets gradient only through the codebook loss: d/de mean((e − sg z)²) = (e − z)·2/2.
+        let grads = out.codebook_loss.backward().unwrap();
+        let ge = grads.get(q.codebook.as_tensor()).unwrap().to_vec2::<f32>().unwrap();
+        assert_eq!(ge, vec![vec![0.0, 0.0], vec![1.0, 1.5]]);
+    }
+
+    #[test]
+    fn ema_updates_follow_sonnets_formula() {
+        let (gamma, eps) = (0.5f64, 1e-5f64);
+        let (_ps, q) = quantizer(2, 1, QuantizerKind::Ema, gamma, 0.0);
+        q.set_codebook(&Tensor::new(&[[0f32], [10.]], &Device::Cpu).unwrap()).unwrap();
+        // Step 1: vectors 1, 2 → code 0; 9 → code 1. counts (2, 1), sums (3, 9).
+        q.forward(&latents(&[&[1.0], &[2.0], &[9.0]]), true).unwrap();
+        // hidden ← hidden − (hidden − value)(1 − γ), from 0; average = hidden / (1 − γ¹).
+        let (h_cs, h_dw) = ([2.0 * (1.0 - gamma), 1.0 * (1.0 - gamma)], [3.0 * (1.0 - gamma), 9.0 * (1.0 - gamma)]);
+        let expect = |h_cs: [f64; 2], h_dw: [f64; 2], t: i32| {
+            let debias = 1.0 - gamma.powi(t);
+            let cs = [h_cs[0] / debias, h_cs[1] / debias];
+            let n = cs[0] + cs[1];
+            (0..2).map(|k| (h_dw[k] / debias) / ((cs[k] + eps) / (n + 2.0 * eps) * n)).collect::<Vec<f64>>()
+        };
+        let e1 = expect(h_cs, h_dw, 1);
+        let got: Vec<f32> = q.codebook.as_tensor().flatten_all().unwrap().to_vec1().unwrap();
+        assert!((got[0] as f64 - e1[0]).abs() < 1e-5 && (got[1] as f64 - e1[1]).abs() < 1e-5, "{got:?} vs {e1:?}");
+        // Step 2: vector 4 → code 0 (≈1.5 is nearer than 9); counts (1, 0), sums (4, 0).
+        q.forward(&latents(&[&[4.0]]), true).unwrap();
+        let h_cs2 = [h_cs[0] - (h_cs[0] - 1.0) * (1.0 - gamma), h_cs[1] - h_cs[1] * (1.0 - gamma)];
+        let h_dw2 = [h_dw[0] - (h_dw[0] - 4.0) * (1.0 - gamma), h_dw[1] - h_dw[1] * (1.0 - gamma)];
+        let e2 = expect(h_cs2, h_dw2, 2);
+        let got: Vec<f32> = q.codebook.as_tensor().flatten_all().unwrap().to_vec1().unwrap();
+        assert!((got[0] as f64 - e2[0]).abs() < 1e-5 && (got[1] as f64 - e2[1]).abs() < 1e-4, "{got:?} vs {e2:?}");
+        // Eval passes do not update.
+        q.forward(&latents(&[&[-3.0]]), false).unwrap();
+        let again: Vec<f32> = q.codebook.as_tensor().flatten_all().unwrap().to_vec1().unwrap();
+        assert_eq!(got, again);
+    }
+
+    #[test]
+    fn dead_codes_restart_from_batch_vectors() {
+        // Threshold 0.5, decay 0.5: code 1 gets nothing, its usage EMA falls to 0.25 → restart.
+        let (_ps, q) = quantizer(2, 1, QuantizerKind::Vq, 0.5, 0.5);
+        q.set_codebook(&Tensor::new(&[[0f32], [100.]], &Device::Cpu).unwrap()).unwrap();
+        let out = q.forward(&latents(&[&[0.1], &[0.2], &[-0.3]]), true).unwrap();
+        q.restart_dead_codes(&out, 7, 0).unwrap();
+        let got: Vec<f32> = q.codebook.as_tensor().flatten_all().unwrap().to_vec1().unwrap();
+        assert_eq!(got[0], 0.0, "a used code stays");
+        assert!([0.1f32, 0.2, -0.3].contains(&got[1]), "restarted to a batch vector: {got:?}");
+        let usage: Vec<f32> = q.usage_ema.as_ref().unwrap().as_tensor().to_vec1().unwrap();
+        // Code 0: 0.5·0.5 + 0.5·3 = 1.75; code 1 reset to the threshold.
+        assert_eq!(usage, vec![1.75, 0.5]);
+    }
+
+    #[test]
+    fn kmeans_finds_separated_clusters() {
+        let mut rows = Vec::new();
+        for i in 0..20 {
+            let j = (i % 5) as f32 * 0.01;
+            rows.push([1.0 + j, 1.0 - j]);
+            rows.push([-4.0 - j, 2.0 + j]);
+        }
+        let flat: Vec<f32> = rows.iter().flatten().copied().collect();
+        let x = Tensor::from_vec(flat, (rows.len(), 2), &Device::Cpu).unwrap();
+        let c = kmeans(&x, 2, 10, 3).unwrap().to_vec2::<f32>().unwrap();
+        let mut c: Vec<(f32, f32)> = c.into_iter().map(|r| (r[0], r[1])).collect();
+        c.sort_by(|a, b| a.0.partial_cmp(&b.0).unwrap());
+        // Cluster means: offsets average (0+1+2+3+4)/5 · 0.01 = 0.02.
+        assert!((c[0].0 + 4.02).abs() < 1e-5 && (c[0].1 - 2.02).abs() < 1e-5, "{c:?}");
+        assert!((c[1].0 - 1.02).abs() < 1e-5 && (c[1].1 - 0.98).abs() < 1e-5, "{c:?}");
+    }
 }

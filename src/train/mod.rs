@@ -13,7 +13,7 @@ use std::time::Instant;
 use anyhow::Context;
 use candle_core::Device;
 
-use crate::config::{self, DeviceKind, ExperimentConfig, Variant};
+use crate::config::{self, CodebookInit, DeviceKind, ExperimentConfig, Variant};
 use crate::data::{self, BatchOrder};
 use crate::fsutil::write_atomic;
 use crate::metrics::MetricsLog;
@@ -154,7 +154,12 @@ impl<'a> Trainer<'a> {
                 tracing::info!("resuming from checkpoint at step {}", c.step);
                 c.step
             }
-            None => 0,
+            None => {
+                if cfg.quantizer.init == CodebookInit::Kmeans {
+                    trainer.kmeans_init(&splits)?;
+                }
+                0
+            }
         };
         trainer.metrics = MetricsLog::open(run_dir, Some(start))?;
         let counts = trainer.model.parameter_counts();
@@ -165,6 +170,31 @@ impl<'a> Trainer<'a> {
             counts.iter().filter(|(_, n)| *n > 0).map(|(k, n)| format!("{k} {n}")).collect::<Vec<_>>().join(", ")
         );
         trainer.train_from(start, &splits, status)?;
+        Ok(())
+    }
+
+    /// k-means codebook from the encoder outputs of the first batches the run will train on
+    /// (at least 20 vectors per code, at most 50 batches), 10 Lloyd iterations.
+    fn kmeans_init(&self, splits: &data::Splits) -> anyhow::Result<()> {
+        let t0 = Instant::now();
+        let cfg = self.cfg;
+        let k = cfg.quantizer.codebook_size as usize;
+        let mut order = BatchOrder::new(splits.train.len, cfg.train.batch_size, cfg.train.seed);
+        let mut parts = Vec::new();
+        let mut rows = 0;
+        for step in 0..50 {
+            let x = splits.train.batch(&order.indices(step), self.device)?;
+            let v = self.model.quantizer.lookup_vectors(&self.model.encode(&x)?)?.detach();
+            rows += v.dim(0)?;
+            parts.push(v);
+            if rows >= 20 * k {
+                break;
+            }
+        }
+        let vectors = candle_core::Tensor::cat(&parts, 0)?;
+        let centroids = crate::model::quantizer::kmeans(&vectors, k, 10, cfg.train.seed)?;
+        self.model.quantizer.set_codebook(&centroids)?;
+        tracing::info!("k-means codebook init from {rows} encoder outputs ({:.1}s)", t0.elapsed().as_secs_f64());
         Ok(())
     }
 
@@ -213,7 +243,7 @@ impl<'a> Trainer<'a> {
             let x = splits.train.batch(&order.indices(step), self.device)?;
             images_since_log += order.batch_size();
             let losses = match &mut self.opt_d {
-                None => step::vqvae_step(cfg, &self.model, &mut self.opt_g, &x, log)?,
+                None => step::vqvae_step(cfg, &self.model, &mut self.opt_g, &x, step, log)?,
                 Some(opt_d) => step::vqgan_step(cfg, &self.model, &mut self.opt_g, opt_d, &x, step, log)?,
             };
             if log || ckpt {

@@ -51,6 +51,7 @@ pub fn vqvae_step(
     model: &VqModel,
     opt: &mut Adam,
     x: &Tensor,
+    step: u64,
     log: bool,
 ) -> Result<StepLosses> {
     let r = model.reconstruct(x, true)?;
@@ -58,6 +59,7 @@ pub fn vqvae_step(
     let loss = (&rec + quantizer_loss(cfg, model, &r.quantized)?)?;
     let grads = loss.backward()?;
     opt.step(from_store(&grads))?;
+    model.quantizer.restart_dead_codes(&r.quantized, cfg.train.seed, step)?;
     let mut out = vec![
         ("train/rec_loss", rec),
         ("train/codebook_loss", r.quantized.codebook_loss),
@@ -165,6 +167,7 @@ pub fn vqgan_step(
             ("train/adaptive_weight", d_weight),
         ];
     }
+    model.quantizer.restart_dead_codes(&r.quantized, cfg.train.seed, step)?;
     out.push(("train/rec_loss", rec));
     out.push(("train/codebook_loss", r.quantized.codebook_loss));
     out.push(("train/commit_loss", r.quantized.commit_loss));
@@ -174,4 +177,73 @@ pub fn vqgan_step(
         out.push(("train/usage", usage));
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    fn t(v: &[f32]) -> Tensor {
+        Tensor::new(v, &Device::Cpu).unwrap()
+    }
+
+    #[test]
+    fn hinge_and_vanilla_on_known_logits() {
+        let (real, fake) = (t(&[2.0, 0.5]), t(&[-2.0, 0.5]));
+        // Hinge: real relu(1 − x) = (0, 0.5) → 0.25; fake relu(1 + x) = (0, 1.5) → 0.75.
+        let h = disc_loss(&real, &fake, DiscLoss::Hinge).unwrap().to_scalar::<f32>().unwrap();
+        assert!((h - 0.5).abs() < 1e-6, "{h}");
+        let sp = |x: f64| (1.0 + x.exp()).ln();
+        let expect = 0.5 * ((sp(-2.0) + sp(-0.5)) / 2.0 + (sp(-2.0) + sp(0.5)) / 2.0);
+        let v = disc_loss(&real, &fake, DiscLoss::Vanilla).unwrap().to_scalar::<f32>().unwrap();
+        assert!((v as f64 - expect).abs() < 1e-6, "{v} vs {expect}");
+        // softplus stays finite for large logits.
+        let big = softplus(&t(&[1000.0, -1000.0])).unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(big, vec![1000.0, 0.0]);
+    }
+
+    #[test]
+    fn adaptive_weight_is_the_ratio_of_gradient_norms() {
+        // ‖(3, 4)‖ = 5, ‖(0, 1)‖ = 1 → 5 / (1 + 1e-4).
+        let w = adaptive_weight(&t(&[3.0, 4.0]), &t(&[0.0, 1.0])).unwrap().to_scalar::<f32>().unwrap();
+        assert!((w as f64 - 5.0 / 1.0001).abs() < 1e-5, "{w}");
+        // A vanishing generator gradient is clamped at 1e4.
+        let w = adaptive_weight(&t(&[3.0, 4.0]), &t(&[0.0, 0.0])).unwrap().to_scalar::<f32>().unwrap();
+        assert_eq!(w, 1e4);
+    }
+
+    #[test]
+    fn adaptive_weight_from_real_gradients_of_two_losses() {
+        // L = a·w with w the "last layer": ∇_w (a·w)² = 2a²w, ∇_w (−a·w) = −a; at a = 2, w = 3:
+        // norms 24 and 2 → 24 / (2 + 1e-4).
+        let w = Var::new(&[3.0f32], &Device::Cpu).unwrap();
+        let a = 2.0;
+        let rec = (w.as_tensor() * a).unwrap().sqr().unwrap().sum_all().unwrap();
+        let g = (w.as_tensor() * -a).unwrap().sum_all().unwrap();
+        let gr = rec.backward().unwrap();
+        let gg = g.backward().unwrap();
+        let aw = adaptive_weight(gr.get(w.as_tensor()).unwrap(), gg.get(w.as_tensor()).unwrap())
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!((aw as f64 - 24.0 / 2.0001).abs() < 1e-4, "{aw}");
+    }
+
+    #[test]
+    fn batch_perplexity_and_usage() {
+        // Codes (0, 0, 1, 3) of K = 4: p = (½, ¼, 0, ¼), H = 1.5 ln 2, perplexity 2^1.5.
+        let idx = Tensor::new(&[0u32, 0, 1, 3], &Device::Cpu).unwrap();
+        let (p, u) = batch_code_stats(&idx, 4).unwrap();
+        assert!((p.to_scalar::<f32>().unwrap() as f64 - 2f64.powf(1.5)).abs() < 1e-5);
+        assert_eq!(u.to_scalar::<f32>().unwrap(), 0.75);
+    }
+
+    #[test]
+    fn recon_losses() {
+        let (a, b) = (t(&[0.0, 1.0, 0.5]), t(&[0.5, 0.0, 0.5]));
+        let mse = recon_loss(&a, &b, ReconLoss::Mse).unwrap().to_scalar::<f32>().unwrap();
+        assert!((mse - (0.25 + 1.0) / 3.0).abs() < 1e-6, "{mse}");
+        assert_eq!(recon_loss(&a, &b, ReconLoss::L1).unwrap().to_scalar::<f32>().unwrap(), 0.5);
+    }
 }

@@ -133,3 +133,160 @@ fn train_on_a_directory_without_config_is_exit_2() {
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("not a run directory: it has no config.toml"), "{}", stderr(&out));
 }
+
+/// Every tensor of a checkpoint, by name, as raw f32 values.
+fn checkpoint_tensors(path: &Path) -> std::collections::BTreeMap<String, Vec<f32>> {
+    candle_core::safetensors::load(path, &candle_core::Device::Cpu)
+        .unwrap()
+        .into_iter()
+        .map(|(k, v)| (k, v.flatten_all().unwrap().to_vec1::<f32>().unwrap()))
+        .collect()
+}
+
+#[test]
+fn a_resumed_run_ends_with_the_same_weights_as_an_uninterrupted_one() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "exp.toml", &tiny_experiment("resume", ""));
+    // VQ-GAN with k-means init and dead-code restarts: every stateful part of a step.
+    let sets = [
+        "--set",
+        "model.variant=vqgan",
+        "--set",
+        "quantizer.init=kmeans",
+        "--set",
+        "quantizer.dead_code_threshold=0.5",
+    ];
+    let mut args = vec!["run", "exp.toml"];
+    args.extend_from_slice(&sets);
+    let out = vqlab(dir.path(), &args);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let a = &run_dirs(&dir.path().join("runs/resume"))[0];
+
+    // The same run, stopped after its step-6 checkpoint, then continued to step 12.
+    let b = dir.path().join("b");
+    std::fs::create_dir_all(&b).unwrap();
+    let cfg = std::fs::read_to_string(a.join("config.toml")).unwrap();
+    assert!(cfg.contains("steps = 12\n"));
+    std::fs::write(b.join("config.toml"), cfg.replace("steps = 12\n", "steps = 6\n")).unwrap();
+    let out = vqlab(dir.path(), &["train", "b"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    std::fs::write(b.join("config.toml"), &cfg).unwrap();
+    let out = vqlab(dir.path(), &["train", "b"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(stderr(&out).contains("resuming from checkpoint at step 6"), "{}", stderr(&out));
+    assert!(std::fs::read_to_string(b.join("train.log")).unwrap().contains("resuming from checkpoint at step 6"));
+
+    let ta = checkpoint_tensors(&a.join("checkpoints/last.safetensors"));
+    let tb = checkpoint_tensors(&b.join("checkpoints/last.safetensors"));
+    assert_eq!(ta.keys().collect::<Vec<_>>(), tb.keys().collect::<Vec<_>>());
+    assert!(ta.keys().any(|k| k.starts_with("opt_d.m.disc.")), "optimizer moments are saved");
+    for (name, va) in &ta {
+        assert_eq!(va, &tb[name], "{name} differs after resume");
+    }
+    // The metrics of the resumed run continue without gaps or duplicates.
+    let steps: Vec<i64> = read_rows(&b.join("metrics.parquet"))
+        .unwrap()
+        .iter()
+        .filter(|r| r.metric == "rec_loss")
+        .map(|r| r.step)
+        .collect();
+    assert_eq!(steps, vec![3, 6, 9, 12]);
+}
+
+#[test]
+fn quickstart_file_runs_on_real_data_shortened() {
+    if !Path::new("/usr/share/datasets/fashion-mnist").is_dir() {
+        assert!(std::env::var_os("CI").is_none(), "CI must install Debian's dataset-fashion-mnist");
+        eprintln!("skipped: Fashion-MNIST not installed");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let exp = concat!(env!("CARGO_MANIFEST_DIR"), "/experiments/quickstart.toml");
+    let out = vqlab(
+        dir.path(),
+        &[
+            "run",
+            exp,
+            "--runs-dir",
+            "out",
+            "--set",
+            "train.steps=8",
+            "--set",
+            "loss.disc_start=4",
+            "--set",
+            "data.eval_images=200",
+            "--set",
+            "train.log_every=4",
+            "--set",
+            "train.eval_every=8",
+            "--set",
+            "train.checkpoint_every=8",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let runs = run_dirs(&dir.path().join("out/quickstart"));
+    assert_eq!(runs.len(), 4, "K 64 and 512 × vqvae and vqgan");
+    assert!(runs.iter().all(|r| status(r)["state"] == "done"));
+}
+
+#[test]
+fn sigkill_of_a_worker_then_train_again_resumes_to_the_same_weights() {
+    let dir = tempfile::tempdir().unwrap();
+    let exp = tiny_experiment("kill", "")
+        .replace("steps = 12", "steps = 600")
+        .replace("checkpoint_every = 6", "checkpoint_every = 20")
+        .replace("log_every = 3", "log_every = 20")
+        .replace("eval_every = 6", "eval_every = 300");
+    write(dir.path(), "exp.toml", &exp);
+    let mut scheduler = std::process::Command::new(env!("CARGO_BIN_EXE_vqlab"))
+        .args(["run", "exp.toml", "--runs-dir", "a"])
+        .current_dir(dir.path())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait for a checkpoint past step 40, then SIGKILL the worker in the middle of training.
+    let sweep = dir.path().join("a/kill");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let (run, killed_at) = loop {
+        assert!(std::time::Instant::now() < deadline, "the run never reached step 40");
+        let found = std::fs::read_dir(&sweep).ok().and_then(|mut it| {
+            it.find_map(|e| {
+                let p = e.ok()?.path();
+                let s: serde_json::Value = serde_json::from_slice(&std::fs::read(p.join("status.json")).ok()?).ok()?;
+                (s["state"] == "running" && s["step"].as_u64()? >= 40)
+                    .then(|| (p, s["pid"].as_u64().unwrap(), s["step"].as_u64().unwrap()))
+            })
+        });
+        if let Some((p, pid, step)) = found {
+            let killed = std::process::Command::new("kill").args(["-9", &pid.to_string()]).status().unwrap();
+            assert!(killed.success());
+            break (p, step);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    };
+    assert_eq!(scheduler.wait().unwrap().code(), Some(1), "the sweep reports the failed run");
+    let st = status(&run);
+    assert_eq!(st["state"], "failed");
+    assert!(st["reason"].as_str().unwrap().starts_with("worker died (signal 9)"), "{st}");
+    assert!(killed_at < 600);
+    // Every file the killed run left is readable.
+    assert!(read_rows(&run.join("metrics.parquet")).unwrap().iter().all(|r| r.step as u64 <= killed_at + 20));
+
+    let out = vqlab(dir.path(), &["train", run.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(stderr(&out).contains("resuming from checkpoint at step"), "{}", stderr(&out));
+    assert_eq!(status(&run)["state"], "done");
+    assert_eq!(status(&run)["attempts"], 2);
+
+    // The same run uninterrupted, in another runs dir, ends with identical weights.
+    let out = vqlab(dir.path(), &["run", "exp.toml", "--runs-dir", "b"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let twin = dir.path().join("b/kill").join(run.file_name().unwrap());
+    let (ta, tb) = (
+        checkpoint_tensors(&run.join("checkpoints/last.safetensors")),
+        checkpoint_tensors(&twin.join("checkpoints/last.safetensors")),
+    );
+    for (name, va) in &ta {
+        assert_eq!(va, &tb[name], "{name} differs between the resumed and the uninterrupted run");
+    }
+}

@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Set up vqlab on a Debian machine: system packages (real Fashion-MNIST from Debian's
+# dataset-fashion-mnist, a C toolchain, Python 3 for the test oracles), then the release
+# build. With --quickstart, also run experiments/quickstart.toml end to end.
+#
+#   bash scripts/setup.sh               # packages + build
+#   bash scripts/setup.sh --quickstart  # packages + build + the quickstart sweep (~10 min)
+#   bash scripts/setup.sh --deps-only   # packages only (what CI uses before the tests)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+mode=build
+case "${1:-}" in
+  --quickstart) mode=quickstart ;;
+  --deps-only) mode=deps ;;
+  "") ;;
+  *) echo "usage: $0 [--quickstart|--deps-only]" >&2; exit 2 ;;
+esac
+
+packages=(dataset-fashion-mnist build-essential pkg-config python3)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  sudo=""
+  if [ "$(id -u)" -ne 0 ]; then
+    command -v sudo >/dev/null || { echo "need root or sudo to install: ${missing[*]}" >&2; exit 1; }
+    sudo=sudo
+  fi
+  echo "installing: ${missing[*]}"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+[ "$mode" = deps ] && exit 0
+
+if ! command -v cargo >/dev/null; then
+  echo "cargo not found: install Rust (https://rustup.rs), then run this script again" >&2
+  exit 1
+fi
+echo "building vqlab (release; the first build compiles candle and polars: ~15 minutes on 2 cores)"
+cargo build --release --locked
+bin="${CARGO_TARGET_DIR:-target}/release/vqlab"
+echo "built $bin"
+
+if [ "$mode" = quickstart ]; then
+  "$bin" run experiments/quickstart.toml
+  echo
+  echo "done: results in runs/quickstart/ (per run: summary.json, metrics.parquet, samples/*.png)"
+  echo "      $bin status runs/quickstart"
+fi
