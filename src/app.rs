@@ -311,6 +311,26 @@ fn estimate_training_memory(c: &ExperimentConfig, params: usize) -> f64 {
     }
     per_image += 2.0 * lat * (h * 2.0 + c.model.res_blocks as f64 * (2.0 * r + 2.0 * h)); // conv3/conv_in + residual stacks
     per_image += lat * (c.quantizer.embed_dim as f64 * 4.0 + c.quantizer.codebook_size as f64 * 2.0);
+    if c.model.variant == crate::config::Variant::Vqgan {
+        // Three discriminator passes a step (fake for G, real and fake for D), two tensors a layer.
+        let layers = if c.loss.disc_layers == 0 {
+            crate::model::discriminator::auto_layers(s as usize)
+        } else {
+            c.loss.disc_layers as usize
+        };
+        let ndf = c.loss.disc_channels as f64;
+        let mut side = s / 2.0;
+        let mut disc = ndf * side * side;
+        for i in 1..=layers {
+            if i < layers {
+                side /= 2.0;
+            } else {
+                side -= 1.0;
+            }
+            disc += ndf * 2f64.powi(i as i32).min(8.0) * side * side;
+        }
+        per_image += 3.0 * 2.0 * disc;
+    }
     let batch = c.train.batch_size as f64;
     4.0 * (params as f64 * 4.0 + 2.0 * per_image * batch)
 }

@@ -100,7 +100,7 @@ pub fn mermaid(cfg: &ExperimentConfig) -> String {
         prev = format!("d{i}");
     }
     out.push_str(&format!(
-        "    {prev} --> c3[\"conv 3×3 → {h}\"] --> er[\"{} residual blocks (3×3 → {}, 1×1 → {h}), ReLU\"] --> pre[\"conv 1×1 → {}×{latent}×{latent}\"]\n",
+        "    {prev} --> c3[\"conv 3×3 → {h}\"] --> er[\"{} residual block(s) (3×3 → {}, 1×1 → {h}), ReLU\"] --> pre[\"conv 1×1 → {}×{latent}×{latent}\"]\n",
         cfg.model.res_blocks, cfg.model.res_channels, q.embed_dim
     ));
     out.push_str("  end\n");
@@ -121,7 +121,7 @@ pub fn mermaid(cfg: &ExperimentConfig) -> String {
         q.codebook_size, q.embed_dim, q.beta
     ));
     out.push_str("  vq --> dec\n  subgraph dec[Decoder]\n    direction TB\n");
-    out.push_str(&format!("    ci[\"conv 3×3 → {h}\"] --> dr[\"{} residual blocks, ReLU\"]\n", cfg.model.res_blocks));
+    out.push_str(&format!("    ci[\"conv 3×3 → {h}\"] --> dr[\"{} residual block(s), ReLU\"]\n", cfg.model.res_blocks));
     let mut prev = "dr".to_string();
     let mut side = latent;
     for i in 0..n {

@@ -360,6 +360,38 @@ mod tests {
     }
 
     #[test]
+    fn l2_normalized_lookup_picks_by_angle() {
+        // x = (5, 4) against codes (10, 0) and (0, 1): Euclidean distances² 41 and 34 pick code 1;
+        // cosines 5/√41 = 0.78 and 4/√41 = 0.62 pick code 0.
+        for (l2, want) in [(false, 1u32), (true, 0)] {
+            let mut ps = ParamStore::new(&Device::Cpu, 0);
+            let cfg = QuantizerConfig { codebook_size: 2, embed_dim: 2, l2_normalize: l2, ..Default::default() };
+            let q = Quantizer::new(&mut ps, &cfg).unwrap();
+            q.set_codebook(&Tensor::new(&[[10f32, 0.], [0., 1.]], &Device::Cpu).unwrap()).unwrap();
+            let out = q.forward(&latents(&[&[5.0, 4.0]]), false).unwrap();
+            assert_eq!(out.indices.to_vec1::<u32>().unwrap(), vec![want], "l2_normalize = {l2}");
+            if l2 {
+                // The output is the unit-length code (1, 0).
+                assert_eq!(out.z_q.flatten_all().unwrap().to_vec1::<f32>().unwrap(), vec![1.0, 0.0]);
+            }
+        }
+    }
+
+    #[test]
+    fn factorized_lookup_projects_in_and_out() {
+        let mut ps = ParamStore::new(&Device::Cpu, 0);
+        let cfg = QuantizerConfig { codebook_size: 3, embed_dim: 4, lookup_dim: 2, ..Default::default() };
+        let q = Quantizer::new(&mut ps, &cfg).unwrap();
+        assert_eq!(q.codebook.dims(), &[3, 2]);
+        let z = Tensor::ones((5, 4, 2, 2), DType::F32, &Device::Cpu).unwrap();
+        let out = q.forward(&z, true).unwrap();
+        assert_eq!(out.z_q.dims(), &[5, 4, 2, 2]);
+        assert_eq!(out.flat.dims(), &[20, 2]);
+        // Projections are parameters: 4·2 + 2 in, 2·4 + 4 out, plus the 3×2 codebook.
+        assert_eq!(ps.count("quantizer."), 10 + 12 + 6);
+    }
+
+    #[test]
     fn kmeans_finds_separated_clusters() {
         let mut rows = Vec::new();
         for i in 0..20 {

@@ -33,7 +33,9 @@ impl Adam {
         let step_size = self.lr / bc1;
         for i in 0..self.vars.len() {
             let (name, var) = &self.vars[i];
-            let Some(g) = grad(i, name, var)? else {
+            // candle's gradients of variables still reference the forward graph; moments built
+            // from them would chain every step's graph to the next (an unbounded leak).
+            let Some(g) = grad(i, name, var)?.map(|g| g.detach()) else {
                 continue;
             };
             let m = ((&self.m[i] * self.beta1)? + (&g * (1.0 - self.beta1))?)?;
@@ -42,8 +44,8 @@ impl Adam {
             let denom = ((v.sqrt()? / bc2.sqrt())? + self.eps)?;
             let update = ((&m / denom)? * step_size)?;
             var.set(&(var.as_tensor() - update)?)?;
-            self.m[i] = m;
-            self.v[i] = v;
+            self.m[i] = m.detach();
+            self.v[i] = v.detach();
         }
         Ok(())
     }
@@ -73,5 +75,29 @@ impl Adam {
         }
         self.t = t;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn one_step_matches_the_adam_formula_and_keeps_no_graph() {
+        // θ = 1, loss = 3θ² → g = 6θ = 6. PyTorch's first step: m = (1−β1)·6, v = (1−β2)·36,
+        // θ −= lr/(1−β1) · m / (√v/√(1−β2) + ε) = lr · 6/(6 + ε).
+        let w = Var::new(&[1.0f32], &Device::Cpu).unwrap();
+        let mut opt = Adam::new(vec![("w".into(), w.clone())], 0.1, [0.5, 0.9]).unwrap();
+        let loss = (w.as_tensor().sqr().unwrap() * 3.0).unwrap().sum_all().unwrap();
+        let grads = loss.backward().unwrap();
+        assert!(grads.get(w.as_tensor()).unwrap().track_op(), "candle's variable gradients carry the graph");
+        opt.step(|_, _, v| Ok(grads.get(v.as_tensor()).cloned())).unwrap();
+        let theta = w.as_tensor().to_vec1::<f32>().unwrap()[0] as f64;
+        assert!((theta - (1.0 - 0.1 * 6.0 / (6.0 + 1e-8))).abs() < 1e-6, "{theta}");
+        let state = opt.state("opt");
+        assert!((state["opt.m.w"].to_vec1::<f32>().unwrap()[0] - 3.0).abs() < 1e-6);
+        assert!((state["opt.v.w"].to_vec1::<f32>().unwrap()[0] - 3.6).abs() < 1e-5);
+        assert!(state.values().all(|t| !t.track_op()), "moments must not hold the step's graph");
     }
 }

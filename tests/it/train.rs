@@ -290,3 +290,19 @@ fn sigkill_of_a_worker_then_train_again_resumes_to_the_same_weights() {
         assert_eq!(va, &tb[name], "{name} differs between the resumed and the uninterrupted run");
     }
 }
+
+#[test]
+fn every_quantizer_option_trains() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "exp.toml", &tiny_experiment("options", "[sweep]\nzip = { \"quantizer.kind\" = [\"ema\", \"vq\"], \"quantizer.l2_normalize\" = [true, false], \"quantizer.lookup_dim\" = [0, 4], \"quantizer.init\" = [\"kmeans\", \"random\"] }"));
+    let out = vqlab(dir.path(), &["run", "exp.toml", "--set", "quantizer.dead_code_threshold=1.0"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let runs = run_dirs(&dir.path().join("runs/options"));
+    assert_eq!(runs.len(), 2);
+    for run in runs {
+        assert_eq!(status(&run)["state"], "done");
+        let summary: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(run.join("summary.json")).unwrap()).unwrap();
+        assert!(summary["eval/rec_mse"].as_f64().unwrap().is_finite());
+    }
+}
