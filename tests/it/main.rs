@@ -3,5 +3,6 @@
 mod common;
 mod config_errors;
 mod data;
+mod learning;
 mod plan;
 mod train;
