@@ -32,6 +32,12 @@ if ((${#missing[@]})); then
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
+# numpy and scipy for the test oracles (tests/oracles).
+if ! python3 -c "import numpy, scipy" 2>/dev/null; then
+  echo "installing numpy and scipy for the test oracles"
+  python3 -m pip install --quiet -r tests/oracles/requirements.txt 2>/dev/null \
+    || python3 -m pip install --quiet --break-system-packages -r tests/oracles/requirements.txt
+fi
 [ "$mode" = deps ] && exit 0
 
 if ! command -v cargo >/dev/null; then

@@ -1,6 +1,7 @@
 //! Metric definitions (DESIGN.md §5) and the writers that record them. Names are the
 //! contract: `split/name` in TensorBoard, split + metric in Parquet.
 
+pub mod fid;
 pub mod log;
 
 pub use log::MetricsLog;

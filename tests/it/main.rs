@@ -4,5 +4,6 @@ mod common;
 mod config_errors;
 mod data;
 mod learning;
+mod metrics;
 mod plan;
 mod train;

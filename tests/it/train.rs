@@ -241,6 +241,7 @@ fn sigkill_of_a_worker_then_train_again_resumes_to_the_same_weights() {
     let mut scheduler = std::process::Command::new(env!("CARGO_BIN_EXE_vqlab"))
         .args(["run", "exp.toml", "--runs-dir", "a"])
         .current_dir(dir.path())
+        .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
