@@ -255,7 +255,7 @@ fn cmd_status(sweep_dir: Option<&Path>, runs_dir: &Path) -> anyhow::Result<u8> {
 
 fn cmd_describe(exp: &ExperimentArgs) -> anyhow::Result<u8> {
     let sweep = load(exp)?;
-    let first = &sweep.runs[0].config;
+    let first = &sweep.runs.first().context("the sweep expands to no runs")?.config;
     println!("# experiment {}: {} run(s)\n", sweep.name, sweep.runs.len());
     println!("## Resolved config (first run)\n\n```toml\n{}```\n", config::to_toml(first));
     println!("## Parameters and memory\n");

@@ -56,19 +56,16 @@ pub fn train_run(run_dir: &Path) -> anyhow::Result<Outcome> {
     let mut status = RunStatus::read(run_dir)?.unwrap_or_else(RunStatus::pending);
     let cfg = match config::load_run_config(&run_dir.join(CONFIG_FILE)) {
         Ok(cfg) => cfg,
-        Err(e) => {
-            let reason = format!("invalid config: {e}");
-            status.mark_running("none");
-            status.mark_finished(RunState::Failed, reason.clone());
-            status.write(run_dir)?;
-            return Ok(Outcome::Failed(reason));
-        }
+        Err(e) => return fail_before_start(run_dir, &mut status, format!("invalid config: {e}")),
     };
     if cfg.hardware.threads_per_run > 0 {
         // Ignore the error if a pool already exists (a library caller set one up).
         let _ = rayon::ThreadPoolBuilder::new().num_threads(cfg.hardware.threads_per_run as usize).build_global();
     }
-    let device = select_device(cfg.hardware.device)?;
+    let device = match select_device(cfg.hardware.device) {
+        Ok(d) => d,
+        Err(e) => return fail_before_start(run_dir, &mut status, format!("{e:#}")),
+    };
     status.mark_running(&device_name(&device));
     status.write(run_dir)?;
     let result = Trainer::run(&cfg, run_dir, &device, &mut status);
@@ -86,6 +83,15 @@ pub fn train_run(run_dir: &Path) -> anyhow::Result<Outcome> {
     };
     status.write(run_dir)?;
     Ok(outcome)
+}
+
+/// Record an attempt that failed before training could start.
+fn fail_before_start(run_dir: &Path, status: &mut RunStatus, reason: String) -> anyhow::Result<Outcome> {
+    tracing::error!("run failed: {reason}");
+    status.mark_running("none");
+    status.mark_finished(RunState::Failed, reason.clone());
+    status.write(run_dir)?;
+    Ok(Outcome::Failed(reason))
 }
 
 struct Trainer<'a> {
@@ -164,8 +170,7 @@ impl<'a> Trainer<'a> {
         trainer.metrics = MetricsLog::open(run_dir, Some(start))?;
         let counts = trainer.model.parameter_counts();
         tracing::info!(
-            "model: {} {}; parameters: {}",
-            cfg.model.variant.name(),
+            "model: {}; parameters: {}",
             config::short_description(cfg),
             counts.iter().filter(|(_, n)| *n > 0).map(|(k, n)| format!("{k} {n}")).collect::<Vec<_>>().join(", ")
         );
