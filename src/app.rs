@@ -192,7 +192,7 @@ fn results_table(sweep_dir: &Path, sweep: &Sweep) -> String {
         .iter()
         .map(|r| {
             let dir = sweep_dir.join(&r.dir_name);
-            let status = RunStatus::read(&dir).ok().flatten().unwrap_or_else(RunStatus::pending);
+            let status = RunStatus::read_or_pending(&dir).unwrap_or_else(|_| RunStatus::pending());
             let summary = read_summary(&dir);
             let mut row = vec![r.dir_name.clone(), status.state.name().to_string()];
             for m in metrics {

@@ -42,6 +42,19 @@ pub struct Quantized {
     pub commit_loss: Tensor,
     /// The latent vectors as looked up (N, code_dim), detached: restarts draw from them.
     pub flat: Tensor,
+    /// Vectors per code in this batch (K,), computed once in training passes for the EMA
+    /// update, dead-code restarts and batch statistics; `None` in eval passes.
+    pub counts: Option<Tensor>,
+}
+
+impl Quantized {
+    /// Vectors per code: the counts of the training pass, or counted now for an eval pass.
+    pub fn code_counts(&self, k: usize) -> Result<Tensor> {
+        match &self.counts {
+            Some(c) => Ok(c.clone()),
+            None => code_counts(&self.indices, k),
+        }
+    }
 }
 
 fn l2norm(x: &Tensor) -> Result<Tensor> {
@@ -119,10 +132,9 @@ impl Quantizer {
         let chosen = e.index_select(&indices, 0)?;
         let codebook_loss = (&chosen - flat.detach())?.sqr()?.mean_all()?;
         let commit_loss = (&flat - chosen.detach())?.sqr()?.mean_all()?;
-        if train {
-            if let Some(ema) = &self.ema {
-                self.ema_update(ema, &flat.detach(), &indices)?;
-            }
+        let counts = if train { Some(code_counts(&indices, self.codebook_size)?) } else { None };
+        if let (Some(ema), Some(counts)) = (&self.ema, &counts) {
+            self.ema_update(ema, &flat.detach(), &indices, counts)?;
         }
         let st = (&flat + (chosen - &flat)?.detach())?;
         let z_q = st.reshape((b, h, w, d))?.permute((0, 3, 1, 2))?.contiguous()?;
@@ -130,16 +142,20 @@ impl Quantizer {
             Some((_, p_out)) => p_out.forward(&z_q)?,
             None => z_q,
         };
-        Ok(Quantized { z_q, indices, codebook_loss, commit_loss, flat: flat.detach() })
+        Ok(Quantized { z_q, indices, codebook_loss, commit_loss, flat: flat.detach(), counts })
     }
 
     /// Sonnet's update: hidden ← hidden − (hidden − value)(1 − γ); average = hidden / (1 − γᵗ);
     /// n = Σ cluster sizes; smoothed = (size + ε) / (n + Kε) · n; codebook = dw / smoothed.
-    fn ema_update(&self, (cs, dw, counter): &(Var, Var, Var), flat: &Tensor, indices: &Tensor) -> Result<()> {
+    fn ema_update(
+        &self,
+        (cs, dw, counter): &(Var, Var, Var),
+        flat: &Tensor,
+        indices: &Tensor,
+        counts: &Tensor,
+    ) -> Result<()> {
         let k = self.codebook_size;
         let dev = flat.device();
-        let ones = Tensor::ones(indices.dims1()?, DType::F32, dev)?;
-        let counts = Tensor::zeros(k, DType::F32, dev)?.index_add(indices, &ones, 0)?;
         let sums = Tensor::zeros((k, flat.dim(1)?), DType::F32, dev)?.index_add(indices, flat, 0)?;
         let g = self.decay;
         let t = (counter.as_tensor() + 1.0)?;
@@ -168,8 +184,7 @@ impl Quantizer {
         let k = self.codebook_size;
         let dev = q.flat.device();
         let n = q.flat.dim(0)?;
-        let ones = Tensor::ones(n, DType::F32, dev)?;
-        let counts = Tensor::zeros(k, DType::F32, dev)?.index_add(&q.indices, &ones, 0)?;
+        let counts = q.code_counts(k)?;
         let g = self.decay;
         let new_usage = ((usage.as_tensor() * g)? + (counts * (1.0 - g))?)?;
         let dead = new_usage.lt(self.dead_code_threshold)?.to_dtype(DType::F32)?; // (K)
@@ -228,6 +243,12 @@ pub fn nearest(x: &Tensor, codebook: &Tensor) -> Result<Tensor> {
     half_norms.unsqueeze(0)?.broadcast_sub(&scores)?.argmin(1)
 }
 
+/// Number of latent vectors assigned to each of the `k` codes, (K,) f32, on the device.
+pub fn code_counts(indices: &Tensor, k: usize) -> Result<Tensor> {
+    let ones = Tensor::ones(indices.dims1()?, DType::F32, indices.device())?;
+    Tensor::zeros(k, DType::F32, indices.device())?.index_add(indices, &ones, 0)
+}
+
 /// K row indices in 0..n drawn from (seed, step): the same on every device and every resume.
 fn random_rows(n: usize, k: usize, seed: u64, step: u64, dev: &candle_core::Device) -> Result<Tensor> {
     use rand::{Rng, SeedableRng};
@@ -242,11 +263,10 @@ pub fn kmeans(x: &Tensor, k: usize, iterations: usize, seed: u64) -> Result<Tens
     let n = x.dim(0)?;
     let dev = x.device();
     let mut centroids = x.index_select(&random_rows(n, k, seed, u64::MAX, dev)?, 0)?;
-    let ones = Tensor::ones(n, DType::F32, dev)?;
     for _ in 0..iterations {
         let assign = nearest(x, &centroids)?;
         let sums = Tensor::zeros(centroids.shape(), DType::F32, dev)?.index_add(&assign, x, 0)?;
-        let counts = Tensor::zeros(k, DType::F32, dev)?.index_add(&assign, &ones, 0)?.unsqueeze(1)?;
+        let counts = code_counts(&assign, k)?.unsqueeze(1)?;
         let filled = counts.gt(0.0)?.to_dtype(DType::F32)?;
         let means = sums.broadcast_div(&counts.clamp(1.0, f64::MAX)?)?;
         centroids = (means.broadcast_mul(&filled)? + centroids.broadcast_mul(&filled.affine(-1.0, 1.0)?)?)?;

@@ -20,7 +20,7 @@ pub const WORKER_ENV: &str = "VQLAB_WORKER";
 
 /// The state of a planned run as its directory says (pending when it has none).
 pub fn planned_state(sweep_dir: &Path, run: &PlannedRun) -> RunStatus {
-    RunStatus::read(&sweep_dir.join(&run.dir_name)).ok().flatten().unwrap_or_else(RunStatus::pending)
+    RunStatus::read_or_pending(&sweep_dir.join(&run.dir_name)).unwrap_or_else(|_| RunStatus::pending())
 }
 
 /// Create the sweep dir, its provenance file, and a directory with `config.toml` and
@@ -77,7 +77,7 @@ pub fn run_sweep(sweep_dir: &Path, sweep: &Sweep, opts: &LocalOptions) -> anyhow
     let mut failed = 0;
     for (i, run) in sweep.runs.iter().enumerate() {
         let dir = sweep_dir.join(&run.dir_name);
-        let status = RunStatus::read(&dir)?.unwrap_or_else(RunStatus::pending);
+        let status = RunStatus::read_or_pending(&dir)?;
         if status.state.is_finished() {
             tracing::info!("[{}/{total}] {}: {}, skipped", i + 1, run.dir_name, status.state.name());
             continue;
@@ -137,7 +137,7 @@ fn run_child(exe: &Path, dir: &Path) -> anyhow::Result<RunStatus> {
         .spawn()
         .with_context(|| format!("starting {} train {}", exe.display(), dir.display()))?;
     let exit = child.wait()?;
-    let mut status = RunStatus::read(dir)?.unwrap_or_else(RunStatus::pending);
+    let mut status = RunStatus::read_or_pending(dir)?;
     if !status.state.is_finished() && status.state != RunState::Failed {
         // The worker died without recording an outcome (a crash or a signal).
         let how = match exit.code() {

@@ -82,6 +82,11 @@ impl RunStatus {
         }
     }
 
+    /// The run's status, or a fresh pending one when it has none yet.
+    pub fn read_or_pending(run_dir: &Path) -> anyhow::Result<Self> {
+        Ok(Self::read(run_dir)?.unwrap_or_else(Self::pending))
+    }
+
     pub fn write(&self, run_dir: &Path) -> anyhow::Result<()> {
         let mut bytes = serde_json::to_vec_pretty(self)?;
         bytes.push(b'\n');

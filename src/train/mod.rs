@@ -53,7 +53,7 @@ pub fn device_name(d: &Device) -> String {
 /// that prevent even recording a status (an unwritable run dir) are returned; everything
 /// else ends as a failed status with its reason.
 pub fn train_run(run_dir: &Path) -> anyhow::Result<Outcome> {
-    let mut status = RunStatus::read(run_dir)?.unwrap_or_else(RunStatus::pending);
+    let mut status = RunStatus::read_or_pending(run_dir)?;
     let cfg = match config::load_run_config(&run_dir.join(CONFIG_FILE)) {
         Ok(cfg) => cfg,
         Err(e) => return fail_before_start(run_dir, &mut status, format!("invalid config: {e}")),

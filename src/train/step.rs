@@ -18,12 +18,12 @@ pub fn recon_loss(x_hat: &Tensor, x: &Tensor, kind: ReconLoss) -> Result<Tensor>
     }
 }
 
-/// Batch perplexity and usage from code indices (Sonnet's per-batch definition), on device.
-pub fn batch_code_stats(indices: &Tensor, k: usize) -> Result<(Tensor, Tensor)> {
-    let n = indices.dims1()?;
-    let ones = Tensor::ones(n, DType::F32, indices.device())?;
-    let counts = Tensor::zeros(k, DType::F32, indices.device())?.index_add(indices, &ones, 0)?;
-    let p = (counts.clone() / n as f64)?;
+/// Batch perplexity and usage from the batch's code counts (Sonnet's per-batch definition),
+/// on device.
+pub fn batch_code_stats(counts: &Tensor) -> Result<(Tensor, Tensor)> {
+    let n = counts.sum_all()?;
+    let k = counts.dims1()?;
+    let p = counts.broadcast_div(&n)?;
     // p·ln p with 0·ln 0 = 0: ln of max(p, tiny) is finite and multiplied by p = 0.
     let entropy = (p.clone() * p.clamp(1e-30, 1.0)?.log()?)?.sum_all()?.neg()?;
     let perplexity = entropy.exp()?;
@@ -62,11 +62,11 @@ pub fn vqvae_step(
     model.quantizer.restart_dead_codes(&r.quantized, cfg.train.seed, step)?;
     let mut out = vec![
         ("train/rec_loss", rec),
-        ("train/codebook_loss", r.quantized.codebook_loss),
-        ("train/commit_loss", r.quantized.commit_loss),
+        ("train/codebook_loss", r.quantized.codebook_loss.clone()),
+        ("train/commit_loss", r.quantized.commit_loss.clone()),
     ];
     if log {
-        let (perplexity, usage) = batch_code_stats(&r.quantized.indices, model.quantizer.codebook_size)?;
+        let (perplexity, usage) = batch_code_stats(&r.quantized.code_counts(model.quantizer.codebook_size)?)?;
         out.push(("train/perplexity", perplexity));
         out.push(("train/usage", usage));
     }
@@ -169,10 +169,10 @@ pub fn vqgan_step(
     }
     model.quantizer.restart_dead_codes(&r.quantized, cfg.train.seed, step)?;
     out.push(("train/rec_loss", rec));
-    out.push(("train/codebook_loss", r.quantized.codebook_loss));
-    out.push(("train/commit_loss", r.quantized.commit_loss));
+    out.push(("train/codebook_loss", r.quantized.codebook_loss.clone()));
+    out.push(("train/commit_loss", r.quantized.commit_loss.clone()));
     if log {
-        let (perplexity, usage) = batch_code_stats(&r.quantized.indices, model.quantizer.codebook_size)?;
+        let (perplexity, usage) = batch_code_stats(&r.quantized.code_counts(model.quantizer.codebook_size)?)?;
         out.push(("train/perplexity", perplexity));
         out.push(("train/usage", usage));
     }
@@ -234,7 +234,7 @@ mod tests {
     fn batch_perplexity_and_usage() {
         // Codes (0, 0, 1, 3) of K = 4: p = (½, ¼, 0, ¼), H = 1.5 ln 2, perplexity 2^1.5.
         let idx = Tensor::new(&[0u32, 0, 1, 3], &Device::Cpu).unwrap();
-        let (p, u) = batch_code_stats(&idx, 4).unwrap();
+        let (p, u) = batch_code_stats(&crate::model::quantizer::code_counts(&idx, 4).unwrap()).unwrap();
         assert!((p.to_scalar::<f32>().unwrap() as f64 - 2f64.powf(1.5)).abs() < 1e-5);
         assert_eq!(u.to_scalar::<f32>().unwrap(), 0.75);
     }
