@@ -88,6 +88,7 @@ fn cmd_run(exp: &ExperimentArgs, runs_dir: &Path, fail_fast: bool, dry_run: bool
     tracing::info!("sweep {}: {} runs in {}", sweep.name, sweep.runs.len(), sweep_dir.display());
     let opts = LocalOptions { fail_fast, max_attempts: sweep.base.launcher.max_attempts };
     let failed = local::run_sweep(&sweep_dir, &sweep, &opts)?;
+    local::refresh_results(&sweep_dir);
     print!("{}", results_table(&sweep_dir, &sweep));
     Ok(if failed > 0 { 1 } else { 0 })
 }
@@ -186,7 +187,7 @@ fn read_summary(run_dir: &Path) -> Option<serde_json::Map<String, serde_json::Va
 
 /// The end-of-sweep table: state and final eval metrics of every run.
 fn results_table(sweep_dir: &Path, sweep: &Sweep) -> String {
-    let metrics = ["eval/rec_mse", "eval/psnr", "eval/usage", "eval/perplexity", "train/img_per_s"];
+    let metrics = ["eval/rec_mse", "eval/psnr", "eval/usage", "eval/perplexity", "eval/rfid", "train/img_per_s"];
     let rows: Vec<Vec<String>> = sweep
         .runs
         .iter()
@@ -201,7 +202,8 @@ fn results_table(sweep_dir: &Path, sweep: &Sweep) -> String {
             row
         })
         .collect();
-    table::render(&["run", "state", "rec_mse", "psnr", "usage", "perplexity", "img/s"], &rows)
+    table::render(&["run", "state", "rec_mse", "psnr", "usage", "perplexity", "rfid*", "img/s"], &rows)
+        + "* FID-style: the dataset's own feature network, comparable within vqlab only\n"
 }
 
 fn cmd_status(sweep_dir: Option<&Path>, runs_dir: &Path) -> anyhow::Result<u8> {

@@ -5,6 +5,18 @@ use clap::Parser;
 fn main() -> ExitCode {
     let cli = vqlab::cli::Cli::parse();
     vqlab::app::init_logging(&cli);
+    // A panic (a bug, or a library that panics on I/O errors, which vqlab catches) is one log
+    // line naming where it happened, not a backtrace.
+    std::panic::set_hook(Box::new(|info| {
+        let what = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        let at = info.location().map(|l| format!("{}:{}", l.file(), l.line())).unwrap_or_default();
+        tracing::error!("internal panic at {at}: {what}");
+    }));
     match vqlab::app::run(cli) {
         Ok(code) => ExitCode::from(code),
         Err(err) => {

@@ -1,10 +1,15 @@
 //! Metric definitions (DESIGN.md §5) and the writers that record them. Names are the
 //! contract: `split/name` in TensorBoard, split + metric in Parquet.
 
+pub mod features;
 pub mod fid;
 pub mod log;
+pub mod results;
+pub mod sink;
+pub mod tensorboard;
 
 pub use log::MetricsLog;
+pub use sink::{RunStart, Sink, SinkSet};
 
 /// Codebook statistics from code counts over a set of latent vectors:
 /// p_k = n_k / N, perplexity = exp(−Σ p_k ln p_k) (0·ln 0 = 0), usage = |{k : n_k > 0}| / K,

@@ -38,6 +38,10 @@ pub fn prepare(runs_dir: &Path, sweep: &Sweep, provenance: &str) -> anyhow::Resu
     for run in &sweep.runs {
         let dir = sweep_dir.join(&run.dir_name);
         let cfg_path = dir.join(CONFIG_FILE);
+        let cell_path = dir.join(crate::train::CELL_FILE);
+        if cfg_path.exists() && !cell_path.exists() {
+            write_cell(&cell_path, run)?;
+        }
         if cfg_path.exists() {
             // Same directory name means same id; check the file was not edited into another run.
             let existing = config::load_run_config(&cfg_path).map_err(|e| anyhow::anyhow!(e))?;
@@ -58,9 +62,24 @@ pub fn prepare(runs_dir: &Path, sweep: &Sweep, provenance: &str) -> anyhow::Resu
             config::to_toml(&run.config)
         );
         write_atomic(&cfg_path, body.as_bytes())?;
+        write_cell(&cell_path, run)?;
         RunStatus::pending().write(&dir)?;
     }
     Ok(sweep_dir)
+}
+
+/// `cell.json`: the keys this run's sweep varies and their values in this run.
+fn write_cell(path: &Path, run: &PlannedRun) -> anyhow::Result<()> {
+    let mut bytes = serde_json::to_vec_pretty(&run.cell)?;
+    bytes.push(b'\n');
+    write_atomic(path, &bytes)
+}
+
+/// Refresh the sweep's results.parquet; a failure is logged, not fatal to the sweep.
+pub fn refresh_results(sweep_dir: &Path) {
+    if let Err(e) = crate::metrics::results::write_results(sweep_dir) {
+        tracing::warn!("could not refresh {}: {e:#}", sweep_dir.join(crate::metrics::results::RESULTS_FILE).display());
+    }
 }
 
 /// Options of a local sweep.
@@ -95,6 +114,7 @@ pub fn run_sweep(sweep_dir: &Path, sweep: &Sweep, opts: &LocalOptions) -> anyhow
         }
         tracing::info!("[{}/{total}] {}: training ({})", i + 1, run.dir_name, config::short_description(&run.config));
         let outcome = run_child(&exe, &dir)?;
+        refresh_results(sweep_dir);
         match outcome.state {
             RunState::Done | RunState::StoppedEarly => {
                 tracing::info!("[{}/{total}] {}: {}", i + 1, run.dir_name, outcome.state.name())

@@ -1,11 +1,48 @@
-//! Evaluation on the fixed eval subset: pixel metrics on [0, 1] and code counts over every
-//! latent vector of the set; reconstruction grids of its first images.
+//! Evaluation on the fixed eval subset: pixel metrics on [0, 1], code counts over every
+//! latent vector of the set, FID-style scores between the originals and their reconstructions;
+//! reconstruction grids of its first images.
 
 use candle_core::{Device, Result};
 
+use crate::config::EvalConfig;
 use crate::data::ImageSet;
+use crate::metrics::features::{FeatureNet, FEATURE_DIM};
+use crate::metrics::fid::{frechet_distance, gaussian, kid, kid_subsets, Gaussian};
 use crate::metrics::{codebook_stats, psnr_from_mse, CodebookStats};
 use crate::model::VqModel;
+
+/// Seed of the KID subsets: every eval of every run uses the same subsets.
+const KID_SEED: u64 = 0x6b1d;
+
+/// What FID-style scores need that does not change during a run: the feature network, the
+/// features of the eval originals and their Gaussian, the KID subsets.
+pub struct FidContext {
+    pub net: FeatureNet,
+    real: Vec<f32>,
+    real_gaussian: Gaussian,
+    subsets: Vec<(Vec<usize>, Vec<usize>)>,
+}
+
+impl FidContext {
+    /// None (with the reason) when the eval set is too small for a covariance.
+    pub fn new(net: FeatureNet, set: &ImageSet, cfg: &EvalConfig, device: &Device) -> anyhow::Result<Self> {
+        if set.len < 2 {
+            anyhow::bail!("eval.fid needs at least 2 eval images (data.eval_images = {})", set.len);
+        }
+        let real = net.features_of(set, cfg.batch_size, device)?;
+        let real_gaussian = gaussian(&real, set.len, FEATURE_DIM);
+        let subsets = kid_subsets(set.len, set.len, cfg.kid_subsets as usize, cfg.kid_subset_size as usize, KID_SEED);
+        Ok(FidContext { net, real, real_gaussian, subsets })
+    }
+}
+
+/// FID-style scores of one eval.
+#[derive(Debug, Clone, Copy)]
+pub struct FidScores {
+    pub rfid: f64,
+    pub kid: f64,
+    pub kid_std: f64,
+}
 
 #[derive(Debug, Clone)]
 pub struct EvalResult {
@@ -15,18 +52,30 @@ pub struct EvalResult {
     pub psnr: f64,
     pub codes: CodebookStats,
     pub counts: Vec<u64>,
+    pub fid: Option<FidScores>,
 }
 
-pub fn evaluate(model: &VqModel, set: &ImageSet, batch_size: usize, device: &Device) -> Result<EvalResult> {
+pub fn evaluate(
+    model: &VqModel,
+    set: &ImageSet,
+    batch_size: usize,
+    device: &Device,
+    fid: Option<&FidContext>,
+) -> Result<EvalResult> {
     let k = model.quantizer.codebook_size;
     let mut counts = vec![0u64; k];
     let mut sq_sum = 0.0f64;
     let mut psnr_sum = 0.0f64;
+    let mut fake = Vec::with_capacity(if fid.is_some() { set.len * FEATURE_DIM } else { 0 });
     let indices: Vec<usize> = (0..set.len).collect();
     for chunk in indices.chunks(batch_size.max(1)) {
         let x = set.batch(chunk, device)?;
         let r = model.reconstruct(&x, false)?;
-        let err = (r.x_hat.clamp(0.0, 1.0)? - &x)?.sqr()?;
+        let x_hat = r.x_hat.clamp(0.0, 1.0)?;
+        if let Some(ctx) = fid {
+            fake.extend(ctx.net.features_vec(&x_hat)?);
+        }
+        let err = (x_hat - &x)?.sqr()?;
         let per_image = err.flatten_from(1)?.mean(1)?.to_dtype(candle_core::DType::F64)?.to_vec1::<f64>()?;
         for mse in per_image {
             sq_sum += mse;
@@ -37,7 +86,12 @@ pub fn evaluate(model: &VqModel, set: &ImageSet, batch_size: usize, device: &Dev
         }
     }
     let n = set.len.max(1) as f64;
-    Ok(EvalResult { rec_mse: sq_sum / n, psnr: psnr_sum / n, codes: codebook_stats(&counts), counts })
+    let fid = fid.map(|ctx| {
+        let rfid = frechet_distance(&ctx.real_gaussian, &gaussian(&fake, set.len, FEATURE_DIM));
+        let (kid, kid_std) = kid(&ctx.real, &fake, FEATURE_DIM, &ctx.subsets);
+        FidScores { rfid, kid, kid_std }
+    });
+    Ok(EvalResult { rec_mse: sq_sum / n, psnr: psnr_sum / n, codes: codebook_stats(&counts), counts, fid })
 }
 
 /// Originals (top rows) above their reconstructions (bottom rows), up to 8 per row, with a

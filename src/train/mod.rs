@@ -16,7 +16,10 @@ use candle_core::Device;
 use crate::config::{self, CodebookInit, DeviceKind, ExperimentConfig, Variant};
 use crate::data::{self, BatchOrder};
 use crate::fsutil::write_atomic;
-use crate::metrics::MetricsLog;
+use crate::metrics::features;
+use crate::metrics::sink::SamplesSink;
+use crate::metrics::tensorboard::TensorBoardSink;
+use crate::metrics::{MetricsLog, RunStart, Sink, SinkSet};
 use crate::model::VqModel;
 use crate::sched::state::{RunState, RunStatus, CONFIG_FILE};
 use checkpoint::Checkpoint;
@@ -24,6 +27,20 @@ use optim::Adam;
 
 pub const SUMMARY_FILE: &str = "summary.json";
 pub const SAMPLES_DIR: &str = "samples";
+/// The sweep cell of a run (its swept keys and their values), written by the scheduler.
+pub const CELL_FILE: &str = "cell.json";
+
+/// The eval metrics of DESIGN.md §5, in table order.
+pub const EVAL_METRICS: [&str; 8] = [
+    "eval/rec_mse",
+    "eval/psnr",
+    "eval/perplexity",
+    "eval/usage",
+    "eval/dead_codes",
+    "eval/rfid",
+    "eval/kid",
+    "eval/kid_std",
+];
 
 /// How a training attempt ended (the process exit code follows from it).
 #[derive(Debug, Clone, PartialEq)]
@@ -101,8 +118,13 @@ struct Trainer<'a> {
     model: VqModel,
     opt_g: Adam,
     opt_d: Option<Adam>,
-    metrics: MetricsLog,
+    sinks: SinkSet,
+    fid: Option<eval::FidContext>,
     best_rec_mse: f64,
+    /// Seconds spent in training steps (logging included, eval and checkpoints not).
+    train_seconds: f64,
+    /// The last step reached, for the end-of-run record.
+    step_reached: u64,
 }
 
 impl<'a> Trainer<'a> {
@@ -151,8 +173,11 @@ impl<'a> Trainer<'a> {
             model,
             opt_g,
             opt_d,
-            metrics: MetricsLog::default(),
+            sinks: SinkSet::default(),
+            fid: None,
             best_rec_mse: f64::INFINITY,
+            train_seconds: 0.0,
+            step_reached: 0,
         };
         let start = match ckpt {
             Some(c) => {
@@ -167,15 +192,65 @@ impl<'a> Trainer<'a> {
                 0
             }
         };
-        trainer.metrics = MetricsLog::open(run_dir, Some(start))?;
+        trainer.step_reached = start;
+        trainer.open_sinks(start)?;
+        if cfg.eval.fid {
+            let t0 = Instant::now();
+            let net = features::feature_net(&cfg.data, &features::cache_dir_for(run_dir), device)
+                .context("preparing the FID feature network (eval.fid = true)")?;
+            trainer.fid = Some(eval::FidContext::new(net, &splits.eval, &cfg.eval, device)?);
+            tracing::info!("FID-style scores ready ({:.1}s)", t0.elapsed().as_secs_f64());
+        }
         let counts = trainer.model.parameter_counts();
         tracing::info!(
             "model: {}; parameters: {}",
             config::short_description(cfg),
             counts.iter().filter(|(_, n)| *n > 0).map(|(k, n)| format!("{k} {n}")).collect::<Vec<_>>().join(", ")
         );
-        trainer.train_from(start, &splits, status)?;
-        Ok(())
+        match trainer.train_from(start, &splits, status) {
+            Ok(()) => trainer.sinks.end(cfg.train.steps, true),
+            Err(e) => {
+                // Keep what was recorded up to the failure (a resume drops the steps past its
+                // checkpoint) and mark the TensorBoard session failed.
+                if let Err(e2) = trainer.sinks.end(trainer.step_reached, false) {
+                    tracing::warn!("recording the failure in the metrics: {e2:#}");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// The run's sinks: metrics.parquet (with the rows up to `start` read back on resume),
+    /// TensorBoard and sample PNGs; then the start-of-run records (config text, HParams).
+    fn open_sinks(&mut self, start: u64) -> anyhow::Result<()> {
+        let log = MetricsLog::open(self.run_dir, Some(start))?;
+        let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
+        let last: Vec<(String, f64)> =
+            log.rows().iter().map(|r| (format!("{}/{}", r.split, r.metric), r.value)).collect();
+        sinks.push(Box::new(log));
+        match TensorBoardSink::open(self.run_dir) {
+            Ok(tb) => sinks.push(Box::new(tb)),
+            Err(e) => tracing::warn!("TensorBoard logging is off for this run: {e:#}"),
+        }
+        sinks.push(Box::new(SamplesSink::new(self.run_dir)));
+        self.sinks = SinkSet::new(sinks);
+        for (name, v) in last {
+            self.sinks.remember(&name, v);
+        }
+        let cfg = self.cfg;
+        let mut metrics: Vec<String> = EVAL_METRICS[..5].iter().map(|s| s.to_string()).collect();
+        if cfg.eval.fid {
+            metrics.extend(EVAL_METRICS[5..].iter().map(|s| s.to_string()));
+        }
+        metrics.push("train/img_per_s".into());
+        let run = RunStart {
+            resume_step: start,
+            hparams: hparams(cfg, self.run_dir)?,
+            metrics,
+            config_toml: config::to_toml(cfg),
+            start_time: crate::fsutil::unix_now(),
+        };
+        self.sinks.start(&run)
     }
 
     /// k-means codebook from the encoder outputs of the first batches the run will train on
@@ -237,12 +312,15 @@ impl<'a> Trainer<'a> {
         let cfg = self.cfg;
         let t = &cfg.train;
         let mut order = BatchOrder::new(splits.train.len, t.batch_size, t.seed);
+        // img/s over the steps since the last log, without the eval and checkpoint time.
         let mut since_log = Instant::now();
+        let mut paused = 0.0f64;
         let mut images_since_log = 0usize;
+        let mut loop_start = Instant::now();
         for step in start..t.steps {
             let done = step + 1;
             let last = done == t.steps;
-            let log = done % t.log_every == 0 || last;
+            let log = t.log_every > 0 && (done % t.log_every == 0 || last);
             let ckpt = done % t.checkpoint_every == 0 || last;
             let eval = done % t.eval_every == 0 || last;
             let x = splits.train.batch(&order.indices(step), self.device)?;
@@ -251,6 +329,7 @@ impl<'a> Trainer<'a> {
                 None => step::vqvae_step(cfg, &self.model, &mut self.opt_g, &x, step, log)?,
                 Some(opt_d) => step::vqgan_step(cfg, &self.model, &mut self.opt_g, opt_d, &x, step, log)?,
             };
+            self.step_reached = done;
             if log || ckpt {
                 // The only host synchronisation of a training step, at log and checkpoint steps.
                 let mut values = Vec::with_capacity(losses.len());
@@ -262,26 +341,33 @@ impl<'a> Trainer<'a> {
                     values.push((*name, v));
                 }
                 if log {
-                    let secs = since_log.elapsed().as_secs_f64();
-                    let img_per_s = images_since_log as f64 / secs.max(1e-9);
+                    let secs = (since_log.elapsed().as_secs_f64() - paused).max(1e-9);
+                    let img_per_s = images_since_log as f64 / secs;
                     for (name, v) in &values {
-                        self.metrics.record(done, name, *v);
+                        self.sinks.scalar(done, name, *v)?;
                     }
-                    self.metrics.record(done, "train/img_per_s", img_per_s);
+                    self.sinks.scalar(done, "train/img_per_s", img_per_s)?;
                     let rec = values.iter().find(|(n, _)| *n == "train/rec_loss").map(|(_, v)| *v).unwrap_or(f64::NAN);
                     tracing::info!("step {done}/{} rec_loss {rec:.5} {img_per_s:.0} img/s", t.steps);
                     since_log = Instant::now();
+                    paused = 0.0;
                     images_since_log = 0;
                 }
             }
-            if eval {
-                self.evaluate(done, splits)?;
-            }
-            if ckpt {
-                checkpoint::save_last(self.run_dir, &self.snapshot(done))?;
-                self.metrics.flush()?;
-                status.step = done;
-                status.write(self.run_dir)?;
+            if eval || ckpt {
+                self.train_seconds += loop_start.elapsed().as_secs_f64();
+                let t_pause = Instant::now();
+                if eval {
+                    self.evaluate(done, splits)?;
+                }
+                if ckpt {
+                    checkpoint::save_last(self.run_dir, &self.snapshot(done))?;
+                    self.sinks.checkpoint()?;
+                    status.step = done;
+                    status.write(self.run_dir)?;
+                }
+                paused += t_pause.elapsed().as_secs_f64();
+                loop_start = Instant::now();
             }
         }
         self.write_summary(splits)?;
@@ -290,21 +376,28 @@ impl<'a> Trainer<'a> {
 
     fn evaluate(&mut self, step: u64, splits: &data::Splits) -> anyhow::Result<()> {
         let t0 = Instant::now();
-        let r = eval::evaluate(&self.model, &splits.eval, self.cfg.eval.batch_size, self.device)?;
-        for (name, v) in [
+        let r = eval::evaluate(&self.model, &splits.eval, self.cfg.eval.batch_size, self.device, self.fid.as_ref())?;
+        let mut values = vec![
             ("eval/rec_mse", r.rec_mse),
             ("eval/psnr", r.psnr),
             ("eval/perplexity", r.codes.perplexity),
             ("eval/usage", r.codes.usage),
             ("eval/dead_codes", r.codes.dead_codes as f64),
-        ] {
+        ];
+        if let Some(f) = r.fid {
+            values.extend([("eval/rfid", f.rfid), ("eval/kid", f.kid), ("eval/kid_std", f.kid_std)]);
+        }
+        for (name, v) in values {
             if !v.is_finite() {
                 anyhow::bail!("non-finite {name} at step {step}");
             }
-            self.metrics.record(step, name, v);
+            self.sinks.scalar(step, name, v)?;
         }
+        self.sinks.histogram(step, "eval/code_usage", &r.counts)?;
+        let fid_text =
+            r.fid.map(|f| format!(" rfid {:.3} kid {:.4}±{:.4}", f.rfid, f.kid, f.kid_std)).unwrap_or_default();
         tracing::info!(
-            "eval at step {step}: rec_mse {:.5} psnr {:.2} dB perplexity {:.1} usage {:.3} dead {} ({:.1}s)",
+            "eval at step {step}: rec_mse {:.5} psnr {:.2} dB perplexity {:.1} usage {:.3} dead {}{fid_text} ({:.1}s)",
             r.rec_mse,
             r.psnr,
             r.codes.perplexity,
@@ -314,11 +407,9 @@ impl<'a> Trainer<'a> {
         );
         let grid =
             eval::reconstruction_grid(&self.model, &splits.eval, self.cfg.eval.sample_images as usize, self.device)?;
-        let dir = self.run_dir.join(SAMPLES_DIR);
-        std::fs::create_dir_all(&dir)?;
         let mut png = Vec::new();
         grid.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)?;
-        write_atomic(&dir.join(format!("step_{step:07}.png")), &png)?;
+        self.sinks.image(step, "eval/reconstructions", &png, grid.width(), grid.height())?;
         if r.rec_mse < self.best_rec_mse {
             self.best_rec_mse = r.rec_mse;
             let weights = Checkpoint {
@@ -341,16 +432,40 @@ impl<'a> Trainer<'a> {
         );
         summary.insert("run.id".into(), config::run_id(self.cfg).into());
         summary.insert("run.dataset_fingerprint".into(), splits.fingerprint().into());
-        for name in ["eval/rec_mse", "eval/psnr", "eval/perplexity", "eval/usage", "eval/dead_codes", "train/img_per_s"]
-        {
-            if let Some(v) = self.metrics.last(name) {
-                summary.insert(name.into(), v.into());
+        summary.insert("run.train_seconds".into(), self.train_seconds.into());
+        if let Some(ctx) = &self.fid {
+            summary.insert("run.feature_net".into(), ctx.net.description.clone().into());
+            if let Some(info) = &ctx.net.info {
+                summary.insert("run.feature_net_test_accuracy".into(), info.test_accuracy.into());
+            }
+        }
+        for name in EVAL_METRICS.iter().chain(["train/img_per_s"].iter()) {
+            if let Some(v) = self.sinks.last(name) {
+                summary.insert(name.to_string(), v.into());
             }
         }
         let mut bytes = serde_json::to_vec_pretty(&summary)?;
         bytes.push(b'\n');
         write_atomic(&self.run_dir.join(SUMMARY_FILE), &bytes)
     }
+}
+
+/// The hyperparameters TensorBoard's HParams tab shows for a run: its sweep cell's keys (from
+/// `cell.json`, written by the scheduler) plus the variant, codebook size and seed, with their
+/// resolved values.
+pub fn hparams(
+    cfg: &ExperimentConfig,
+    run_dir: &Path,
+) -> anyhow::Result<std::collections::BTreeMap<String, serde_json::Value>> {
+    let mut flat = serde_json::Map::new();
+    flatten("", &serde_json::to_value(cfg)?, &mut flat);
+    let mut keys: Vec<String> = vec!["model.variant".into(), "quantizer.codebook_size".into(), "train.seed".into()];
+    if let Ok(text) = std::fs::read(run_dir.join(CELL_FILE)) {
+        if let Ok(cell) = serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(&text) {
+            keys.extend(cell.keys().cloned());
+        }
+    }
+    Ok(keys.into_iter().filter_map(|k| Some((k.clone(), flat.get(&k)?.clone()))).collect())
 }
 
 /// Flatten nested objects into dotted keys; arrays stay values.

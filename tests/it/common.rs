@@ -59,7 +59,26 @@ checkpoint_every = 6
 [eval]
 batch_size = 64
 sample_images = 4
+fid = false
 {extra}
 "#
     )
+}
+
+/// The tiny experiment with FID-style scores on (a synthetic-shapes classifier is trained
+/// once into the runs dir's cache: ~10 s).
+pub fn tiny_experiment_fid(name: &str, extra: &str) -> String {
+    tiny_experiment(name, extra).replace("fid = false", "fid = true\nkid_subsets = 10\nkid_subset_size = 32")
+}
+
+/// Run a Python oracle script from tests/oracles and parse its JSON output.
+pub fn oracle(script: &str, args: &[&std::ffi::OsStr]) -> serde_json::Value {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/oracles").join(script);
+    let out = Command::new("python3").arg(&path).args(args).output().expect("python3 runs");
+    assert!(
+        out.status.success(),
+        "oracle {script} failed (missing packages? bash scripts/setup.sh --deps-only): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("oracle {script} printed no JSON: {e}"))
 }

@@ -6,4 +6,5 @@ mod data;
 mod learning;
 mod metrics;
 mod plan;
+mod sinks;
 mod train;
