@@ -178,3 +178,33 @@ impl Sink for super::MetricsLog {
         self.flush()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Failing(bool);
+
+    impl Sink for Failing {
+        fn name(&self) -> &'static str {
+            "failing"
+        }
+        fn essential(&self) -> bool {
+            self.0
+        }
+        fn scalar(&mut self, _: u64, _: &str, _: f64) -> anyhow::Result<()> {
+            anyhow::bail!("disk full")
+        }
+    }
+
+    #[test]
+    fn a_failing_optional_sink_is_dropped_and_an_essential_one_fails_the_run() {
+        let mut set = SinkSet::new(vec![Box::new(Failing(false))]);
+        set.scalar(1, "eval/usage", 0.5).unwrap();
+        assert!(set.names().is_empty());
+        assert_eq!(set.last("eval/usage"), Some(0.5));
+        let mut set = SinkSet::new(vec![Box::new(Failing(true))]);
+        let err = set.scalar(1, "eval/usage", 0.5).unwrap_err();
+        assert!(format!("{err:#}").contains("disk full"), "{err:#}");
+    }
+}

@@ -306,3 +306,27 @@ impl Sink for TensorBoardSink {
         self.flush()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panic_inside_tensorboard_rs_is_an_error_and_closes_the_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sink = TensorBoardSink::open(dir.path()).unwrap();
+        sink.scalar(1, "train/rec_loss", 0.5).unwrap();
+        let err = sink.call(|_| -> () { panic!("write error") }).unwrap_err();
+        assert!(format!("{err}").contains("write error"), "{err}");
+        // Closed after the failure: later calls fail cleanly instead of panicking.
+        assert!(sink.scalar(2, "train/rec_loss", 0.4).is_err());
+        drop(sink);
+    }
+
+    #[test]
+    fn an_unwritable_log_dir_is_an_error_not_a_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(TB_DIR), b"a file where the directory should be").unwrap();
+        assert!(TensorBoardSink::open(dir.path()).is_err());
+    }
+}

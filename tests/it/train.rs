@@ -227,6 +227,32 @@ fn quickstart_file_runs_on_real_data_shortened() {
     let runs = run_dirs(&dir.path().join("out/quickstart"));
     assert_eq!(runs.len(), 4, "K 64 and 512 × vqvae and vqgan");
     assert!(runs.iter().all(|r| status(r)["state"] == "done"));
+    // The FID feature network: trained once on all 60,000 training images, ≥ 85% on the
+    // 10,000 test images, its accuracy recorded next to its weights and in every summary.
+    let cache = dir.path().join("out/.cache/features");
+    let metas: Vec<_> = std::fs::read_dir(&cache)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .collect();
+    assert_eq!(metas.len(), 1, "one network for the four runs");
+    let info: serde_json::Value = serde_json::from_slice(&std::fs::read(&metas[0]).unwrap()).unwrap();
+    assert_eq!(info["dataset"], "fashion-mnist");
+    assert_eq!(info["train_images"], 60000);
+    assert_eq!(info["test_images"], 10000);
+    assert!(info["test_accuracy"].as_f64().unwrap() >= 0.85, "{info}");
+    for r in &runs {
+        let summary: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(r.join("summary.json")).unwrap()).unwrap();
+        assert_eq!(summary["run.feature_net_test_accuracy"], info["test_accuracy"]);
+        let rfid = summary["eval/rfid"].as_f64().unwrap();
+        assert!(rfid.is_finite() && rfid > 0.0, "{rfid}");
+    }
+    let logs: usize = runs
+        .iter()
+        .filter(|r| std::fs::read_to_string(r.join("train.log")).unwrap().contains("training the feature network"))
+        .count();
+    assert_eq!(logs, 1, "trained by the first run only");
 }
 
 #[test]
