@@ -5,7 +5,7 @@
 #
 #   bash scripts/setup.sh               # packages + build
 #   bash scripts/setup.sh --quickstart  # packages + build + the quickstart sweep (~10 min)
-#   bash scripts/setup.sh --deps-only   # packages only (what CI uses before the tests)
+#   bash scripts/setup.sh --deps-only   # packages only, Slurm included (what scripts/test.sh runs first)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,6 +18,8 @@ case "${1:-}" in
 esac
 
 packages=(dataset-fashion-mnist build-essential pkg-config python3)
+# What only the tests need: a real single-node Slurm (scripts/slurm_local.sh).
+[ "$mode" = deps ] && packages+=(slurm-wlm munge)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -32,9 +34,9 @@ if ((${#missing[@]})); then
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
-# numpy and scipy for the test oracles (tests/oracles).
-if ! python3 -c "import numpy, scipy" 2>/dev/null; then
-  echo "installing numpy and scipy for the test oracles"
+# numpy, scipy, pyarrow and tensorboard for the test oracles (tests/oracles).
+if ! python3 -c "import numpy, scipy, pyarrow, tensorboard" 2>/dev/null; then
+  echo "installing the test oracles' Python packages: $(tr '\n' ' ' < tests/oracles/requirements.txt)"
   python3 -m pip install --quiet -r tests/oracles/requirements.txt 2>/dev/null \
     || python3 -m pip install --quiet --break-system-packages -r tests/oracles/requirements.txt
 fi

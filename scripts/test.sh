@@ -1,7 +1,15 @@
 #!/usr/bin/env bash
 # The whole test suite: unit tests and the integration tests (tests/it), in the one
 # optimised profile vqlab uses for running too (debug-mode candle is too slow to train).
+# First installs what the tests need (scripts/setup.sh --deps-only: the oracles' Python
+# packages, Slurm) and, as root, starts a single-node Slurm for the Slurm tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-command -v python3 >/dev/null || { echo "python3 is needed by the test oracles: bash scripts/setup.sh --deps-only" >&2; exit 1; }
-exec cargo test --release --locked "$@"
+bash scripts/setup.sh --deps-only
+started_slurm=0
+if [ -z "${SLURM_CONF:-}" ] && [ "$(id -u)" -eq 0 ] && command -v slurmctld >/dev/null; then
+  eval "$(bash scripts/slurm_local.sh start)"
+  started_slurm=1
+fi
+trap 'if [ "$started_slurm" = 1 ]; then bash scripts/slurm_local.sh stop; fi' EXIT
+cargo test --release --locked "$@"

@@ -11,7 +11,9 @@ use crate::cli::{Cli, Command, ExperimentArgs};
 use crate::config::{self, ExperimentConfig, LauncherKind, Sweep};
 use crate::error::InputError;
 use crate::sched::local::{self, LocalOptions, LOG_FILE, WORKER_ENV};
-use crate::sched::state::{RunStatus, STATUS_FILE};
+use crate::sched::lock::SweepLock;
+use crate::sched::slurm;
+use crate::sched::state::{RunState, RunStatus, STATUS_FILE};
 use crate::table;
 use crate::train::{self, Outcome, SUMMARY_FILE};
 
@@ -46,7 +48,11 @@ pub fn init_logging(cli: &Cli) {
 /// Run a parsed command line; returns the process exit code.
 pub fn run(cli: Cli) -> anyhow::Result<u8> {
     match cli.command {
-        Command::Run { exp, runs_dir, fail_fast, dry_run } => cmd_run(&exp, &runs_dir, fail_fast, dry_run),
+        Command::Run { exp, runs_dir, fail_fast, launcher, max_parallel, wait, dry_run } => cmd_run(
+            &exp,
+            &runs_dir,
+            RunFlags { fail_fast, launcher, max_parallel: max_parallel.unwrap_or(0), wait, dry_run },
+        ),
         Command::Plan { exp, runs_dir, json } => cmd_plan(&exp, &runs_dir, json),
         Command::Train { run_dir } => cmd_train(&run_dir),
         Command::Status { sweep_dir, runs_dir } => cmd_status(sweep_dir.as_deref(), &runs_dir),
@@ -58,19 +64,29 @@ fn load(exp: &ExperimentArgs) -> anyhow::Result<Sweep> {
     Ok(config::load_sweep(&exp.experiment, &exp.sets, &exp.sweeps)?)
 }
 
-fn cmd_run(exp: &ExperimentArgs, runs_dir: &Path, fail_fast: bool, dry_run: bool) -> anyhow::Result<u8> {
+struct RunFlags {
+    fail_fast: bool,
+    launcher: Option<crate::cli::LauncherArg>,
+    max_parallel: usize,
+    wait: bool,
+    dry_run: bool,
+}
+
+fn cmd_run(exp: &ExperimentArgs, runs_dir: &Path, flags: RunFlags) -> anyhow::Result<u8> {
     let sweep = load(exp)?;
-    if sweep.base.launcher.kind == LauncherKind::Slurm {
-        return Err(InputError::config(
-            exp.experiment.display().to_string(),
-            "launcher.kind",
-            "the slurm launcher is not part of this vqlab version; use \"local\"",
-        )
-        .into());
+    let slurm = match flags.launcher {
+        Some(crate::cli::LauncherArg::Slurm) => true,
+        Some(crate::cli::LauncherArg::Local) => false,
+        None => sweep.base.launcher.kind == LauncherKind::Slurm,
+    };
+    if flags.wait && !slurm {
+        return Err(InputError::Usage("--wait follows a Slurm job array; it needs --launcher slurm".into()).into());
     }
     let sweep_dir = runs_dir.join(&sweep.name);
-    if dry_run {
+    if flags.dry_run && !slurm {
         print!("{}", plan_table(&sweep, &sweep_dir));
+        let plan = crate::sched::devices::plan(&sweep.base.hardware, sweep.runs.len(), flags.max_parallel);
+        println!("slots: {}", plan.description);
         println!("dry run: nothing created or trained");
         return Ok(0);
     }
@@ -84,12 +100,47 @@ fn cmd_run(exp: &ExperimentArgs, runs_dir: &Path, fail_fast: bool, dry_run: bool
     }
     let abs = std::fs::canonicalize(&exp.experiment).unwrap_or_else(|_| exp.experiment.clone());
     provenance.push_str(&format!("\nexperiment file: {}", abs.display()));
+    if slurm {
+        if flags.dry_run {
+            // The script for the runs not done yet, from what the run dirs say (if any).
+            let train: Vec<usize> = (0..sweep.runs.len())
+                .filter(|&i| !local::planned_state(&sweep_dir, &sweep.runs[i]).state.is_finished())
+                .collect();
+            let opts = slurm::SlurmOptions { max_parallel: flags.max_parallel, wait: false, dry_run: true };
+            return slurm::submit(&sweep_dir, &sweep, &train, &opts);
+        }
+        let sweep_dir = local::prepare(runs_dir, &sweep, &provenance)?;
+        let _lock = SweepLock::acquire(&sweep_dir)?;
+        let max_attempts = sweep.base.launcher.max_attempts;
+        let mut train = Vec::new();
+        for (i, r) in sweep.runs.iter().enumerate() {
+            if matches!(local::next_step(&sweep_dir.join(&r.dir_name), max_attempts)?, local::Next::Train) {
+                train.push(i);
+            }
+        }
+        crate::sched::signals::install();
+        let opts = slurm::SlurmOptions { max_parallel: flags.max_parallel, wait: flags.wait, dry_run: false };
+        let code = slurm::submit(&sweep_dir, &sweep, &train, &opts)?;
+        if flags.wait {
+            print!("{}", results_table(&sweep_dir, &sweep));
+        }
+        return Ok(code);
+    }
     let sweep_dir = local::prepare(runs_dir, &sweep, &provenance)?;
+    let _lock = SweepLock::acquire(&sweep_dir)?;
+    crate::sched::signals::install();
     tracing::info!("sweep {}: {} runs in {}", sweep.name, sweep.runs.len(), sweep_dir.display());
-    let opts = LocalOptions { fail_fast, max_attempts: sweep.base.launcher.max_attempts };
+    let opts = LocalOptions {
+        fail_fast: flags.fail_fast,
+        max_attempts: sweep.base.launcher.max_attempts,
+        max_parallel: flags.max_parallel,
+    };
     let failed = local::run_sweep(&sweep_dir, &sweep, &opts)?;
     local::refresh_results(&sweep_dir);
     print!("{}", results_table(&sweep_dir, &sweep));
+    if crate::sched::signals::received() > 0 {
+        return Ok(130);
+    }
     Ok(if failed > 0 { 1 } else { 0 })
 }
 
@@ -175,8 +226,9 @@ fn cmd_train(run_dir: &Path) -> anyhow::Result<u8> {
         .into());
     }
     match train::train_run(run_dir)? {
-        Outcome::Done => Ok(0),
+        Outcome::Done | Outcome::StoppedEarly(_) => Ok(0),
         Outcome::Failed(_) => Ok(1),
+        Outcome::Interrupted(_) => Ok(130),
     }
 }
 
@@ -233,24 +285,47 @@ fn cmd_status(sweep_dir: Option<&Path>, runs_dir: &Path) -> anyhow::Result<u8> {
         let runs = local::run_dirs(&dir)?;
         let mut rows = Vec::new();
         let mut counts = std::collections::BTreeMap::<&str, usize>::new();
+        let slurm_view = slurm::run_view(&dir);
         for run in &runs {
             let st = RunStatus::read(run)?.with_context(|| format!("{} has no {STATUS_FILE}", run.display()))?;
             let steps = config::load_run_config(&run.join(crate::sched::state::CONFIG_FILE))
                 .map(|c| c.train.steps.to_string())
                 .unwrap_or_else(|_| "?".into());
             *counts.entry(st.state.name()).or_default() += 1;
-            rows.push(vec![
-                run.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default(),
-                st.state.name().to_string(),
-                st.attempts.to_string(),
-                format!("{}/{steps}", st.step),
-                st.device.clone(),
+            let name = run.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+            let mut state = st.state.name().to_string();
+            if st.state == RunState::Running
+                && st.host == crate::sched::state::hostname()
+                && !crate::sched::signals::alive(st.pid)
+            {
+                state = "running (worker gone: resumes on the next `vqlab run`)".into();
+            }
+            let device = match (&st.slot, st.device.as_str()) {
+                (slot, "") if slot.is_empty() => String::new(),
+                (slot, d) if slot.is_empty() => d.to_string(),
+                (slot, d) => format!("{d} [{slot}]"),
+            };
+            let mut row = vec![
+                name.clone(),
+                state,
+                format!("{} ({} failed)", st.attempts, st.failures),
+                format!("{}/{steps}", st.progress_step.max(st.step)),
+                device,
                 st.reason.clone(),
-            ]);
+            ];
+            if let Some((_, view)) = &slurm_view {
+                row.insert(2, view.get(&name).cloned().unwrap_or_else(|| "-".into()));
+            }
+            rows.push(row);
         }
         let tally = counts.iter().map(|(k, v)| format!("{v} {k}")).collect::<Vec<_>>().join(", ");
         println!("{} ({} runs: {})", dir.display(), runs.len(), if tally.is_empty() { "none".into() } else { tally });
-        print!("{}", table::render(&["run", "state", "attempts", "step", "device", "reason"], &rows));
+        let mut header = vec!["run", "state", "attempts", "step", "device", "reason"];
+        if let Some((job, _)) = &slurm_view {
+            println!("Slurm job array {job}: tasks still queued or running are shown under `slurm`");
+            header.insert(2, "slurm");
+        }
+        print!("{}", table::render(&header, &rows));
     }
     Ok(0)
 }

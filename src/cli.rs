@@ -2,7 +2,13 @@
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LauncherArg {
+    Local,
+    Slurm,
+}
 
 #[derive(Debug, Parser)]
 #[command(name = "vqlab", version, about = "Sweeps of VQ-VAE and VQ-GAN experiments: plan, train, evaluate, report.")]
@@ -43,6 +49,16 @@ pub enum Command {
         /// Stop at the first failed run.
         #[arg(long)]
         fail_fast: bool,
+        /// Where the runs train: this machine's slots, or a Slurm job array (default: the
+        /// file's launcher.kind).
+        #[arg(long, value_enum)]
+        launcher: Option<LauncherArg>,
+        /// At most N runs at once (local: caps the slots; slurm: the array's %N throttle).
+        #[arg(long, value_name = "N")]
+        max_parallel: Option<usize>,
+        /// Slurm: follow the submitted job array until it ends (default: submit and return).
+        #[arg(long)]
+        wait: bool,
         /// Show what would run; create and train nothing.
         #[arg(long)]
         dry_run: bool,

@@ -252,6 +252,41 @@ pub struct TrainConfig {
     pub eval_every: u64,
     pub checkpoint_every: u64,
     pub seed: u64,
+    /// Codebook-health early stop: rules checked at every eval step (none by default; left
+    /// out of the resolved config when empty, so it changes no run id unless used).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub early_stop: Vec<EarlyStopRule>,
+}
+
+/// Stop a run when an eval metric crosses a bound at an eval step at or after `after_step`,
+/// e.g. `{ metric = "eval/usage", below = 0.05, after_step = 1000 }`. The run ends
+/// `stopped_early` with the rule in its reason and frees its slot.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EarlyStopRule {
+    pub metric: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub below: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub above: Option<f64>,
+    #[serde(default)]
+    pub after_step: u64,
+}
+
+impl EarlyStopRule {
+    /// The reason to stop, when the rule fires for this value at this step.
+    pub fn fires(&self, step: u64, value: f64) -> Option<String> {
+        if step < self.after_step {
+            return None;
+        }
+        if let Some(b) = self.below.filter(|b| value < *b) {
+            return Some(format!("{} = {value:.6} < {b} at step {step} (train.early_stop)", self.metric));
+        }
+        if let Some(a) = self.above.filter(|a| value > *a) {
+            return Some(format!("{} = {value:.6} > {a} at step {step} (train.early_stop)", self.metric));
+        }
+        None
+    }
 }
 
 impl Default for TrainConfig {
@@ -265,6 +300,7 @@ impl Default for TrainConfig {
             eval_every: 1000,
             checkpoint_every: 1000,
             seed: 0,
+            early_stop: Vec::new(),
         }
     }
 }

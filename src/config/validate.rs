@@ -166,6 +166,25 @@ pub fn validate(cfg: &ExperimentConfig, origin: &dyn Fn(&str) -> String) -> Resu
         }
     }
 
+    for (i, rule) in t.early_stop.iter().enumerate() {
+        let known = crate::train::EVAL_METRICS.contains(&rule.metric.as_str());
+        if !known {
+            bad(
+                "train.early_stop",
+                format!(
+                    "rule {i}: metric {:?} is not an eval metric (expected one of {})",
+                    rule.metric,
+                    crate::train::EVAL_METRICS.join(", ")
+                ),
+            );
+        } else if (rule.metric.starts_with("eval/rfid") || rule.metric.starts_with("eval/kid")) && !cfg.eval.fid {
+            bad("train.early_stop", format!("rule {i}: {} needs eval.fid = true", rule.metric));
+        }
+        if rule.below.is_some() == rule.above.is_some() {
+            bad("train.early_stop", format!("rule {i}: expected exactly one of `below` or `above`"));
+        }
+    }
+
     // Eval.
     let e = &cfg.eval;
     if e.kid_subsets == 0 {

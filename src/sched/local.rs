@@ -1,13 +1,22 @@
-//! The local launcher: materialise a sweep's run directories and train the pending runs, each
-//! as a child process `vqlab train RUN_DIR` whose output goes to the run's `train.log`, so a
-//! crashing run cannot take the sweep down.
+//! The local launcher: materialise a sweep's run directories and train the pending runs over
+//! the machine's slots, each as a child process `vqlab train RUN_DIR` holding one slot, with
+//! its device in its environment and its output in the run's `train.log`, so a crashing run
+//! cannot take the sweep down. State lives in the run dirs: kill the scheduler at any moment
+//! and `vqlab run` again resumes the sweep.
 
+use std::collections::VecDeque;
 use std::fs::OpenOptions;
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
 use anyhow::Context;
 
+use super::devices::{self, Slot};
+use super::signals;
 use super::state::{RunState, RunStatus, CONFIG_FILE};
 use crate::config::{self, PlannedRun, Sweep};
 use crate::error::InputError;
@@ -87,79 +96,221 @@ pub fn refresh_results(sweep_dir: &Path) {
 pub struct LocalOptions {
     pub fail_fast: bool,
     pub max_attempts: u32,
+    /// Cap on concurrent runs (0 = the slots decide).
+    pub max_parallel: usize,
 }
 
-/// Train the sweep's unfinished runs one after another. Returns the number of failed runs.
+/// What happened to a run that was not already finished when the sweep started.
+pub enum Next {
+    Train,
+    Skip,
+    GaveUp,
+}
+
+/// Decide what to do with a run from its status. A `running` run whose worker is alive on
+/// this host is waited for; one whose worker is gone resumes like an interrupted one.
+pub fn next_step(dir: &Path, max_attempts: u32) -> anyhow::Result<Next> {
+    let mut status = RunStatus::read_or_pending(dir)?;
+    if status.state == RunState::Running && status.host == super::state::hostname() && signals::alive(status.pid) {
+        tracing::warn!("{}: its worker (pid {}) is still running; waiting for it to stop", dir.display(), status.pid);
+        while signals::alive(status.pid) && signals::received() == 0 {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        status = RunStatus::read_or_pending(dir)?;
+    }
+    Ok(match status.state {
+        s if s.is_finished() => Next::Skip,
+        RunState::Failed if status.failures >= max_attempts => Next::GaveUp,
+        _ => Next::Train,
+    })
+}
+
+struct Running {
+    child: Child,
+    run: usize,
+    slot: usize,
+    bar: Option<ProgressBar>,
+}
+
+/// Train the sweep's unfinished runs on the given slots, the next run starting the moment a
+/// slot frees. Returns the number of runs that ended failed.
 pub fn run_sweep(sweep_dir: &Path, sweep: &Sweep, opts: &LocalOptions) -> anyhow::Result<usize> {
     let exe = std::env::current_exe().context("locating the vqlab executable")?;
     let total = sweep.runs.len();
-    let mut failed = 0;
-    for (i, run) in sweep.runs.iter().enumerate() {
-        let dir = sweep_dir.join(&run.dir_name);
-        let status = RunStatus::read_or_pending(&dir)?;
-        if status.state.is_finished() {
-            tracing::info!("[{}/{total}] {}: {}, skipped", i + 1, run.dir_name, status.state.name());
-            continue;
-        }
-        if status.state == RunState::Failed && status.attempts >= opts.max_attempts {
-            tracing::warn!(
-                "[{}/{total}] {}: failed {} times, not retried: {}",
-                i + 1,
-                run.dir_name,
-                status.attempts,
-                status.reason
-            );
-            failed += 1;
-            continue;
-        }
-        tracing::info!("[{}/{total}] {}: training ({})", i + 1, run.dir_name, config::short_description(&run.config));
-        let outcome = run_child(&exe, &dir)?;
-        refresh_results(sweep_dir);
-        match outcome.state {
-            RunState::Done | RunState::StoppedEarly => {
-                tracing::info!("[{}/{total}] {}: {}", i + 1, run.dir_name, outcome.state.name())
-            }
-            _ => {
+    let dirs: Vec<PathBuf> = sweep.runs.iter().map(|r| sweep_dir.join(&r.dir_name)).collect();
+    let mut queue: VecDeque<usize> = VecDeque::new();
+    let (mut done, mut failed) = (0usize, 0usize);
+    for (i, dir) in dirs.iter().enumerate() {
+        match next_step(dir, opts.max_attempts)? {
+            Next::Skip => done += 1,
+            Next::GaveUp => {
+                let st = RunStatus::read_or_pending(dir)?;
+                tracing::warn!("{}: failed {} times, not retried: {}", sweep.runs[i].dir_name, st.failures, st.reason);
                 failed += 1;
-                tracing::error!(
-                    "[{}/{total}] {}: {}: {} (log: {})",
-                    i + 1,
-                    run.dir_name,
-                    outcome.state.name(),
-                    outcome.reason,
-                    dir.join(LOG_FILE).display()
-                );
-                if opts.fail_fast {
-                    tracing::error!("--fail-fast: stopping the sweep");
-                    break;
+            }
+            Next::Train => queue.push_back(i),
+        }
+    }
+    if done > 0 {
+        tracing::info!("{done} of {total} runs already done: skipped");
+    }
+    let plan = devices::plan(&sweep.base.hardware, queue.len(), opts.max_parallel);
+    for w in &plan.warnings {
+        tracing::warn!("{w}");
+    }
+    if queue.is_empty() {
+        return Ok(failed);
+    }
+    tracing::info!("{} runs to train on {}", queue.len(), plan.description);
+    let progress = Progress::new(total, done, failed, queue.len());
+    let mut free: Vec<usize> = (0..plan.slots.len()).rev().collect();
+    let mut running: Vec<Running> = Vec::new();
+    let mut stopping = false;
+    let mut killed = false;
+    loop {
+        let signals_seen = signals::received();
+        if signals_seen >= 1 && !stopping {
+            stopping = true;
+            progress.println("interrupt: telling the running runs to checkpoint and stop (again to kill them)");
+            for r in &running {
+                signals::send(r.child.id(), libc::SIGTERM);
+            }
+        }
+        if signals_seen >= 2 && !killed {
+            killed = true;
+            progress.println("second interrupt: killing the running runs");
+            for r in &running {
+                signals::send(r.child.id(), libc::SIGKILL);
+            }
+        }
+        while !stopping && !free.is_empty() && !queue.is_empty() {
+            let slot = free.pop().expect("a free slot");
+            let run = queue.pop_front().expect("a queued run");
+            let child = spawn_worker(&exe, &dirs[run], &plan.slots[slot], plan.threads_per_run)?;
+            let bar = progress.add_run(&sweep.runs[run].dir_name, sweep.runs[run].config.train.steps);
+            tracing::info!(
+                "[{}/{total}] {}: training on {} ({})",
+                run + 1,
+                sweep.runs[run].dir_name,
+                plan.slots[slot].label(),
+                config::short_description(&sweep.runs[run].config)
+            );
+            running.push(Running { child, run, slot, bar });
+        }
+        if running.is_empty() && (queue.is_empty() || stopping) {
+            break;
+        }
+        // Reap finished workers; refresh the bars of the others.
+        let mut i = 0;
+        while i < running.len() {
+            let exited = running[i].child.try_wait()?;
+            let Some(exit) = exited else {
+                if let Some(bar) = &running[i].bar {
+                    if let Ok(st) = RunStatus::read_or_pending(&dirs[running[i].run]) {
+                        bar.set_position(st.progress_step.max(st.step));
+                        if let Some(l) = st.loss {
+                            bar.set_message(format!("rec_loss {l:.5}"));
+                        }
+                    }
+                }
+                i += 1;
+                continue;
+            };
+            let r = running.swap_remove(i);
+            free.push(r.slot);
+            let name = &sweep.runs[r.run].dir_name;
+            let status = settle(&dirs[r.run], exit)?;
+            refresh_results(sweep_dir);
+            if let Some(bar) = &r.bar {
+                bar.finish_and_clear();
+            }
+            match status.state {
+                RunState::Done | RunState::StoppedEarly => {
+                    done += 1;
+                    let what = if status.state == RunState::Done {
+                        "done".to_string()
+                    } else {
+                        format!("stopped early: {}", status.reason)
+                    };
+                    progress.println(&format!("[{}/{total}] {name}: {what}", r.run + 1));
+                }
+                RunState::Interrupted | RunState::Running => {
+                    progress.println(&format!("[{}/{total}] {name}: interrupted at step {}", r.run + 1, status.step));
+                }
+                _ => {
+                    let retry = !stopping && status.failures < opts.max_attempts && !opts.fail_fast;
+                    progress.println(&format!(
+                        "[{}/{total}] {name}: failed (attempt {}, failure {} of {}): {} (log: {}){}",
+                        r.run + 1,
+                        status.attempts,
+                        status.failures,
+                        opts.max_attempts,
+                        status.reason,
+                        dirs[r.run].join(LOG_FILE).display(),
+                        if retry { "; retrying" } else { "" }
+                    ));
+                    if retry {
+                        queue.push_back(r.run);
+                    } else {
+                        failed += 1;
+                        if opts.fail_fast && !stopping {
+                            progress.println("--fail-fast: stopping the sweep");
+                            stopping = true;
+                            queue.clear();
+                            for other in &running {
+                                signals::send(other.child.id(), libc::SIGTERM);
+                            }
+                        }
+                    }
                 }
             }
+            progress.update(done, failed, queue.len() + running.len());
         }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    progress.finish();
+    if stopping && signals::received() > 0 {
+        tracing::warn!("sweep interrupted: run `vqlab run` again to resume it");
     }
     Ok(failed)
 }
 
-/// Run one worker and return the status it left (or the reason it died without one).
-fn run_child(exe: &Path, dir: &Path) -> anyhow::Result<RunStatus> {
+/// Start `vqlab train RUN_DIR` on a slot: its device and thread count in its environment,
+/// its output appended to train.log, and SIGTERM when the scheduler dies (so an orphaned
+/// worker checkpoints and stops instead of racing the next scheduler).
+fn spawn_worker(exe: &Path, dir: &Path, slot: &Slot, threads: usize) -> anyhow::Result<Child> {
+    use std::os::unix::process::CommandExt;
     let log_path = dir.join(LOG_FILE);
     let log = OpenOptions::new()
         .create(true)
         .append(true)
         .open(&log_path)
         .with_context(|| format!("opening {}", log_path.display()))?;
-    let mut child = Command::new(exe)
-        .arg("train")
+    let mut cmd = Command::new(exe);
+    cmd.arg("train")
         .arg(dir)
         .env(WORKER_ENV, "1")
+        .env(super::state::SLOT_ENV, slot.label())
+        .env("CUDA_VISIBLE_DEVICES", slot.cuda_visible_devices())
+        .env("RAYON_NUM_THREADS", threads.to_string())
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)
-        .spawn()
-        .with_context(|| format!("starting {} train {}", exe.display(), dir.display()))?;
-    let exit = child.wait()?;
+        // Its own process group: a terminal's Ctrl-C reaches the scheduler, which decides.
+        .process_group(0);
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+            Ok(())
+        });
+    }
+    cmd.spawn().with_context(|| format!("starting {} train {}", exe.display(), dir.display()))
+}
+
+/// The status a worker left, completed when it died without recording an outcome.
+fn settle(dir: &Path, exit: std::process::ExitStatus) -> anyhow::Result<RunStatus> {
     let mut status = RunStatus::read_or_pending(dir)?;
-    if !status.state.is_finished() && status.state != RunState::Failed {
-        // The worker died without recording an outcome (a crash or a signal).
+    if status.state == RunState::Running || status.state == RunState::Pending {
         let how = match exit.code() {
             Some(c) => format!("exit code {c}"),
             None => {
@@ -167,13 +318,80 @@ fn run_child(exe: &Path, dir: &Path) -> anyhow::Result<RunStatus> {
                 format!("signal {}", exit.signal().unwrap_or(0))
             }
         };
-        status.mark_finished(
-            RunState::Failed,
-            format!("worker died ({how}) at step {}; see {}", status.step, log_path.display()),
-        );
+        if signals::received() > 0 {
+            status.mark_finished(RunState::Interrupted, format!("killed ({how}) at step {}", status.step));
+        } else {
+            status.mark_finished(
+                RunState::Failed,
+                format!("worker died ({how}) at step {}; see {}", status.step, dir.join(LOG_FILE).display()),
+            );
+        }
         status.write(dir)?;
     }
     Ok(status)
+}
+
+/// indicatif bars when stderr is a terminal (one per running run, one overall); plain log
+/// lines otherwise.
+struct Progress {
+    multi: Option<MultiProgress>,
+    overall: Option<ProgressBar>,
+    total: usize,
+}
+
+impl Progress {
+    fn new(total: usize, done: usize, failed: usize, remaining: usize) -> Self {
+        if !std::io::stderr().is_terminal() {
+            return Progress { multi: None, overall: None, total };
+        }
+        let multi = MultiProgress::new();
+        let overall = multi.add(ProgressBar::new(total as u64));
+        overall.set_style(
+            ProgressStyle::with_template("{prefix:>12} [{bar:30}] {pos}/{len} {msg} (ETA {eta})")
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> "),
+        );
+        overall.set_prefix("sweep");
+        let p = Progress { multi: Some(multi), overall: Some(overall), total };
+        p.update(done, failed, remaining);
+        p
+    }
+
+    fn add_run(&self, name: &str, steps: u64) -> Option<ProgressBar> {
+        let multi = self.multi.as_ref()?;
+        let bar = multi.add(ProgressBar::new(steps));
+        bar.set_style(
+            ProgressStyle::with_template("{prefix:>24} [{bar:30}] {pos}/{len} steps {per_sec} {msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> "),
+        );
+        bar.set_prefix(name.to_string());
+        Some(bar)
+    }
+
+    fn update(&self, done: usize, failed: usize, remaining: usize) {
+        if let Some(o) = &self.overall {
+            o.set_position((done + failed) as u64);
+            o.set_message(format!("{done} done, {failed} failed, {remaining} remaining"));
+        } else if done + failed > 0 {
+            tracing::info!("sweep: {done} done, {failed} failed, {remaining} remaining of {}", self.total);
+        }
+    }
+
+    fn println(&self, line: &str) {
+        match &self.multi {
+            Some(m) => {
+                let _ = m.println(line);
+            }
+            None => tracing::info!("{line}"),
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(o) = &self.overall {
+            o.finish_and_clear();
+        }
+    }
 }
 
 /// The run directories of a sweep dir (those with a status.json), sorted by name.

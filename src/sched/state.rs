@@ -10,6 +10,8 @@ use crate::fsutil::{timestamp_now, write_atomic};
 
 pub const STATUS_FILE: &str = "status.json";
 pub const CONFIG_FILE: &str = "config.toml";
+/// Set by a scheduler in a worker's environment: the slot it runs on.
+pub const SLOT_ENV: &str = "VQLAB_SLOT";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -34,6 +36,7 @@ impl RunState {
         }
     }
     /// A run in this state needs no more work.
+    /// (`interrupted` and a `running` whose process is gone resume from their checkpoint.)
     pub fn is_finished(self) -> bool {
         matches!(self, RunState::Done | RunState::StoppedEarly)
     }
@@ -55,6 +58,25 @@ pub struct RunStatus {
     pub host: String,
     #[serde(default)]
     pub step: u64,
+    /// Failed attempts (retries stop at launcher.max_attempts); interruptions do not count.
+    #[serde(default)]
+    pub failures: u32,
+    /// The scheduler slot of the current or last attempt ("gpu1.0", "cpu.0", "slurm 123_4").
+    #[serde(default)]
+    pub slot: String,
+    /// CUDA_VISIBLE_DEVICES as the worker saw it (null when unset).
+    #[serde(default)]
+    pub cuda_visible_devices: Option<String>,
+    /// Unix times of the current or last attempt's start and end.
+    #[serde(default)]
+    pub start_time: f64,
+    #[serde(default)]
+    pub end_time: f64,
+    /// Progress at the last log step: step reached and its reconstruction loss.
+    #[serde(default)]
+    pub progress_step: u64,
+    #[serde(default)]
+    pub loss: Option<f64>,
 }
 
 impl RunStatus {
@@ -70,6 +92,13 @@ impl RunStatus {
             pid: 0,
             host: String::new(),
             step: 0,
+            failures: 0,
+            slot: String::new(),
+            cuda_visible_devices: None,
+            start_time: 0.0,
+            end_time: 0.0,
+            progress_step: 0,
+            loss: None,
         }
     }
 
@@ -102,6 +131,10 @@ impl RunStatus {
         self.finished.clear();
         self.pid = std::process::id();
         self.host = hostname();
+        self.slot = std::env::var(SLOT_ENV).unwrap_or_default();
+        self.cuda_visible_devices = std::env::var("CUDA_VISIBLE_DEVICES").ok();
+        self.start_time = crate::fsutil::unix_now();
+        self.end_time = 0.0;
         self.vqlab_version = env!("CARGO_PKG_VERSION").to_string();
     }
 
@@ -109,6 +142,10 @@ impl RunStatus {
         self.state = state;
         self.reason = reason.into();
         self.finished = timestamp_now();
+        self.end_time = crate::fsutil::unix_now();
+        if state == RunState::Failed {
+            self.failures += 1;
+        }
     }
 }
 

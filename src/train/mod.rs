@@ -47,6 +47,17 @@ pub const EVAL_METRICS: [&str; 8] = [
 pub enum Outcome {
     Done,
     Failed(String),
+    /// Stopped by SIGINT/SIGTERM after a checkpoint; resumes from it.
+    Interrupted(String),
+    /// Stopped by a `train.early_stop` rule.
+    StoppedEarly(String),
+}
+
+/// How the training loop ended, when it did not fail.
+enum Ending {
+    Completed,
+    Interrupted(u64),
+    Stopped(String),
 }
 
 /// Pick the device a run trains on.
@@ -83,13 +94,25 @@ pub fn train_run(run_dir: &Path) -> anyhow::Result<Outcome> {
         Ok(d) => d,
         Err(e) => return fail_before_start(run_dir, &mut status, format!("{e:#}")),
     };
+    crate::sched::signals::install();
     status.mark_running(&device_name(&device));
     status.write(run_dir)?;
     let result = Trainer::run(&cfg, run_dir, &device, &mut status);
     let outcome = match result {
-        Ok(()) => {
+        Ok(Ending::Completed) => {
             status.mark_finished(RunState::Done, "");
             Outcome::Done
+        }
+        Ok(Ending::Interrupted(step)) => {
+            let reason = format!("interrupted by a signal; checkpointed at step {step}");
+            tracing::warn!("{reason}");
+            status.mark_finished(RunState::Interrupted, reason.clone());
+            Outcome::Interrupted(reason)
+        }
+        Ok(Ending::Stopped(reason)) => {
+            tracing::warn!("stopped early: {reason}");
+            status.mark_finished(RunState::StoppedEarly, reason.clone());
+            Outcome::StoppedEarly(reason)
         }
         Err(e) => {
             let reason = format!("{e:#}");
@@ -133,7 +156,7 @@ impl<'a> Trainer<'a> {
         run_dir: &'a Path,
         device: &'a Device,
         status: &mut RunStatus,
-    ) -> anyhow::Result<()> {
+    ) -> anyhow::Result<Ending> {
         let t_load = Instant::now();
         let splits = data::load(&cfg.data)?;
         tracing::info!(
@@ -208,7 +231,14 @@ impl<'a> Trainer<'a> {
             counts.iter().filter(|(_, n)| *n > 0).map(|(k, n)| format!("{k} {n}")).collect::<Vec<_>>().join(", ")
         );
         match trainer.train_from(start, &splits, status) {
-            Ok(()) => trainer.sinks.end(cfg.train.steps, true),
+            Ok(Ending::Interrupted(step)) => {
+                trainer.sinks.checkpoint()?;
+                Ok(Ending::Interrupted(step))
+            }
+            Ok(ending) => {
+                trainer.sinks.end(trainer.step_reached, true)?;
+                Ok(ending)
+            }
             Err(e) => {
                 // Keep what was recorded up to the failure (a resume drops the steps past its
                 // checkpoint) and mark the TensorBoard session failed.
@@ -308,7 +338,7 @@ impl<'a> Trainer<'a> {
         Checkpoint { step, tensors, counters }
     }
 
-    fn train_from(&mut self, start: u64, splits: &data::Splits, status: &mut RunStatus) -> anyhow::Result<()> {
+    fn train_from(&mut self, start: u64, splits: &data::Splits, status: &mut RunStatus) -> anyhow::Result<Ending> {
         let cfg = self.cfg;
         let t = &cfg.train;
         let mut order = BatchOrder::new(splits.train.len, t.batch_size, t.seed);
@@ -317,7 +347,15 @@ impl<'a> Trainer<'a> {
         let mut paused = 0.0f64;
         let mut images_since_log = 0usize;
         let mut loop_start = Instant::now();
+        let mut saved = start;
         for step in start..t.steps {
+            if crate::sched::signals::received() > 0 {
+                if step > saved {
+                    checkpoint::save_last(self.run_dir, &self.snapshot(step))?;
+                    status.step = step;
+                }
+                return Ok(Ending::Interrupted(status.step));
+            }
             let done = step + 1;
             let last = done == t.steps;
             let log = t.log_every > 0 && (done % t.log_every == 0 || last);
@@ -349,6 +387,9 @@ impl<'a> Trainer<'a> {
                     self.sinks.scalar(done, "train/img_per_s", img_per_s)?;
                     let rec = values.iter().find(|(n, _)| *n == "train/rec_loss").map(|(_, v)| *v).unwrap_or(f64::NAN);
                     tracing::info!("step {done}/{} rec_loss {rec:.5} {img_per_s:.0} img/s", t.steps);
+                    status.progress_step = done;
+                    status.loss = Some(rec);
+                    status.write(self.run_dir)?;
                     since_log = Instant::now();
                     paused = 0.0;
                     images_since_log = 0;
@@ -357,24 +398,34 @@ impl<'a> Trainer<'a> {
             if eval || ckpt {
                 self.train_seconds += loop_start.elapsed().as_secs_f64();
                 let t_pause = Instant::now();
+                let mut stop = None;
                 if eval {
-                    self.evaluate(done, splits)?;
+                    let values = self.evaluate(done, splits)?;
+                    stop = cfg.train.early_stop.iter().find_map(|rule| {
+                        values.iter().find(|(n, _)| *n == rule.metric).and_then(|(_, v)| rule.fires(done, *v))
+                    });
                 }
-                if ckpt {
+                if ckpt || stop.is_some() {
                     checkpoint::save_last(self.run_dir, &self.snapshot(done))?;
                     self.sinks.checkpoint()?;
+                    saved = done;
                     status.step = done;
                     status.write(self.run_dir)?;
+                }
+                if let Some(reason) = stop {
+                    self.write_summary(splits)?;
+                    return Ok(Ending::Stopped(reason));
                 }
                 paused += t_pause.elapsed().as_secs_f64();
                 loop_start = Instant::now();
             }
         }
         self.write_summary(splits)?;
-        Ok(())
+        Ok(Ending::Completed)
     }
 
-    fn evaluate(&mut self, step: u64, splits: &data::Splits) -> anyhow::Result<()> {
+    /// Evaluate and record; returns the eval metrics.
+    fn evaluate(&mut self, step: u64, splits: &data::Splits) -> anyhow::Result<Vec<(&'static str, f64)>> {
         let t0 = Instant::now();
         let r = eval::evaluate(&self.model, &splits.eval, self.cfg.eval.batch_size, self.device, self.fid.as_ref())?;
         let mut values = vec![
@@ -387,7 +438,7 @@ impl<'a> Trainer<'a> {
         if let Some(f) = r.fid {
             values.extend([("eval/rfid", f.rfid), ("eval/kid", f.kid), ("eval/kid_std", f.kid_std)]);
         }
-        for (name, v) in values {
+        for &(name, v) in &values {
             if !v.is_finite() {
                 anyhow::bail!("non-finite {name} at step {step}");
             }
@@ -419,7 +470,7 @@ impl<'a> Trainer<'a> {
             };
             checkpoint::save_best(self.run_dir, &weights, "eval/rec_mse", r.rec_mse)?;
         }
-        Ok(())
+        Ok(values)
     }
 
     /// `summary.json`: every resolved config key, flattened, plus the final eval metrics.

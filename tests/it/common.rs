@@ -82,3 +82,19 @@ pub fn oracle(script: &str, args: &[&std::ffi::OsStr]) -> serde_json::Value {
     );
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("oracle {script} printed no JSON: {e}"))
 }
+
+/// The run directories of a sweep dir (those with a config.toml), sorted.
+pub fn run_dirs(sweep: &Path) -> Vec<std::path::PathBuf> {
+    let mut v: Vec<_> = std::fs::read_dir(sweep)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.join("config.toml").is_file())
+        .collect();
+    v.sort();
+    v
+}
+
+/// A run's status.json.
+pub fn status(run: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(run.join("status.json")).unwrap()).unwrap()
+}

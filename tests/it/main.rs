@@ -6,5 +6,7 @@ mod data;
 mod learning;
 mod metrics;
 mod plan;
+mod sched;
 mod sinks;
+mod slurm;
 mod train;

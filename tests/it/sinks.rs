@@ -9,17 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use crate::common::{oracle, stderr, tiny_experiment, tiny_experiment_fid, vqlab, write};
-
-fn run_dirs(sweep: &Path) -> Vec<PathBuf> {
-    let mut v: Vec<_> = std::fs::read_dir(sweep)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.join("config.toml").is_file())
-        .collect();
-    v.sort();
-    v
-}
+use crate::common::{oracle, run_dirs, stderr, tiny_experiment, tiny_experiment_fid, vqlab, write};
 
 fn json_file(p: &Path) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))).unwrap()

@@ -5,17 +5,7 @@ use std::path::Path;
 
 use vqlab::metrics::log::read_rows;
 
-use crate::common::{stderr, stdout, tiny_experiment, vqlab, write};
-
-fn run_dirs(sweep: &Path) -> Vec<std::path::PathBuf> {
-    let mut v: Vec<_> = std::fs::read_dir(sweep).unwrap().map(|e| e.unwrap().path()).filter(|p| p.is_dir()).collect();
-    v.sort();
-    v
-}
-
-fn status(run: &Path) -> serde_json::Value {
-    serde_json::from_slice(&std::fs::read(run.join("status.json")).unwrap()).unwrap()
-}
+use crate::common::{run_dirs, status, stderr, stdout, tiny_experiment, vqlab, write};
 
 #[test]
 fn sweep_trains_both_variants_and_skips_done_runs() {
@@ -66,7 +56,7 @@ fn sweep_trains_both_variants_and_skips_done_runs() {
     let before = std::fs::metadata(runs[0].join("summary.json")).unwrap().modified().unwrap();
     let out = vqlab(dir.path(), &["run", "exp.toml"]);
     assert_eq!(out.status.code(), Some(0));
-    assert!(stderr(&out).contains("done, skipped"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("2 of 2 runs already done: skipped"), "{}", stderr(&out));
     assert_eq!(std::fs::metadata(runs[0].join("summary.json")).unwrap().modified().unwrap(), before);
     assert_eq!(status(&runs[0])["attempts"], 1);
 
@@ -258,7 +248,8 @@ fn quickstart_file_runs_on_real_data_shortened() {
 #[test]
 fn sigkill_of_a_worker_then_train_again_resumes_to_the_same_weights() {
     let dir = tempfile::tempdir().unwrap();
-    let exp = tiny_experiment("kill", "")
+    // One attempt: the scheduler leaves the killed run failed instead of retrying it.
+    let exp = tiny_experiment("kill", "[launcher]\nmax_attempts = 1")
         .replace("steps = 12", "steps = 600")
         .replace("checkpoint_every = 6", "checkpoint_every = 20")
         .replace("log_every = 3", "log_every = 20")

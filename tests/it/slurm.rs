@@ -1,0 +1,126 @@
+//! The Slurm launcher against a real slurmctld/slurmd (scripts/slurm_local.sh, started by
+//! scripts/test.sh where Slurm can run; CI always has it).
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::common::{run_dirs, status, stderr, stdout, tiny_experiment, vqlab, write};
+
+/// Whether a Slurm cluster answers; outside CI a missing one skips the test.
+fn slurm_up() -> bool {
+    let ok = std::env::var_os("SLURM_CONF").is_some()
+        && Command::new("sinfo").arg("-h").output().map(|o| o.status.success()).unwrap_or(false);
+    if !ok {
+        assert!(std::env::var_os("CI").is_none(), "CI must run a Slurm cluster (scripts/test.sh starts one)");
+        eprintln!("skipped: no Slurm cluster (eval \"$(bash scripts/slurm_local.sh start)\")");
+    }
+    ok
+}
+
+fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
+    let t0 = Instant::now();
+    while !f() {
+        assert!(t0.elapsed() < limit, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+#[test]
+fn dry_run_prints_the_job_array_script_and_submits_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let exp = tiny_experiment(
+        "slurmdry",
+        "[launcher.slurm]\npartition = \"gpu\"\ntime = \"01:00:00\"\ngres = \"gpu:1\"\ncpus_per_task = 4\nmem = \"8G\"\nmax_parallel = 2\nextra = [\"--qos=low\"]\n[sweep]\ngrid = { \"quantizer.codebook_size\" = [16, 32], \"model.variant\" = [\"vqvae\", \"vqgan\"] }",
+    );
+    write(dir.path(), "exp.toml", &exp);
+    let out = vqlab(dir.path(), &["run", "exp.toml", "--launcher", "slurm", "--dry-run"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let script = stdout(&out);
+    for line in [
+        "#SBATCH --array=0-3%2",
+        "#SBATCH --partition=gpu",
+        "#SBATCH --time=01:00:00",
+        "#SBATCH --gres=gpu:1",
+        "#SBATCH --cpus-per-task=4",
+        "#SBATCH --mem=8G",
+        "#SBATCH --qos=low",
+        "#SBATCH --requeue",
+        " train \"$RUN\"",
+    ] {
+        assert!(script.contains(line), "missing {line:?} in:\n{script}");
+    }
+    assert!(!dir.path().join("runs").exists(), "a dry run creates nothing");
+    // --max-parallel overrides the file's throttle.
+    let out = vqlab(dir.path(), &["run", "exp.toml", "--launcher", "slurm", "--dry-run", "--max-parallel", "3"]);
+    assert!(stdout(&out).contains("#SBATCH --array=0-3%3"));
+}
+
+#[test]
+fn a_four_run_sweep_runs_as_one_job_array() {
+    if !slurm_up() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let exp = tiny_experiment(
+        "slurm4",
+        "[sweep]\ngrid = { \"quantizer.codebook_size\" = [16, 32], \"model.variant\" = [\"vqvae\", \"vqgan\"] }",
+    );
+    write(dir.path(), "exp.toml", &exp);
+    let t0 = Instant::now();
+    let out = vqlab(dir.path(), &["run", "exp.toml", "--launcher", "slurm"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(stdout(&out).contains("submitted 4 run(s)"), "{}", stdout(&out));
+    assert!(t0.elapsed() < Duration::from_secs(20), "sbatch returns at once");
+    let job: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("runs/slurm4/.slurm/job.json")).unwrap()).unwrap();
+    assert_eq!(job["runs"].as_array().unwrap().len(), 4);
+    wait_until("4 done in vqlab status", Duration::from_secs(600), || {
+        let st = vqlab(dir.path(), &["status", "runs/slurm4"]);
+        stdout(&st).contains("4 done")
+    });
+    for r in run_dirs(&dir.path().join("runs/slurm4")) {
+        let st = status(&r);
+        assert!(
+            st["slot"].as_str().unwrap().starts_with(&format!("slurm {}_", job["job_id"].as_str().unwrap())),
+            "{st}"
+        );
+        assert!(r.join("summary.json").is_file());
+    }
+    // Everything done: submitting again has nothing to do.
+    let out = vqlab(dir.path(), &["run", "exp.toml", "--launcher", "slurm"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(stdout(&out).contains("nothing to submit"), "{}", stdout(&out));
+}
+
+#[test]
+fn a_requeued_task_resumes_from_its_checkpoint() {
+    if !slurm_up() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let exp = tiny_experiment("slurmrq", "")
+        .replace("steps = 12", "steps = 600")
+        .replace("checkpoint_every = 6", "checkpoint_every = 20")
+        .replace("eval_every = 6", "eval_every = 300");
+    write(dir.path(), "exp.toml", &exp);
+    let out = vqlab(dir.path(), &["run", "exp.toml", "--launcher", "slurm"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let sweep = dir.path().join("runs/slurmrq");
+    let job: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(sweep.join(".slurm/job.json")).unwrap()).unwrap();
+    let job_id = job["job_id"].as_str().unwrap().to_string();
+    let run = run_dirs(&sweep).remove(0);
+    wait_until("a checkpoint", Duration::from_secs(300), || {
+        let st = status(&run);
+        st["state"] == "running" && st["step"].as_u64().unwrap_or(0) >= 20
+    });
+    let rq = Command::new("scontrol").args(["requeue", &format!("{job_id}_0")]).output().unwrap();
+    assert!(rq.status.success(), "{}", String::from_utf8_lossy(&rq.stderr));
+    wait_until("the requeued run to finish", Duration::from_secs(600), || status(&run)["state"] == "done");
+    let st = status(&run);
+    assert!(st["attempts"].as_u64().unwrap() >= 2, "{st}");
+    assert_eq!(st["failures"], 0, "{st}");
+    let log = std::fs::read_to_string(run.join("train.log")).unwrap();
+    assert!(log.contains("interrupted by a signal; checkpointed at step"), "{log}");
+    assert!(log.contains("resuming from checkpoint at step"), "{log}");
+}
