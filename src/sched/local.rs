@@ -188,13 +188,13 @@ pub fn run_sweep(sweep_dir: &Path, sweep: &Sweep, opts: &LocalOptions) -> anyhow
             let run = queue.pop_front().expect("a queued run");
             let child = spawn_worker(&exe, &dirs[run], &plan.slots[slot], plan.threads_per_run)?;
             let bar = progress.add_run(&sweep.runs[run].dir_name, sweep.runs[run].config.train.steps);
-            tracing::info!(
+            progress.println(&format!(
                 "[{}/{total}] {}: training on {} ({})",
                 run + 1,
                 sweep.runs[run].dir_name,
                 plan.slots[slot].label(),
                 config::short_description(&sweep.runs[run].config)
-            );
+            ));
             running.push(Running { child, run, slot, bar });
         }
         if running.is_empty() && (queue.is_empty() || stopping) {
