@@ -367,3 +367,32 @@ fn the_feature_network_is_trained_once_when_runs_start_together() {
     let log = stderr(&out);
     assert!(log.contains("training the feature network") && !log.contains("waiting"), "{log}");
 }
+
+#[test]
+fn an_unlabelled_image_folder_says_its_scores_use_an_untrained_network() {
+    let dir = tempfile::tempdir().unwrap();
+    let images = dir.path().join("flat");
+    std::fs::create_dir_all(&images).unwrap();
+    for i in 0..48u32 {
+        let img = image::RgbImage::from_fn(16, 16, |x, y| {
+            let v = ((x * 13 + y * 7 + i * 29) % 256) as u8;
+            image::Rgb([v, v / 2, 255 - v])
+        });
+        img.save(images.join(format!("{i:02}.png"))).unwrap();
+    }
+    let exp = tiny_experiment_fid("flat", "").replace(
+        "dataset = \"synthetic\"\ntrain_images = 256\neval_images = 64",
+        &format!("dataset = \"folder\"\npath = \"{}\"\nimage_size = 16\neval_images = 16", images.display()),
+    );
+    assert!(exp.contains("folder"), "{exp}");
+    write(dir.path(), "exp.toml", &exp);
+    let out = vqlab(dir.path(), &["run", "exp.toml"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let run = &run_dirs(&dir.path().join("runs/flat"))[0];
+    let summary = json_file(&run.join("summary.json"));
+    let net = summary["run.feature_net"].as_str().unwrap();
+    assert!(net.contains("untrained random conv net") && net.contains("no labels"), "{net}");
+    assert!(summary["run.feature_net_test_accuracy"].is_null());
+    let rfid = summary["eval/rfid"].as_f64().unwrap();
+    assert!(rfid.is_finite() && rfid >= 0.0);
+}
