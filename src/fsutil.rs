@@ -82,3 +82,57 @@ mod tests {
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
     }
 }
+
+/// An advisory `flock` on a lock file whose text names its holder. The kernel releases the
+/// lock when the holder dies, however it dies, so a lock file left behind is no obstacle.
+pub struct LockFile {
+    file: std::fs::File,
+    path: PathBuf,
+}
+
+impl LockFile {
+    /// Open (creating) the lock file without taking the lock.
+    pub fn open(path: &Path) -> anyhow::Result<Self> {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        Ok(LockFile { file, path: path.to_path_buf() })
+    }
+
+    /// Take the lock if it is free; false when another process holds it.
+    pub fn try_lock(&self) -> anyhow::Result<bool> {
+        match self.file.try_lock() {
+            Ok(()) => Ok(true),
+            Err(std::fs::TryLockError::WouldBlock) => Ok(false),
+            Err(std::fs::TryLockError::Error(e)) => Err(e).with_context(|| format!("locking {}", self.path.display())),
+        }
+    }
+
+    /// Wait for the lock.
+    pub fn lock(&self) -> anyhow::Result<()> {
+        self.file.lock().with_context(|| format!("locking {}", self.path.display()))
+    }
+
+    /// Who the file says holds (or last held) the lock; "unknown" when it is empty.
+    pub fn holder(&self) -> String {
+        let text = std::fs::read_to_string(&self.path).unwrap_or_default();
+        let text = text.trim();
+        if text.is_empty() {
+            "unknown".into()
+        } else {
+            text.to_string()
+        }
+    }
+
+    /// Record this process as the holder (call with the lock held).
+    pub fn claim(&mut self) -> anyhow::Result<()> {
+        self.file.set_len(0)?;
+        writeln!(self.file, "pid {} on host {}", std::process::id(), crate::sched::state::hostname())?;
+        self.file.sync_all()?;
+        Ok(())
+    }
+}

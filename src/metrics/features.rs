@@ -17,8 +17,6 @@
 //! and renamed into place, metadata first, so a reader never sees a torn entry.
 
 use std::collections::BTreeMap;
-use std::fs::{OpenOptions, TryLockError};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -28,7 +26,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{DataConfig, DatasetKind};
 use crate::data::{self, BatchOrder, ImageSet, Splits};
-use crate::fsutil::write_atomic;
+use crate::fsutil::{write_atomic, LockFile};
 use crate::model::layers::Conv2d;
 use crate::model::params::{torch_default, ParamStore};
 use crate::train::checkpoint::{self, Checkpoint};
@@ -181,32 +179,16 @@ pub fn feature_net(cfg: &DataConfig, cache_dir: &Path, device: &Device) -> anyho
         return Ok(net);
     }
     std::fs::create_dir_all(&dir).with_context(|| format!("creating feature cache {}", dir.display()))?;
-    let lock_path = dir.join(format!("{stem}.lock"));
-    let mut lock = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .read(true)
-        .write(true)
-        .open(&lock_path)
-        .with_context(|| format!("opening {}", lock_path.display()))?;
-    match lock.try_lock() {
-        Ok(()) => {}
-        Err(TryLockError::WouldBlock) => {
-            let holder = std::fs::read_to_string(&lock_path).unwrap_or_default();
-            tracing::info!(
-                "waiting for another process ({}) to train the feature network {stem}",
-                holder.trim().if_empty("unknown")
-            );
-            lock.lock().with_context(|| format!("locking {}", lock_path.display()))?;
-        }
-        Err(TryLockError::Error(e)) => return Err(e).with_context(|| format!("locking {}", lock_path.display())),
+    let mut lock = LockFile::open(&dir.join(format!("{stem}.lock")))?;
+    if !lock.try_lock()? {
+        tracing::info!("waiting for another process ({}) to train the feature network {stem}", lock.holder());
+        lock.lock()?;
     }
     // Holding the lock: someone may have finished while we waited.
     if let Some(net) = try_load(&weights, &meta, c, s, classes, device) {
         return Ok(net);
     }
-    let _ = lock.set_len(0);
-    let _ = writeln!(lock, "pid {} on {}", std::process::id(), crate::sched::state::hostname());
+    lock.claim()?;
     tracing::info!(
         "training the feature network {stem} on {} images ({} test images), once for every run on this dataset",
         splits.train.len,
@@ -228,20 +210,6 @@ pub fn feature_net(cfg: &DataConfig, cache_dir: &Path, device: &Device) -> anyho
         weights.display()
     );
     Ok(net)
-}
-
-trait IfEmpty {
-    fn if_empty<'a>(&'a self, other: &'a str) -> &'a str;
-}
-
-impl IfEmpty for str {
-    fn if_empty<'a>(&'a self, other: &'a str) -> &'a str {
-        if self.is_empty() {
-            other
-        } else {
-            self
-        }
-    }
 }
 
 fn describe(info: &FeatureNetInfo) -> String {

@@ -79,10 +79,6 @@ impl SinkSet {
         self.last.get(name).copied()
     }
 
-    pub fn last_values(&self) -> &BTreeMap<String, f64> {
-        &self.last
-    }
-
     fn each(&mut self, mut f: impl FnMut(&mut dyn Sink) -> anyhow::Result<()>) -> anyhow::Result<()> {
         let mut i = 0;
         while i < self.sinks.len() {

@@ -65,10 +65,6 @@ impl TensorBoardSink {
         Ok(TensorBoardSink { dir, writer: Some(writer) })
     }
 
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
     fn call<R>(&mut self, f: impl FnOnce(&mut FileWriter) -> R) -> anyhow::Result<R> {
         let w = self.writer.as_mut().ok_or_else(|| anyhow!("the event writer was closed after an error"))?;
         match catch_unwind(AssertUnwindSafe(|| f(w))) {
