@@ -17,9 +17,11 @@ case "${1:-}" in
   *) echo "usage: $0 [--quickstart|--deps-only]" >&2; exit 2 ;;
 esac
 
-packages=(dataset-fashion-mnist build-essential pkg-config python3)
-# What only the tests need: a real single-node Slurm (scripts/slurm_local.sh).
-[ "$mode" = deps ] && packages+=(slurm-wlm munge)
+# fonts-dejavu-core: the text of `vqlab plot`'s PNG figures.
+packages=(dataset-fashion-mnist build-essential pkg-config python3 fonts-dejavu-core)
+# What only the tests need: a real single-node Slurm (scripts/slurm_local.sh), pdflatex with
+# booktabs for the report tables, headless Chromium for the comparison page.
+[ "$mode" = deps ] && packages+=(slurm-wlm munge texlive-latex-base texlive-latex-recommended chromium)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -34,8 +36,8 @@ if ((${#missing[@]})); then
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
-# numpy, scipy, pyarrow and tensorboard for the test oracles (tests/oracles).
-if ! python3 -c "import numpy, scipy, pyarrow, tensorboard" 2>/dev/null; then
+# numpy, scipy, pyarrow, pandas and tensorboard for the test oracles (tests/oracles).
+if ! python3 -c "import numpy, scipy, pyarrow, pandas, tensorboard" 2>/dev/null; then
   echo "installing the test oracles' Python packages: $(tr '\n' ' ' < tests/oracles/requirements.txt)"
   python3 -m pip install --quiet -r tests/oracles/requirements.txt 2>/dev/null \
     || python3 -m pip install --quiet --break-system-packages -r tests/oracles/requirements.txt
@@ -53,7 +55,17 @@ echo "built $bin"
 
 if [ "$mode" = quickstart ]; then
   "$bin" run experiments/quickstart.toml
+  # What a paper takes from it: a table, a figure, the side-by-side page.
+  "$bin" report runs/quickstart --rows quantizer.codebook_size --cols model.variant \
+    --metrics eval/rec_mse,eval/usage,eval/perplexity,eval/rfid --out runs/quickstart/table.md
+  "$bin" report runs/quickstart --rows quantizer.codebook_size --cols model.variant \
+    --metrics eval/rec_mse,eval/usage,eval/perplexity,eval/rfid --out runs/quickstart/table.tex
+  "$bin" plot runs/quickstart --curves --y train/rec_loss --out runs/quickstart/rec_loss.png
+  "$bin" compare runs/quickstart --out runs/quickstart/compare.html
+  echo
+  cat runs/quickstart/table.md
   echo
   echo "done: results in runs/quickstart/ (per run: summary.json, metrics.parquet, samples/*.png)"
+  echo "      tables runs/quickstart/table.{md,tex}, figure rec_loss.png, page compare.html"
   echo "      $bin status runs/quickstart"
 fi

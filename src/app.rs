@@ -57,7 +57,143 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Train { run_dir } => cmd_train(&run_dir),
         Command::Status { sweep_dir, runs_dir } => cmd_status(sweep_dir.as_deref(), &runs_dir),
         Command::Describe { exp } => cmd_describe(&exp),
+        Command::Report { dirs, rows, cols, metrics, filters, format, out, caption, label, standalone } => {
+            let spec = crate::report::table::TableSpec { rows, cols, metrics, caption, label };
+            cmd_report(&dirs, spec, &filters, format, out.as_deref(), standalone)
+        }
+        Command::Plot { dirs, x, y, group, curves, filters, x_scale, out } => {
+            cmd_plot(&dirs, x.as_deref(), &y, group.as_deref(), curves, &filters, x_scale, &out)
+        }
+        Command::Compare { dirs, filters, out } => cmd_compare(&dirs, &filters, &out),
     }
+}
+
+/// Collect the runs under `dirs` and apply `--where KEY=VALUE` filters.
+fn collect_runs(dirs: &[PathBuf], filters: &[String]) -> anyhow::Result<crate::report::Collection> {
+    let mut c = crate::report::collect(dirs)?;
+    for f in filters {
+        let (key, value) = f.split_once('=').ok_or_else(|| {
+            InputError::Usage(format!("--where {f}: expected KEY=VALUE, e.g. --where model.variant=vqgan"))
+        })?;
+        let key = key.trim();
+        if !c.runs.iter().any(|r| r.values.contains_key(key)) {
+            return Err(InputError::Usage(format!("--where {f}: no run has the config key `{key}`")).into());
+        }
+        c.filter(key, value.trim());
+        if c.runs.is_empty() {
+            return Err(InputError::Usage(format!("--where {f}: no run has {key} = {}", value.trim())).into());
+        }
+    }
+    c.warn_incomplete();
+    Ok(c)
+}
+
+fn cmd_report(
+    dirs: &[PathBuf],
+    mut spec: crate::report::table::TableSpec,
+    filters: &[String],
+    format: Option<crate::cli::ReportFormat>,
+    out: Option<&Path>,
+    standalone: bool,
+) -> anyhow::Result<u8> {
+    use crate::cli::ReportFormat;
+    let format = match (format, out.and_then(|o| o.extension()).map(|e| e.to_string_lossy().to_lowercase())) {
+        (Some(f), _) => f,
+        (None, Some(ext)) => match ext.as_str() {
+            "tex" => ReportFormat::Latex,
+            "md" | "markdown" => ReportFormat::Markdown,
+            "csv" => ReportFormat::Csv,
+            "parquet" => ReportFormat::Parquet,
+            other => {
+                return Err(InputError::Usage(format!(
+                    "--out: cannot tell the format from `.{other}`; name it with --format latex|markdown|csv|parquet"
+                ))
+                .into())
+            }
+        },
+        (None, None) => ReportFormat::Markdown,
+    };
+    if format == ReportFormat::Parquet && out.is_none() {
+        return Err(InputError::Usage("--format parquet needs --out FILE".into()).into());
+    }
+    let c = collect_runs(dirs, filters)?;
+    if spec.metrics.is_empty() {
+        spec.metrics = ["eval/rec_mse", "eval/psnr", "eval/usage", "eval/perplexity", "eval/rfid"]
+            .iter()
+            .filter(|m| c.finished().any(|r| r.number(m).is_some()))
+            .map(|m| m.to_string())
+            .collect();
+    }
+    let pivot = crate::report::table::pivot(&c, &spec)?;
+    let bytes = match format {
+        ReportFormat::Latex => pivot.to_latex(standalone).into_bytes(),
+        ReportFormat::Markdown => pivot.to_markdown().into_bytes(),
+        ReportFormat::Csv => pivot.to_csv()?.into_bytes(),
+        ReportFormat::Parquet => {
+            let mut df = pivot.to_frame()?;
+            let mut buf = Vec::new();
+            polars::prelude::ParquetWriter::new(&mut buf).finish(&mut df)?;
+            buf
+        }
+    };
+    match out {
+        Some(path) => {
+            crate::fsutil::write_atomic(path, &bytes)?;
+            tracing::info!("wrote {} ({} runs)", path.display(), pivot.notes.runs_used);
+        }
+        None => {
+            use std::io::Write;
+            std::io::stdout().write_all(&bytes)?;
+        }
+    }
+    Ok(0)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn cmd_plot(
+    dirs: &[PathBuf],
+    x: Option<&str>,
+    y: &str,
+    group: Option<&str>,
+    curves: bool,
+    filters: &[String],
+    x_scale: crate::cli::XScaleArg,
+    out: &Path,
+) -> anyhow::Result<u8> {
+    use crate::report::plot;
+    let ext = out.extension().map(|e| e.to_string_lossy().to_lowercase()).unwrap_or_default();
+    if ext != "png" && ext != "svg" {
+        return Err(InputError::file(out, "--out: expected a .png or .svg file name").into());
+    }
+    let c = collect_runs(dirs, filters)?;
+    let chart = if curves {
+        if x.is_some() {
+            return Err(InputError::Usage("--curves plots over training steps; drop --x".into()).into());
+        }
+        let runs: Vec<&crate::report::Run> = c.runs.iter().collect();
+        plot::curves_chart(&runs, y, group)?
+    } else {
+        let x = x.ok_or_else(|| {
+            InputError::Usage("name the x axis with --x KEY (or draw training curves with --curves)".into())
+        })?;
+        let scale = match x_scale {
+            crate::cli::XScaleArg::Auto => plot::XScale::Auto,
+            crate::cli::XScaleArg::Linear => plot::XScale::Linear,
+            crate::cli::XScaleArg::Log2 => plot::XScale::Log2,
+        };
+        plot::metric_chart(&c, x, y, group, scale)?
+    };
+    plot::write(&chart, out)?;
+    tracing::info!("wrote {}", out.display());
+    Ok(0)
+}
+
+fn cmd_compare(dirs: &[PathBuf], filters: &[String], out: &Path) -> anyhow::Result<u8> {
+    let c = collect_runs(dirs, filters)?;
+    let html = crate::report::compare::page(&c)?;
+    crate::fsutil::write_atomic(out, html.as_bytes())?;
+    tracing::info!("wrote {} ({} runs)", out.display(), c.runs.len());
+    Ok(0)
 }
 
 fn load(exp: &ExperimentArgs) -> anyhow::Result<Sweep> {

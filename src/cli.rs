@@ -10,6 +10,24 @@ pub enum LauncherArg {
     Slurm,
 }
 
+/// Output formats of `vqlab report`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ReportFormat {
+    Latex,
+    Markdown,
+    Csv,
+    Parquet,
+}
+
+/// The x axis of `vqlab plot`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum XScaleArg {
+    /// log2 for positive powers of two spanning ×8 or more (codebook sizes), else linear.
+    Auto,
+    Linear,
+    Log2,
+}
+
 #[derive(Debug, Parser)]
 #[command(name = "vqlab", version, about = "Sweeps of VQ-VAE and VQ-GAN experiments: plan, train, evaluate, report.")]
 pub struct Cli {
@@ -84,6 +102,81 @@ pub enum Command {
         sweep_dir: Option<PathBuf>,
         #[arg(long, env = "VQLAB_RUNS_DIR", default_value = "runs")]
         runs_dir: PathBuf,
+    },
+    /// A paper table of final metrics: rows × cols over config keys, mean ± std over seeds,
+    /// best per column in bold, a provenance footnote.
+    Report {
+        /// Sweep dirs, directories of sweeps, or run dirs (searched recursively).
+        #[arg(required = true)]
+        dirs: Vec<PathBuf>,
+        /// Config keys whose values make the rows (comma-separated).
+        #[arg(long, value_delimiter = ',', required = true, value_name = "KEY,…")]
+        rows: Vec<String>,
+        /// Config keys whose values make the column groups (comma-separated).
+        #[arg(long, value_delimiter = ',', value_name = "KEY,…")]
+        cols: Vec<String>,
+        /// Metrics (default: rec_mse, psnr, usage, perplexity and rfid, those the runs have).
+        #[arg(long, value_delimiter = ',', value_name = "METRIC,…")]
+        metrics: Vec<String>,
+        /// Only runs with this config value (repeatable).
+        #[arg(long = "where", value_name = "KEY=VALUE")]
+        filters: Vec<String>,
+        /// Output format (default: from --out's extension, else markdown).
+        #[arg(long, value_enum)]
+        format: Option<ReportFormat>,
+        /// Write here instead of standard output (parquet needs it).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Table caption (default: what the rows and columns are).
+        #[arg(long)]
+        caption: Option<String>,
+        /// LaTeX label (default: tab:<sweep name>).
+        #[arg(long)]
+        label: Option<String>,
+        /// LaTeX: a complete document (article + booktabs) instead of a table to \input.
+        #[arg(long)]
+        standalone: bool,
+    },
+    /// A figure: a final metric against a swept key with error bars over seeds, or training
+    /// curves with --curves. PNG or SVG by --out's extension.
+    Plot {
+        /// Sweep dirs, directories of sweeps, or run dirs.
+        #[arg(required = true)]
+        dirs: Vec<PathBuf>,
+        /// Config key on the x axis (not with --curves).
+        #[arg(long, value_name = "KEY")]
+        x: Option<String>,
+        /// Metric on the y axis (eval/usage, train/rec_loss, …).
+        #[arg(long, value_name = "METRIC")]
+        y: String,
+        /// One line per value of this config key.
+        #[arg(long, value_name = "KEY")]
+        group: Option<String>,
+        /// Training curves of --y over steps, one line per run (or the mean ± std of each
+        /// --group).
+        #[arg(long)]
+        curves: bool,
+        /// Only runs with this config value (repeatable).
+        #[arg(long = "where", value_name = "KEY=VALUE")]
+        filters: Vec<String>,
+        #[arg(long, value_enum, default_value = "auto")]
+        x_scale: XScaleArg,
+        /// Output file: .png or .svg.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// One self-contained HTML page putting runs or sweeps side by side: differing config,
+    /// final metrics, curves, reconstruction grids.
+    Compare {
+        /// Run dirs or sweep dirs.
+        #[arg(required = true)]
+        dirs: Vec<PathBuf>,
+        /// Only runs with this config value (repeatable).
+        #[arg(long = "where", value_name = "KEY=VALUE")]
+        filters: Vec<String>,
+        /// Output file (.html).
+        #[arg(long)]
+        out: PathBuf,
     },
     /// Resolved config, parameter counts, estimated memory and a Mermaid diagram of the model.
     Describe {

@@ -13,8 +13,12 @@ pub mod error;
 pub mod fsutil;
 pub mod metrics;
 pub mod model;
+pub mod report;
 pub mod sched;
 pub mod table;
 pub mod train;
 
 pub use error::InputError;
+
+/// The git commit this binary was built from (12 hex digits; empty outside a git checkout).
+pub const GIT_COMMIT: &str = env!("VQLAB_GIT_COMMIT");

@@ -484,6 +484,8 @@ impl<'a> Trainer<'a> {
         summary.insert("run.id".into(), config::run_id(self.cfg).into());
         summary.insert("run.dataset_fingerprint".into(), splits.fingerprint().into());
         summary.insert("run.train_seconds".into(), self.train_seconds.into());
+        summary.insert("run.vqlab_version".into(), env!("CARGO_PKG_VERSION").into());
+        summary.insert("run.vqlab_commit".into(), crate::GIT_COMMIT.into());
         if let Some(ctx) = &self.fid {
             summary.insert("run.feature_net".into(), ctx.net.description.clone().into());
             if let Some(info) = &ctx.net.info {

@@ -6,6 +6,7 @@ mod data;
 mod learning;
 mod metrics;
 mod plan;
+mod report;
 mod sched;
 mod sinks;
 mod slurm;
