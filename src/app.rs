@@ -171,7 +171,7 @@ fn cmd_plot(
             return Err(InputError::Usage("--curves plots over training steps; drop --x".into()).into());
         }
         let runs: Vec<&crate::report::Run> = c.runs.iter().collect();
-        plot::curves_chart(&runs, y, group)?
+        plot::curves_chart(&c, &runs, y, group)?
     } else {
         let x = x.ok_or_else(|| {
             InputError::Usage("name the x axis with --x KEY (or draw training curves with --curves)".into())

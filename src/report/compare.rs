@@ -194,7 +194,7 @@ pub fn page(c: &Collection) -> anyhow::Result<String> {
     for m in CURVE_METRICS {
         let logged: Vec<&Run> =
             runs.iter().copied().filter(|r| r.dir.join(crate::metrics::log::METRICS_FILE).is_file()).collect();
-        let chart = match plot::curves_chart(&logged, m, None) {
+        let chart = match plot::curves_chart(c, &logged, m, None) {
             Ok(chart) => chart,
             Err(_) => continue,
         };

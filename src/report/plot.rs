@@ -156,7 +156,7 @@ pub fn metric_chart(
 
 /// Training curves of `metric` ("train/rec_loss", "eval/usage", …): one line per run, or with
 /// `group` the mean over each group's runs at the steps all of them logged, with a ±std band.
-pub fn curves_chart(runs: &[&Run], metric: &str, group: Option<&str>) -> anyhow::Result<Chart> {
+pub fn curves_chart(c: &Collection, runs: &[&Run], metric: &str, group: Option<&str>) -> anyhow::Result<Chart> {
     let mut per_run = Vec::new();
     for run in runs {
         let curve = run.curves()?.remove(metric).unwrap_or_default();
@@ -190,7 +190,7 @@ pub fn curves_chart(runs: &[&Run], metric: &str, group: Option<&str>) -> anyhow:
                     groups.push(v);
                 }
             }
-            groups.sort_by(super::collect::compare_values);
+            c.sort_values(g, &mut groups);
             groups
                 .iter()
                 .map(|gv| {

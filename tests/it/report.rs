@@ -258,12 +258,26 @@ fn plots_of_a_metric_against_codebook_size_and_of_training_curves() {
 
     let out = vqlab(
         &dir,
-        &["plot", sweep, "--curves", "--y", "train/rec_loss", "--group", "model.variant", "--out", "curves.svg"],
+        &[
+            "plot",
+            sweep,
+            "--curves",
+            "--y",
+            "train/rec_loss",
+            "--group",
+            "model.variant",
+            "--where",
+            "quantizer.codebook_size=16",
+            "--out",
+            "curves.svg",
+        ],
     );
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let svg = std::fs::read_to_string(dir.join("curves.svg")).unwrap();
     let texts = svg_texts(&svg);
-    assert!(texts.iter().any(|t| t == "model=vqvae (n=2)"), "{texts:?}");
+    // Two seeds per group; the legend follows the experiment file's order (vqvae first).
+    let legend: Vec<&String> = texts.iter().filter(|t| t.starts_with("model=")).collect();
+    assert_eq!(legend, ["model=vqvae (n=2)", "model=vqgan (n=2)"], "{texts:?}");
     assert!(svg.contains("<polygon") || svg.contains("fill-opacity"), "grouped curves carry a ±std band");
 
     let out = vqlab(&dir, &["plot", sweep, "--x", "model.variant", "--y", "eval/usage", "--out", "x.png"]);
