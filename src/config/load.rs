@@ -176,7 +176,8 @@ fn origin_name(meta: Option<&Metadata>, key: &str, file: &Path) -> String {
     if meta.name.contains("environment variable") {
         return format!("environment variable {ENV_PREFIX}{}", key.replace('.', "__").to_ascii_uppercase());
     }
-    if meta.name.starts_with("Serialized") {
+    // figment names a `Serialized::defaults(value)` provider after the value's type.
+    if meta.name.starts_with("Serialized") || meta.name == std::any::type_name::<ExperimentConfig>() {
         // A built-in default can only be "wrong" through a cross-key check; name the file.
         return file.display().to_string();
     }

@@ -3,6 +3,7 @@
 mod common;
 mod config_errors;
 mod data;
+mod fuzz;
 mod learning;
 mod metrics;
 mod plan;
