@@ -13,6 +13,28 @@ pub fn temp_path(path: &Path) -> PathBuf {
     path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
 }
 
+/// Remove the temporary files (`.<name>.tmp-<pid>`) in `dir` that a killed process left
+/// behind: those whose writer is no longer alive. Returns how many were removed.
+pub fn remove_stale_temps(dir: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    let mut removed = 0;
+    for e in entries.filter_map(|e| e.ok()) {
+        let name = e.file_name().to_string_lossy().to_string();
+        let Some(pid) =
+            name.strip_prefix('.').and_then(|n| n.rsplit_once(".tmp-")).and_then(|(_, p)| p.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        // SAFETY: kill with signal 0 only checks whether the process exists.
+        let alive = pid == std::process::id() as i32 || unsafe { libc::kill(pid, 0) } == 0;
+        if !alive && e.file_type().is_ok_and(|t| t.is_file()) && std::fs::remove_file(e.path()).is_ok() {
+            tracing::debug!("removed {} left by a killed process", e.path().display());
+            removed += 1;
+        }
+    }
+    removed
+}
+
 /// Write `bytes` to `path` atomically.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     write_atomic_with(path, |tmp| {
@@ -33,6 +55,25 @@ pub fn write_atomic_with(path: &Path, fill: impl FnOnce(&Path) -> anyhow::Result
         let _ = std::fs::remove_file(&tmp);
     }
     result.with_context(|| format!("writing {}", path.display()))
+}
+
+/// Refuse a directory that is a symbolic link: vqlab writes a sweep's files only inside its
+/// sweep directory, and a link would send them elsewhere. (The runs dir and a sweep dir may be
+/// links: that is where the user chose to put them.)
+pub fn refuse_symlinked_dir(path: &Path) -> Result<(), crate::error::InputError> {
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_symlink() => {
+            let target = std::fs::read_link(path).map(|t| t.display().to_string()).unwrap_or_else(|_| "?".into());
+            Err(crate::error::InputError::file(
+                path,
+                format!(
+                    "is a symbolic link (to {target}); vqlab writes a run's files only inside its sweep directory: \
+                     replace the link with a real directory"
+                ),
+            ))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Seconds since the Unix epoch.

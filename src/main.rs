@@ -17,6 +17,12 @@ fn main() -> ExitCode {
         let at = info.location().map(|l| format!("{}:{}", l.file(), l.line())).unwrap_or_default();
         tracing::error!("internal panic at {at}: {what}");
     }));
+    // A file-size limit (`ulimit -f`) makes a write fail with EFBIG, which names the file,
+    // instead of killing the process with SIGXFSZ.
+    // SAFETY: setting a signal's disposition to SIG_IGN has no preconditions.
+    unsafe {
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+    }
     match vqlab::app::run(cli) {
         Ok(code) => ExitCode::from(code),
         Err(err) => {

@@ -43,9 +43,12 @@ pub fn prepare(runs_dir: &Path, sweep: &Sweep, provenance: &str) -> anyhow::Resu
     }
     text.push_str(&format!("# written {} by vqlab {}\n\n", timestamp_now(), env!("CARGO_PKG_VERSION")));
     text.push_str(&config::to_toml(&sweep.base));
+    crate::fsutil::remove_stale_temps(&sweep_dir);
     write_atomic(&sweep_dir.join(EXPERIMENT_FILE), text.as_bytes())?;
     for run in &sweep.runs {
         let dir = sweep_dir.join(&run.dir_name);
+        crate::fsutil::refuse_symlinked_dir(&dir)?;
+        crate::fsutil::remove_stale_temps(&dir);
         let cfg_path = dir.join(CONFIG_FILE);
         let cell_path = dir.join(crate::train::CELL_FILE);
         if cfg_path.exists() && !cell_path.exists() {

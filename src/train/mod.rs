@@ -94,6 +94,13 @@ pub fn train_run(run_dir: &Path) -> anyhow::Result<Outcome> {
         Ok(d) => d,
         Err(e) => return fail_before_start(run_dir, &mut status, format!("{e:#}")),
     };
+    for sub in [checkpoint::dir(run_dir), run_dir.join("samples"), run_dir.join("tb")] {
+        if let Err(e) = crate::fsutil::refuse_symlinked_dir(&sub) {
+            return fail_before_start(run_dir, &mut status, e.to_string());
+        }
+        crate::fsutil::remove_stale_temps(&sub);
+    }
+    crate::fsutil::remove_stale_temps(run_dir);
     crate::sched::signals::install();
     status.mark_running(&device_name(&device));
     status.write(run_dir)?;
@@ -186,8 +193,14 @@ impl<'a> Trainer<'a> {
             Variant::Vqvae => None,
         };
         let (ckpt, notes) = checkpoint::load_latest(run_dir, device);
-        for n in notes {
+        for n in &notes {
             tracing::warn!("{n}");
+        }
+        if !notes.is_empty() {
+            match &ckpt {
+                Some(c) => tracing::warn!("falling back to {} at step {}", checkpoint::PREVIOUS, c.step),
+                None => tracing::warn!("no readable checkpoint left: starting afresh from step 0"),
+            }
         }
         let mut trainer = Trainer {
             cfg,

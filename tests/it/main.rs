@@ -4,6 +4,7 @@ mod common;
 mod config_errors;
 mod data;
 mod fuzz;
+mod hardening;
 mod learning;
 mod metrics;
 mod plan;
