@@ -332,8 +332,20 @@ where
     }
     mesh.draw().map_err(err)?;
 
+    // Error bars of several groups at the same x are drawn side by side, not on top of each
+    // other: each group shifted by a small fraction of the x range.
+    let groups = chart.series.len() as f64;
+    let dodge = |i: usize| {
+        if chart.style == Style::ErrorBars && groups > 1.0 {
+            (i as f64 - (groups - 1.0) / 2.0) * (x1 - x0) * 0.008
+        } else {
+            0.0
+        }
+    };
     for (i, s) in chart.series.iter().enumerate() {
         let color = PALETTE[i % PALETTE.len()];
+        let shift = dodge(i);
+        let tx = |x: f64| tx(x) + shift;
         let line: Vec<(f64, f64)> = s.points.iter().map(|p| (tx(p.x), p.y)).collect();
         if chart.style == Style::Curves && s.points.iter().any(|p| p.hi > p.lo) {
             let mut band: Vec<(f64, f64)> = s.points.iter().map(|p| (tx(p.x), p.hi)).collect();

@@ -76,7 +76,8 @@ pub struct Notes {
     pub broken: Vec<String>,
     /// Cells of the rows × cols grid with no run at all.
     pub empty_cells: Vec<String>,
-    pub versions: BTreeSet<String>,
+    /// vqlab version of the finished runs -> (runs, commits, runs without a commit).
+    pub versions: BTreeMap<String, (usize, BTreeSet<String>, usize)>,
     pub feature_nets: BTreeSet<String>,
     pub sources: Vec<String>,
     pub fid_style: bool,
@@ -235,10 +236,14 @@ pub fn pivot(c: &Collection, spec: &TableSpec) -> Result<Pivot, InputError> {
                 notes.runs_used += 1;
                 let version = run.get("run.vqlab_version").map(value_text).unwrap_or_else(|| run.vqlab_version.clone());
                 let commit = run.get("run.vqlab_commit").map(value_text).filter(|c| !c.is_empty());
-                notes.versions.insert(match commit {
-                    Some(c) => format!("{version} (commit {c})"),
-                    None => version,
-                });
+                let entry = notes.versions.entry(version).or_default();
+                entry.0 += 1;
+                match commit {
+                    Some(c) => {
+                        entry.1.insert(c);
+                    }
+                    None => entry.2 += 1,
+                }
                 if let Some(net) = run.get("run.feature_net") {
                     notes.feature_nets.insert(value_text(net));
                 }
@@ -400,7 +405,27 @@ impl Pivot {
         if !self.notes.broken.is_empty() {
             lines.push(format!("Unreadable run dirs: {}.", self.notes.broken.join("; ")));
         }
-        let versions: Vec<String> = self.notes.versions.iter().cloned().collect();
+        let versions: Vec<String> = self
+            .notes
+            .versions
+            .iter()
+            .map(|(version, (_, commits, unknown))| {
+                let mut parts: Vec<String> = Vec::new();
+                match commits.len() {
+                    0 => {}
+                    1 => parts.push(format!("commit {}", commits.iter().next().unwrap())),
+                    _ => parts.push(format!("commits {}", commits.iter().cloned().collect::<Vec<_>>().join(", "))),
+                }
+                if *unknown > 0 && !commits.is_empty() {
+                    parts.push(format!("{unknown} runs from before commits were recorded"));
+                }
+                if parts.is_empty() {
+                    version.clone()
+                } else {
+                    format!("{version} ({})", parts.join("; "))
+                }
+            })
+            .collect();
         let this = if crate::GIT_COMMIT.is_empty() {
             env!("CARGO_PKG_VERSION").to_string()
         } else {
