@@ -57,22 +57,28 @@ pub fn to_bytes(ckpt: &Checkpoint, extra_meta: &[(&str, String)]) -> anyhow::Res
     Ok(safetensors::serialize(ckpt.tensors.iter().map(|(k, v)| (k.as_str(), v)), Some(meta))?)
 }
 
-/// Read and verify a checkpoint file.
-pub fn read(path: &Path, device: &Device) -> anyhow::Result<Checkpoint> {
-    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    let st = safetensors::SafeTensors::deserialize(&bytes)
+/// Check a checkpoint's format and checksum; returns its metadata.
+fn verify_bytes(path: &Path, bytes: &[u8]) -> anyhow::Result<HashMap<String, String>> {
+    let st = safetensors::SafeTensors::deserialize(bytes)
         .map_err(|e| anyhow::anyhow!("{}: not a valid safetensors file: {e}", path.display()))?;
-    let meta = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| anyhow::anyhow!("{e}"))?.1;
+    let meta = safetensors::SafeTensors::read_metadata(bytes).map_err(|e| anyhow::anyhow!("{e}"))?.1;
     let meta = meta.metadata().clone().unwrap_or_default();
     drop(st);
     if meta.get("format").map(String::as_str) != Some(FORMAT) {
         bail!("{}: not a vqlab checkpoint (format {:?})", path.display(), meta.get("format"));
     }
     let expected = meta.get("data_sha256").cloned().unwrap_or_default();
-    let actual = sha256_hex(data_section(&bytes)?);
+    let actual = sha256_hex(data_section(bytes)?);
     if expected != actual {
         bail!("{}: checksum mismatch (corrupted file): expected {expected}, found {actual}", path.display());
     }
+    Ok(meta)
+}
+
+/// Read and verify a checkpoint file.
+pub fn read(path: &Path, device: &Device) -> anyhow::Result<Checkpoint> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let meta = verify_bytes(path, &bytes)?;
     let step = meta.get("step").and_then(|s| s.parse().ok()).context("checkpoint metadata lacks step")?;
     let counters =
         meta.iter().filter_map(|(k, v)| Some((k.strip_prefix("counter.")?.to_string(), v.parse().ok()?))).collect();
@@ -84,14 +90,23 @@ pub fn dir(run_dir: &Path) -> PathBuf {
     run_dir.join(DIR)
 }
 
-/// Save as `last`, keeping the one it replaces as `previous`.
+/// Save as `last`, keeping the one it replaces as `previous` if that one is intact (a
+/// corrupted `last` is dropped, so `previous` stays a good fallback).
 pub fn save_last(run_dir: &Path, ckpt: &Checkpoint) -> anyhow::Result<()> {
     let d = dir(run_dir);
     std::fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
     let bytes = to_bytes(ckpt, &[])?;
     let last = d.join(LAST);
     if last.exists() {
-        std::fs::rename(&last, d.join(PREVIOUS)).with_context(|| format!("keeping {} as previous", last.display()))?;
+        let old = std::fs::read(&last).with_context(|| format!("reading {}", last.display()))?;
+        match verify_bytes(&last, &old) {
+            Ok(_) => std::fs::rename(&last, d.join(PREVIOUS))
+                .with_context(|| format!("keeping {} as previous", last.display()))?,
+            Err(e) => {
+                tracing::warn!("not keeping a corrupted checkpoint as {PREVIOUS}: {e:#}");
+                std::fs::remove_file(&last).with_context(|| format!("removing {}", last.display()))?;
+            }
+        }
     }
     write_atomic(&last, &bytes)
 }

@@ -170,13 +170,16 @@ fn a_corrupted_checkpoint_falls_back_to_the_previous_then_to_a_fresh_start() {
     assert!(log.contains("falling back to previous.safetensors at step 8"), "{log}");
     assert!(log.contains("resuming from checkpoint at step 8"), "{log}");
     assert_eq!(status(&run)["state"], "done");
+    // The corrupted last was not kept as the new previous: previous is the good step 8.
+    assert!(log.contains("not keeping a corrupted checkpoint as previous.safetensors"), "{log}");
+    let previous =
+        vqlab::train::checkpoint::read(&ckpt.join("previous.safetensors"), &candle_core::Device::Cpu).unwrap();
+    assert_eq!(previous.step, 8);
 
     // Both corrupted: start afresh, say so, and finish.
     reopen(&run);
-    // (previous is now the file corrupted above, kept when last was rewritten: corrupt it
-    // elsewhere too, so that flipping the same byte does not repair it.)
     flip(&ckpt.join("last.safetensors"), 100);
-    flip(&ckpt.join("previous.safetensors"), 200);
+    flip(&ckpt.join("previous.safetensors"), 100);
     let out = vqlab(dir.path(), &["train", run.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let log = std::fs::read_to_string(run.join("train.log")).unwrap();
