@@ -293,7 +293,16 @@ where
     };
     let (x0, x1) = if chart.log2_x { (x0 - 0.3, x1 + 0.3) } else { pad(x0, x1, 0.03) };
     let (y0, y1) = pad(y0, y1, 0.08);
-    let mut cc = ChartBuilder::on(&area)
+    // Many series: the legend gets its own column at the right instead of covering lines.
+    let side_legend = chart.series.len() > 4;
+    let (w, _) = area.dim_in_pixel();
+    let (plot_area, legend_area) = if side_legend {
+        let (a, b) = area.split_horizontally(w * 7 / 10);
+        (a, Some(b))
+    } else {
+        (area.clone(), None)
+    };
+    let mut cc = ChartBuilder::on(&plot_area)
         .caption(&chart.title, ("sans-serif", 22))
         .margin(18)
         .x_label_area_size(52)
@@ -356,6 +365,11 @@ where
             .map_err(err)?
             .label(s.label.clone())
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 22, y)], color.stroke_width(3)));
+        if chart.style == Style::Curves && s.points.len() <= 20 {
+            // Few points (an eval metric logged a few times, or once): mark them, since a
+            // line through one point draws nothing.
+            cc.draw_series(line.iter().map(|&(x, y)| Circle::new((x, y), 3, color.filled()))).map_err(err)?;
+        }
         if chart.style == Style::ErrorBars {
             cc.draw_series(line.iter().map(|&(x, y)| Circle::new((x, y), 4, color.filled()))).map_err(err)?;
             cc.draw_series(
@@ -367,14 +381,25 @@ where
             .map_err(err)?;
         }
     }
-    let rising = chart.series.first().is_some_and(|s| s.points.len() > 1 && s.points.last().unwrap().y > s.points[0].y);
-    cc.configure_series_labels()
-        .position(if rising { SeriesLabelPosition::LowerRight } else { SeriesLabelPosition::UpperRight })
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK.mix(0.3))
-        .label_font(("sans-serif", 14))
-        .draw()
-        .map_err(err)?;
+    if let Some(legend) = legend_area {
+        let style = TextStyle::from(("sans-serif", 13).into_font()).color(&BLACK);
+        for (i, s) in chart.series.iter().enumerate() {
+            let color = PALETTE[i % PALETTE.len()];
+            let y = 60 + 22 * i as i32;
+            legend.draw(&PathElement::new(vec![(8, y), (30, y)], color.stroke_width(3))).map_err(err)?;
+            legend.draw(&Text::new(s.label.clone(), (36, y - 7), style.clone())).map_err(err)?;
+        }
+    } else {
+        let rising =
+            chart.series.first().is_some_and(|s| s.points.len() > 1 && s.points.last().unwrap().y > s.points[0].y);
+        cc.configure_series_labels()
+            .position(if rising { SeriesLabelPosition::LowerRight } else { SeriesLabelPosition::UpperRight })
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK.mix(0.3))
+            .label_font(("sans-serif", 14))
+            .draw()
+            .map_err(err)?;
+    }
     area.present().map_err(err)?;
     Ok(())
 }

@@ -82,7 +82,7 @@ fn latex_markdown_csv_and_parquet_tables_match_pandas_and_the_latex_compiles() {
     write(
         &dir,
         "paper.tex",
-        "\\documentclass{article}\n\\usepackage{booktabs}\n\\begin{document}\nSee Table~\\ref{tab:table}.\n\\input{table.tex}\n\\end{document}\n",
+        "\\documentclass{article}\n\\usepackage{booktabs}\n\\usepackage{graphicx}\n\\begin{document}\nSee Table~\\ref{tab:table}.\n\\input{table.tex}\n\\end{document}\n",
     );
     pdflatex(&dir, "paper.tex");
     pdflatex(&dir, "doc.tex");
