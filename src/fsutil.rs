@@ -25,8 +25,8 @@ pub fn remove_stale_temps(dir: &Path) -> usize {
         else {
             continue;
         };
-        // SAFETY: kill with signal 0 only checks whether the process exists.
-        let alive = pid == std::process::id() as i32 || unsafe { libc::kill(pid, 0) } == 0;
+        // A zombie writer (killed, not yet reaped by an init that does not reap) is dead.
+        let alive = pid == std::process::id() as i32 || crate::sched::signals::alive(pid as u32);
         if !alive && e.file_type().is_ok_and(|t| t.is_file()) && std::fs::remove_file(e.path()).is_ok() {
             tracing::debug!("removed {} left by a killed process", e.path().display());
             removed += 1;

@@ -11,6 +11,7 @@ use base64::Engine as _;
 use super::collect::{differing_keys, first_line, is_result_key, run_label, value_text, Collection, Run};
 use super::format::{self, html_escape as esc, Better, NumberFormat};
 use super::plot;
+use super::table::{pivot, TableSpec};
 use crate::error::InputError;
 
 /// Columns of the final-metrics table besides the eval metrics.
@@ -185,6 +186,25 @@ pub fn page(c: &Collection) -> anyhow::Result<String> {
                 "<p class=\"meta\">rFID and KID are FID-style: features of {}; comparable within vqlab only.</p>",
                 esc(&nets.into_iter().collect::<Vec<_>>().join("; "))
             );
+        }
+    }
+
+    // Mean over seeds: when the runs differ in their seed and in something else, the pivot
+    // `vqlab report` would make with the other differing keys as rows.
+    let row_keys: Vec<String> = keys.iter().filter(|k| k.as_str() != "train.seed").cloned().collect();
+    if keys.iter().any(|k| k == "train.seed") && !row_keys.is_empty() && !metrics.is_empty() {
+        let spec = TableSpec {
+            rows: row_keys,
+            metrics: metrics.iter().filter(|m| !m.starts_with("run.")).map(|m| m.to_string()).collect(),
+            ..Default::default()
+        };
+        match pivot(c, &spec) {
+            Ok(p) => {
+                html.push_str("<h2>Mean over seeds</h2>\n");
+                html.push_str(&p.to_html());
+                let _ = writeln!(html, "<p class=\"meta\">{}</p>", esc(&p.footnote()[0]));
+            }
+            Err(e) => tracing::debug!("no mean-over-seeds table: {e}"),
         }
     }
 

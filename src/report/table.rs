@@ -598,6 +598,48 @@ impl Pivot {
         out
     }
 
+    /// An HTML table (for the comparison page): the same cells as the Markdown table.
+    pub fn to_html(&self) -> String {
+        let esc = format::html_escape;
+        let columns = self.columns();
+        let mut out = String::from("<table>\n<tr>");
+        for k in &self.spec.rows {
+            out.push_str(&format!("<th title=\"{}\">{}</th>", esc(k), esc(&format::key_label(k))));
+        }
+        for (mi, ci) in &columns {
+            let mut h = self.metric_label(*mi);
+            let arrow = self.arrow(*mi);
+            if !arrow.is_empty() {
+                h.push(' ');
+                h.push_str(arrow);
+            }
+            if self.has_cols() {
+                h.push_str(&format!(" · {}", self.col_text(*ci)));
+            }
+            out.push_str(&format!("<th title=\"{}\">{}</th>", esc(&self.spec.metrics[*mi]), esc(&h)));
+        }
+        out.push_str("</tr>\n");
+        for (ri, r) in self.row_values.iter().enumerate() {
+            out.push_str("<tr>");
+            for v in r {
+                out.push_str(&format!("<td>{}</td>", esc(&value_text(v))));
+            }
+            for (mi, ci) in &columns {
+                match self.cell_text(ri, *ci, *mi) {
+                    None => out.push_str("<td>–</td>"),
+                    Some(text) => {
+                        let class = if self.cells[ri][*ci].best[*mi] { " class=\"best\"" } else { "" };
+                        let n = self.n_marker(ri, *ci, *mi).map(|n| format!(" (n={n})")).unwrap_or_default();
+                        out.push_str(&format!("<td{class}>{}{n}</td>", esc(&text)));
+                    }
+                }
+            }
+            out.push_str("</tr>\n");
+        }
+        out.push_str("</table>\n");
+        out
+    }
+
     /// One row per (row values, col values, metric): the unrounded mean, std and n, whether
     /// it is the column's best, the text the LaTeX and Markdown tables print, and why runs
     /// are missing.

@@ -322,6 +322,12 @@ fn the_compare_page_renders_in_chromium_with_every_image_loaded() {
     // The differing keys are the variant and the seed, nothing else.
     assert!(html.contains("<th title=\"model.variant\">") && html.contains("<th title=\"train.seed\">"));
     assert!(!html.contains("<th title=\"quantizer.codebook_size\">"));
+    // With seeds among the differing keys, the page also averages over them: one row per
+    // (recon, variant), with n = 2 seeds.
+    let mean = &html[html.find("<h2>Mean over seeds</h2>").expect("a mean-over-seeds table")..];
+    let mean = &mean[..mean.find("</table>").unwrap()];
+    assert_eq!(mean.matches("<tr><td>").count(), 2, "{mean}");
+    assert!(mean.contains("<td>vqvae</td>") && mean.contains("<td>vqgan</td>") && mean.contains(" ± "), "{mean}");
 
     // The test's own probe, appended to a copy: after load, count the images that decoded.
     let probe = r#"<script>
