@@ -21,13 +21,15 @@ pub fn remove_stale_temps(dir: &Path) -> usize {
     for e in entries.filter_map(|e| e.ok()) {
         let name = e.file_name().to_string_lossy().to_string();
         let Some(pid) =
-            name.strip_prefix('.').and_then(|n| n.rsplit_once(".tmp-")).and_then(|(_, p)| p.parse::<i32>().ok())
+            name.strip_prefix('.').and_then(|n| n.rsplit_once(".tmp-")).and_then(|(_, p)| p.parse::<u32>().ok())
         else {
             continue;
         };
         // A zombie writer (killed, not yet reaped by an init that does not reap) is dead.
-        let alive = pid == std::process::id() as i32 || crate::sched::signals::alive(pid as u32);
-        if !alive && e.file_type().is_ok_and(|t| t.is_file()) && std::fs::remove_file(e.path()).is_ok() {
+        if !crate::sched::signals::alive(pid)
+            && e.file_type().is_ok_and(|t| t.is_file())
+            && std::fs::remove_file(e.path()).is_ok()
+        {
             tracing::debug!("removed {} left by a killed process", e.path().display());
             removed += 1;
         }

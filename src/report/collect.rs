@@ -29,6 +29,9 @@ pub struct Run {
     pub vqlab_version: String,
 }
 
+/// Every logged metric of a run over steps: `split/metric` -> (step, value), sorted by step.
+pub type Curves = BTreeMap<String, Vec<(i64, f64)>>;
+
 /// A directory that looks like a run dir but cannot be read as one.
 #[derive(Debug, Clone)]
 pub struct Broken {
@@ -74,9 +77,9 @@ impl Run {
 
     /// Every logged metric over steps (`split/metric` -> sorted (step, value)), from
     /// `metrics.parquet`; empty if the run logged nothing yet.
-    pub fn curves(&self) -> anyhow::Result<BTreeMap<String, Vec<(i64, f64)>>> {
+    pub fn curves(&self) -> anyhow::Result<Curves> {
         let path = self.dir.join(METRICS_FILE);
-        let mut curves: BTreeMap<String, Vec<(i64, f64)>> = BTreeMap::new();
+        let mut curves = Curves::new();
         if !path.is_file() {
             return Ok(curves);
         }

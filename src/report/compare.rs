@@ -211,10 +211,11 @@ pub fn page(c: &Collection) -> anyhow::Result<String> {
     // Curves.
     html.push_str("<h2>Training curves</h2>\n<div class=\"curves\">\n");
     let mut curves = 0;
+    // Each run's metrics.parquet is read once for all the figures.
+    let logged: Vec<(&Run, super::collect::Curves)> =
+        runs.iter().map(|r| Ok((*r, r.curves()?))).collect::<anyhow::Result<_>>()?;
     for m in CURVE_METRICS {
-        let logged: Vec<&Run> =
-            runs.iter().copied().filter(|r| r.dir.join(crate::metrics::log::METRICS_FILE).is_file()).collect();
-        let chart = match plot::curves_chart(c, &logged, m, None) {
+        let chart = match plot::curves_chart_of(c, &logged, m, None) {
             Ok(chart) => chart,
             Err(_) => continue,
         };

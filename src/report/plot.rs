@@ -10,7 +10,7 @@ use anyhow::Context;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
-use super::collect::{differing_keys, run_label, value_text, Collection, Run};
+use super::collect::{differing_keys, run_label, value_text, Collection, Curves, Run};
 use super::format::{self, Better};
 use super::table::{pivot, TableSpec};
 use crate::error::InputError;
@@ -157,13 +157,20 @@ pub fn metric_chart(
 /// Training curves of `metric` ("train/rec_loss", "eval/usage", …): one line per run, or with
 /// `group` the mean over each group's runs at the steps all of them logged, with a ±std band.
 pub fn curves_chart(c: &Collection, runs: &[&Run], metric: &str, group: Option<&str>) -> anyhow::Result<Chart> {
-    let mut per_run = Vec::new();
-    for run in runs {
-        let curve = run.curves()?.remove(metric).unwrap_or_default();
-        if !curve.is_empty() {
-            per_run.push((*run, curve));
-        }
-    }
+    let logged: Vec<(&Run, Curves)> = runs.iter().map(|r| Ok((*r, r.curves()?))).collect::<anyhow::Result<_>>()?;
+    curves_chart_of(c, &logged, metric, group)
+}
+
+/// [`curves_chart`] from curves already read (the comparison page draws several metrics
+/// from one read of each run's metrics.parquet).
+pub fn curves_chart_of(
+    c: &Collection,
+    logged: &[(&Run, Curves)],
+    metric: &str,
+    group: Option<&str>,
+) -> anyhow::Result<Chart> {
+    let per_run: Vec<(&Run, &Vec<(i64, f64)>)> =
+        logged.iter().filter_map(|(r, curves)| Some((*r, curves.get(metric).filter(|c| !c.is_empty())?))).collect();
     if per_run.is_empty() {
         return Err(InputError::Usage(format!(
             "no run logged `{metric}` (metric names look like train/rec_loss, eval/usage)"
@@ -197,7 +204,7 @@ pub fn curves_chart(c: &Collection, runs: &[&Run], metric: &str, group: Option<&
                     let members: Vec<&Vec<(i64, f64)>> = per_run
                         .iter()
                         .filter(|(r, _)| r.get(g).unwrap_or(&serde_json::Value::Null) == gv)
-                        .map(|(_, c)| c)
+                        .map(|(_, c)| *c)
                         .collect();
                     let steps: Vec<i64> = members[0]
                         .iter()
@@ -211,6 +218,7 @@ pub fn curves_chart(c: &Collection, runs: &[&Run], metric: &str, group: Option<&
                                 .iter()
                                 .filter_map(|m| m.iter().rev().find(|p| p.0 == *s).map(|p| p.1))
                                 .collect();
+                            // `steps` holds only steps every member logged, so `vals` is never empty.
                             let st = super::table::Stat::of(&vals).expect("every member has the step");
                             let sd = st.std.unwrap_or(0.0);
                             Point { x: *s as f64, y: st.mean, lo: st.mean - sd, hi: st.mean + sd }
@@ -390,8 +398,10 @@ where
             legend.draw(&Text::new(s.label.clone(), (36, y - 7), style.clone())).map_err(err)?;
         }
     } else {
-        let rising =
-            chart.series.first().is_some_and(|s| s.points.len() > 1 && s.points.last().unwrap().y > s.points[0].y);
+        let rising = chart
+            .series
+            .first()
+            .is_some_and(|s| matches!((s.points.first(), s.points.last()), (Some(a), Some(b)) if b.y > a.y));
         cc.configure_series_labels()
             .position(if rising { SeriesLabelPosition::LowerRight } else { SeriesLabelPosition::UpperRight })
             .background_style(WHITE.mix(0.85))

@@ -104,12 +104,10 @@ fn sort_tuples(c: &Collection, keys: &[String], tuples: &mut [Vec<Value>]) {
     // Rank each position by the order the sweep lists its values in.
     let mut ranks: Vec<Vec<Value>> = Vec::new();
     for (i, key) in keys.iter().enumerate() {
-        let mut values: Vec<Value> = tuples.iter().map(|t| t[i].clone()).collect();
-        values.dedup();
         let mut unique: Vec<Value> = Vec::new();
-        for v in values {
-            if !unique.contains(&v) {
-                unique.push(v);
+        for t in tuples.iter() {
+            if !unique.contains(&t[i]) {
+                unique.push(t[i].clone());
             }
         }
         c.sort_values(key, &mut unique);
@@ -199,6 +197,7 @@ pub fn pivot(c: &Collection, spec: &TableSpec) -> Result<Pivot, InputError> {
             .filter(|k| !ignored_key(k) && runs.iter().any(|run| run.get(k) != runs[0].get(k)))
             .collect();
         if let Some(key) = differing.first() {
+            // `key` is in `differing` because some run's value differs from the first run's.
             let other = runs.iter().find(|run| run.get(key) != runs[0].get(key)).expect("a run differs");
             let cell: Vec<Value> = r.iter().chain(col.iter()).cloned().collect();
             let cell_keys: Vec<String> = spec.rows.iter().chain(&spec.cols).cloned().collect();
@@ -411,10 +410,11 @@ impl Pivot {
             .iter()
             .map(|(version, (_, commits, unknown))| {
                 let mut parts: Vec<String> = Vec::new();
+                let listed = commits.iter().cloned().collect::<Vec<_>>().join(", ");
                 match commits.len() {
                     0 => {}
-                    1 => parts.push(format!("commit {}", commits.iter().next().unwrap())),
-                    _ => parts.push(format!("commits {}", commits.iter().cloned().collect::<Vec<_>>().join(", "))),
+                    1 => parts.push(format!("commit {listed}")),
+                    _ => parts.push(format!("commits {listed}")),
                 }
                 if *unknown > 0 && !commits.is_empty() {
                     parts.push(format!("{unknown} runs from before commits were recorded"));

@@ -98,3 +98,32 @@ pub fn run_dirs(sweep: &Path) -> Vec<std::path::PathBuf> {
 pub fn status(run: &Path) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(run.join("status.json")).unwrap()).unwrap()
 }
+
+/// Path → (modified time, bytes) of every file under `dir` that `keep` accepts.
+pub fn file_digests(
+    dir: &Path,
+    keep: impl Fn(&Path) -> bool,
+) -> std::collections::BTreeMap<std::path::PathBuf, (std::time::SystemTime, Vec<u8>)> {
+    walkdir::WalkDir::new(dir)
+        .into_iter()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_type().is_file() && keep(e.path()))
+        .map(|e| {
+            let p = e.path().to_path_buf();
+            (p.clone(), (std::fs::metadata(&p).unwrap().modified().unwrap(), std::fs::read(&p).unwrap()))
+        })
+        .collect()
+}
+
+/// Wait until a SIGKILLed process is gone (or a zombie: dead, not yet reaped).
+pub fn wait_gone(pid: u32) {
+    let t0 = std::time::Instant::now();
+    loop {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        if stat.is_empty() || stat.rsplit_once(')').is_some_and(|(_, r)| r.trim_start().starts_with('Z')) {
+            return;
+        }
+        assert!(t0.elapsed() < std::time::Duration::from_secs(10), "process {pid} survived SIGKILL");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}

@@ -5,23 +5,15 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use rand::{Rng, SeedableRng};
 
-use crate::common::{run_dirs, status, stderr, tiny_experiment, vqlab, write};
+use crate::common::{file_digests, run_dirs, status, stderr, tiny_experiment, vqlab, wait_gone, write};
 
-/// Path → (modified time, bytes) of every file under `dir`.
+/// Path → (modified time, bytes) of every file under `dir` but temporary ones.
 fn snapshot(dir: &Path) -> BTreeMap<PathBuf, (SystemTime, Vec<u8>)> {
-    walkdir::WalkDir::new(dir)
-        .into_iter()
-        .filter_map(|e| e.ok())
-        .filter(|e| e.file_type().is_file() && !is_temp(e.path()))
-        .map(|e| {
-            let p = e.path().to_path_buf();
-            (p.clone(), (std::fs::metadata(&p).unwrap().modified().unwrap(), std::fs::read(&p).unwrap()))
-        })
-        .collect()
+    file_digests(dir, |p| !is_temp(p))
 }
 
 /// A temporary file of an atomic write (`.<name>.tmp-<pid>`).
@@ -225,18 +217,6 @@ fn verify_run(run: &Path, temps_allowed: bool) -> (usize, Vec<String>) {
         }
     }
     (files, problems)
-}
-
-fn wait_gone(pid: u32) {
-    let t0 = Instant::now();
-    loop {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        if stat.is_empty() || stat.rsplit_once(')').is_some_and(|(_, r)| r.trim_start().starts_with('Z')) {
-            return;
-        }
-        assert!(t0.elapsed() < Duration::from_secs(10), "process {pid} survived SIGKILL");
-        std::thread::sleep(Duration::from_millis(10));
-    }
 }
 
 #[test]

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::common::{oracle, run_dirs, status, stderr, stdout, tiny_experiment, vqlab, write};
+use crate::common::{file_digests, oracle, run_dirs, status, stderr, stdout, tiny_experiment, vqlab, wait_gone, write};
 
 fn spawn(dir: &Path, args: &[&str], envs: &[(&str, &str)]) -> std::process::Child {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_vqlab"));
@@ -145,19 +145,6 @@ fn ctrl_c_checkpoints_the_running_runs_and_the_next_run_resumes_them() {
     }
 }
 
-fn file_digests(dir: &Path) -> BTreeMap<PathBuf, (std::time::SystemTime, Vec<u8>)> {
-    walkdir::WalkDir::new(dir)
-        .into_iter()
-        .filter_map(|e| e.ok())
-        .filter(|e| e.file_type().is_file())
-        .map(|e| {
-            let p = e.path().to_path_buf();
-            let m = std::fs::metadata(&p).unwrap().modified().unwrap();
-            (p.clone(), (m, std::fs::read(&p).unwrap()))
-        })
-        .collect()
-}
-
 #[test]
 fn sigkill_of_scheduler_and_workers_then_resume_finishes_every_run_once() {
     let dir = tempfile::tempdir().unwrap();
@@ -201,19 +188,11 @@ fn sigkill_of_scheduler_and_workers_then_resume_finishes_every_run_once() {
     let _ = child.wait_with_output();
     // SIGKILL is asynchronous: wait until the workers are gone (or zombies).
     for pid in &workers {
-        let t0 = Instant::now();
-        loop {
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-            if stat.is_empty() || stat.rsplit_once(')').is_some_and(|(_, r)| r.trim_start().starts_with('Z')) {
-                break;
-            }
-            assert!(t0.elapsed() < Duration::from_secs(10), "worker {pid} survived SIGKILL");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_gone(*pid);
     }
     let done_before: Vec<PathBuf> = run_dirs(&sweep).into_iter().filter(|r| status(r)["state"] == "done").collect();
     assert!(!done_before.is_empty());
-    let before: Vec<_> = done_before.iter().map(|r| file_digests(r)).collect();
+    let before: Vec<_> = done_before.iter().map(|r| file_digests(r, |_| true)).collect();
     // `vqlab status` names the runs whose worker is gone.
     let st = vqlab(dir.path(), &["status", "runs/killall"]);
     assert!(stdout(&st).contains("worker gone") || workers.is_empty(), "{}", stdout(&st));
@@ -225,7 +204,7 @@ fn sigkill_of_scheduler_and_workers_then_resume_finishes_every_run_once() {
         assert_eq!(st["state"], "done", "{st}");
     }
     for (r, b) in done_before.iter().zip(before) {
-        assert_eq!(file_digests(r), b, "{} was done before the kill and was touched", r.display());
+        assert_eq!(file_digests(r, |_| true), b, "{} was done before the kill and was touched", r.display());
     }
     // Every file readable: Parquet by pyarrow, JSON by serde.
     let mut parquet = Vec::new();
