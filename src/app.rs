@@ -57,6 +57,7 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Train { run_dir } => cmd_train(&run_dir),
         Command::Status { sweep_dir, runs_dir } => cmd_status(sweep_dir.as_deref(), &runs_dir),
         Command::Describe { exp } => cmd_describe(&exp),
+        Command::Bench { exp, steps, warmup, json } => cmd_bench(&exp, steps, warmup, json),
         Command::Report { dirs, rows, cols, metrics, filters, format, out, caption, label, standalone } => {
             let spec = crate::report::table::TableSpec { rows, cols, metrics, caption, label };
             cmd_report(&dirs, spec, &filters, format, out.as_deref(), standalone)
@@ -462,6 +463,24 @@ fn cmd_status(sweep_dir: Option<&Path>, runs_dir: &Path) -> anyhow::Result<u8> {
             header.insert(2, "slurm");
         }
         print!("{}", table::render(&header, &rows));
+    }
+    Ok(0)
+}
+
+fn cmd_bench(exp: &ExperimentArgs, steps: u64, warmup: u64, json: bool) -> anyhow::Result<u8> {
+    let sweep = load(exp)?;
+    let cfg = &sweep.runs.first().context("the sweep expands to no runs")?.config;
+    if sweep.runs.len() > 1 {
+        tracing::warn!("the sweep has {} runs; timing the first: {}", sweep.runs.len(), config::short_description(cfg));
+    }
+    let r = train::bench(cfg, warmup, steps)?;
+    if json {
+        println!("{}", serde_json::to_string(&r)?);
+    } else {
+        println!(
+            "{}: {:.1} img/s (median step {:.1} ms over {} steps of batch {}, {} thread(s), {})",
+            r.model, r.img_per_s, r.median_step_ms, r.steps, r.batch_size, r.threads, r.device
+        );
     }
     Ok(0)
 }

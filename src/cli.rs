@@ -178,6 +178,21 @@ pub enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Time training steps of an experiment's first run (its data, model and optimizer, no
+    /// logging, eval or checkpoints) and print img/s: what `train/img_per_s` of a run reaches.
+    Bench {
+        #[command(flatten)]
+        exp: ExperimentArgs,
+        /// Timed steps.
+        #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+        steps: u64,
+        /// Untimed steps first (allocator and caches warm up).
+        #[arg(long, default_value_t = 5)]
+        warmup: u64,
+        /// Print one JSON object instead of a line of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Resolved config, parameter counts, estimated memory and a Mermaid diagram of the model.
     Describe {
         #[command(flatten)]

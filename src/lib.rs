@@ -13,6 +13,7 @@ pub mod error;
 pub mod fsutil;
 pub mod metrics;
 pub mod model;
+pub mod ops;
 pub mod report;
 pub mod sched;
 pub mod table;

@@ -23,6 +23,7 @@ fn main() -> ExitCode {
     unsafe {
         libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
     }
+    vqlab::ops::tune_allocator();
     match vqlab::app::run(cli) {
         Ok(code) => ExitCode::from(code),
         Err(err) => {

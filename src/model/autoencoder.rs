@@ -6,6 +6,7 @@ use candle_core::{Result, Tensor};
 use super::layers::{Conv2d, ConvTranspose2d, ResidualStack};
 use super::params::ParamStore;
 use crate::config::ModelConfig;
+use crate::ops::Fuse;
 
 #[derive(Debug, Clone)]
 pub struct Encoder {
@@ -37,10 +38,11 @@ impl Encoder {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let mut h = x.clone();
         for d in &self.downs {
-            h = d.forward(&h)?.relu()?;
+            h = d.forward_fused(&h, Fuse::RELU_OUT)?;
         }
-        let h = self.res.forward(&self.conv3.forward(&h)?)?;
-        self.pre_vq.forward(&h)
+        // The residual stack's final relu is fused into the 1×1 pre-VQ convolution.
+        let h = self.res.forward_pre_relu(&self.conv3.forward(&h)?)?;
+        self.pre_vq.forward_fused(&h, Fuse::RELU_IN)
     }
 }
 
@@ -68,13 +70,12 @@ impl Decoder {
     }
 
     pub fn forward(&self, z: &Tensor) -> Result<Tensor> {
-        let mut h = self.res.forward(&self.conv_in.forward(z)?)?;
+        // The residual stack's final relu is fused into the first upsampling layer, and every
+        // upsampling layer but the last ends in a relu.
+        let mut h = self.res.forward_pre_relu(&self.conv_in.forward(z)?)?;
         let last = self.ups.len() - 1;
         for (i, u) in self.ups.iter().enumerate() {
-            h = u.forward(&h)?;
-            if i != last {
-                h = h.relu()?;
-            }
+            h = u.forward_fused(&h, Fuse { relu_input: i == 0, relu_output: i != last })?;
         }
         Ok(h)
     }

@@ -3,6 +3,7 @@
 use candle_core::{Result, Tensor};
 
 use super::params::{torch_default, Init, ParamStore};
+use crate::ops::{self, Fuse};
 
 /// 2-D convolution with optional bias.
 #[derive(Debug, Clone)]
@@ -49,11 +50,12 @@ impl Conv2d {
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = x.conv2d(&self.weight, self.padding, self.stride, 1, 1)?;
-        match &self.bias {
-            Some(b) => y.broadcast_add(&b.reshape((1, b.dim(0)?, 1, 1))?),
-            None => Ok(y),
-        }
+        self.forward_fused(x, Fuse::NONE)
+    }
+
+    /// The convolution with relus on its input and/or output fused in.
+    pub fn forward_fused(&self, x: &Tensor, fuse: Fuse) -> Result<Tensor> {
+        ops::conv2d(x, &self.weight, self.bias.as_ref(), self.stride, self.padding, fuse)
     }
 }
 
@@ -84,8 +86,12 @@ impl ConvTranspose2d {
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = x.conv_transpose2d(&self.weight, self.padding, 0, self.stride, 1)?;
-        y.broadcast_add(&self.bias.reshape((1, self.bias.dim(0)?, 1, 1))?)
+        self.forward_fused(x, Fuse::NONE)
+    }
+
+    /// The transposed convolution with relus on its input and/or output fused in.
+    pub fn forward_fused(&self, x: &Tensor, fuse: Fuse) -> Result<Tensor> {
+        ops::conv_transpose2d(x, &self.weight, Some(&self.bias), self.stride, self.padding, fuse)
     }
 }
 
@@ -109,12 +115,17 @@ impl ResidualStack {
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_pre_relu(x)?.relu()
+    }
+
+    /// The stack without its final relu, for a next layer that fuses it in as an input relu.
+    pub fn forward_pre_relu(&self, x: &Tensor) -> Result<Tensor> {
         let mut h = x.clone();
         for (c3, c1) in &self.blocks {
-            let r = c1.forward(&c3.forward(&h.relu()?)?.relu()?)?;
+            let r = c1.forward(&c3.forward_fused(&h, Fuse::RELU_BOTH)?)?;
             h = (h + r)?;
         }
-        h.relu()
+        Ok(h)
     }
 }
 

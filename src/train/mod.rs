@@ -77,6 +77,86 @@ pub fn device_name(d: &Device) -> String {
     }
 }
 
+/// What `vqlab bench` measured.
+#[derive(Debug, serde::Serialize)]
+pub struct BenchResult {
+    pub model: String,
+    pub device: String,
+    pub threads: usize,
+    pub batch_size: usize,
+    pub steps: u64,
+    /// Images of the timed steps over their total time.
+    pub img_per_s: f64,
+    pub median_step_ms: f64,
+    pub step_ms: Vec<f64>,
+}
+
+/// Time `steps` training steps (after `warmup` untimed ones) of a run's model, optimizers and
+/// batches, exactly as the training loop runs them at a step that does not log: the same
+/// data loading, step functions and dead-code restarts, no sinks, eval or checkpoints.
+/// VQ-GAN steps before `loss.disc_start` skip the discriminator, as in training.
+pub fn bench(cfg: &ExperimentConfig, warmup: u64, steps: u64) -> anyhow::Result<BenchResult> {
+    if cfg.hardware.threads_per_run > 0 {
+        let _ = rayon::ThreadPoolBuilder::new().num_threads(cfg.hardware.threads_per_run as usize).build_global();
+    }
+    let device = select_device(cfg.hardware.device)?;
+    let splits = data::load(&cfg.data)?;
+    let model = VqModel::new(cfg, &device)?;
+    let (mut opt_g, mut opt_d) = optimizers(cfg, &model)?;
+    let mut order = BatchOrder::new(splits.train.len, cfg.train.batch_size, cfg.train.seed);
+    let mut step_ms = Vec::with_capacity(steps as usize);
+    let mut images = 0usize;
+    let t_all = Instant::now();
+    let mut timed_from = t_all;
+    for step in 0..warmup + steps {
+        if step == warmup {
+            timed_from = Instant::now();
+        }
+        let t0 = Instant::now();
+        let x = splits.train.batch(&order.indices(step), &device)?;
+        let losses = match &mut opt_d {
+            None => step::vqvae_step(cfg, &model, &mut opt_g, &x, step, false)?,
+            Some(opt_d) => step::vqgan_step(cfg, &model, &mut opt_g, opt_d, &x, step, false)?,
+        };
+        // A device finishes its queued work before the step counts as done.
+        losses[0].1.to_dtype(candle_core::DType::F32)?.to_scalar::<f32>()?;
+        if step >= warmup {
+            step_ms.push(t0.elapsed().as_secs_f64() * 1e3);
+            images += order.batch_size();
+        }
+    }
+    let secs = timed_from.elapsed().as_secs_f64();
+    let mut sorted = step_ms.clone();
+    sorted.sort_by(f64::total_cmp);
+    Ok(BenchResult {
+        model: config::short_description(cfg),
+        device: device_name(&device),
+        threads: rayon::current_num_threads(),
+        batch_size: cfg.train.batch_size,
+        steps,
+        img_per_s: images as f64 / secs,
+        median_step_ms: sorted[sorted.len() / 2],
+        step_ms,
+    })
+}
+
+/// The generator's and (VQ-GAN) the discriminator's Adam.
+fn optimizers(cfg: &ExperimentConfig, model: &VqModel) -> candle_core::Result<(Adam, Option<Adam>)> {
+    let g_vars: Vec<_> = model
+        .params
+        .vars()
+        .iter()
+        .filter(|(k, _)| !k.starts_with("disc."))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let opt_g = Adam::new(g_vars, cfg.train.lr, cfg.train.betas)?;
+    let opt_d = match cfg.model.variant {
+        Variant::Vqgan => Some(Adam::new(model.params.vars_with_prefix("disc."), cfg.train.lr, cfg.train.betas)?),
+        Variant::Vqvae => None,
+    };
+    Ok((opt_g, opt_d))
+}
+
 /// Train the run in `run_dir` to completion (or resume it), recording its status. Errors
 /// that prevent even recording a status (an unwritable run dir) are returned; everything
 /// else ends as a failed status with its reason.
@@ -180,18 +260,7 @@ impl<'a> Trainer<'a> {
             tracing::warn!("{note}");
         }
         let model = VqModel::new(cfg, device)?;
-        let g_vars: Vec<_> = model
-            .params
-            .vars()
-            .iter()
-            .filter(|(k, _)| !k.starts_with("disc."))
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        let opt_g = Adam::new(g_vars, cfg.train.lr, cfg.train.betas)?;
-        let opt_d = match cfg.model.variant {
-            Variant::Vqgan => Some(Adam::new(model.params.vars_with_prefix("disc."), cfg.train.lr, cfg.train.betas)?),
-            Variant::Vqvae => None,
-        };
+        let (opt_g, opt_d) = optimizers(cfg, &model)?;
         let (ckpt, notes) = checkpoint::load_latest(run_dir, device);
         for n in &notes {
             tracing::warn!("{n}");

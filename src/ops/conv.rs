@@ -1,0 +1,586 @@
+//! 2-D convolution and transposed convolution with fused bias and relus, as candle custom
+//! ops with their own backward pass.
+//!
+//! On the CPU, candle 0.11 computes a conv_transpose2d (and with it every conv2d's input
+//! gradient) with a direct loop, and a conv2d's weight gradient as a convolution whose kernel
+//! is the whole output gradient. Here all three products of a convolution — output, input
+//! gradient, weight gradient — are one large gemm each, over im2col/col2im column matrices
+//! that hold every image of the batch, so the gemm sees n·ho·wo columns instead of ho·wo:
+//!
+//! - conv:      y = W · cols(x)            dW = dy · cols(x)ᵀ       dx = col2im(Wᵀ · dy)
+//! - transpose: y = col2im(Wᵀ · x)         dW = x · cols(dy)ᵀ       dx = W · cols(dy)
+//!
+//! (with dy, x in channel-major form (c, n·h·w)). The column matrix of the forward pass is
+//! kept for the backward one. The bias add and a relu on the input and/or the output are
+//! fused into the layout passes around the gemm, so they cost no extra tensors in the graph.
+//!
+//! Other devices (CUDA) and `VQLAB_REFERENCE_OPS=1` take candle's own ops; the tests check
+//! that both give the same values and gradients.
+
+use std::sync::OnceLock;
+
+use rayon::prelude::*;
+
+use candle_core::{bail, CpuStorage, CustomOp3, DType, Device, Layout, Result, Shape, Storage, Tensor};
+
+use super::kernels::{self, Geom, MatRef};
+
+/// Relus fused into a convolution: on its input (as in a pre-activation residual block) and
+/// on its output.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Fuse {
+    pub relu_input: bool,
+    pub relu_output: bool,
+}
+
+impl Fuse {
+    pub const NONE: Fuse = Fuse { relu_input: false, relu_output: false };
+    pub const RELU_OUT: Fuse = Fuse { relu_input: false, relu_output: true };
+    pub const RELU_IN: Fuse = Fuse { relu_input: true, relu_output: false };
+    pub const RELU_BOTH: Fuse = Fuse { relu_input: true, relu_output: true };
+}
+
+/// Whether the fast CPU ops are off (`VQLAB_REFERENCE_OPS=1`: candle's own ops everywhere,
+/// for comparison).
+pub fn reference_forced() -> bool {
+    static FORCED: OnceLock<bool> = OnceLock::new();
+    *FORCED.get_or_init(|| std::env::var("VQLAB_REFERENCE_OPS").is_ok_and(|v| !v.is_empty() && v != "0"))
+}
+
+fn fast(x: &Tensor, w: &Tensor) -> bool {
+    x.device().is_cpu() && x.dtype() == DType::F32 && w.dtype() == DType::F32 && !reference_forced()
+}
+
+/// relu(conv2d(relu(x), w) + b) with the relus as `fuse` says; w is (out, in, kh, kw).
+pub fn conv2d(x: &Tensor, w: &Tensor, b: Option<&Tensor>, stride: usize, pad: usize, fuse: Fuse) -> Result<Tensor> {
+    if !fast(x, w) {
+        return conv2d_reference(x, w, b, stride, pad, fuse);
+    }
+    let op = ConvOp { stride, pad, fuse, transpose: false };
+    apply(x, w, b, op)
+}
+
+/// relu(conv_transpose2d(relu(x), w) + b); w is (in, out, kh, kw), no output padding.
+pub fn conv_transpose2d(
+    x: &Tensor,
+    w: &Tensor,
+    b: Option<&Tensor>,
+    stride: usize,
+    pad: usize,
+    fuse: Fuse,
+) -> Result<Tensor> {
+    if !fast(x, w) {
+        return conv_transpose2d_reference(x, w, b, stride, pad, fuse);
+    }
+    let op = ConvOp { stride, pad, fuse, transpose: true };
+    apply(x, w, b, op)
+}
+
+fn apply(x: &Tensor, w: &Tensor, b: Option<&Tensor>, op: ConvOp) -> Result<Tensor> {
+    let (x, w) = (x.contiguous()?, w.contiguous()?);
+    // No bias: an empty tensor stands in (custom ops take a fixed number of arguments).
+    let b = match b {
+        Some(b) => b.contiguous()?,
+        None => Tensor::zeros(0, DType::F32, &Device::Cpu)?,
+    };
+    x.apply_op3(&w, &b, op)
+}
+
+/// The same computation with candle's ops.
+pub fn conv2d_reference(
+    x: &Tensor,
+    w: &Tensor,
+    b: Option<&Tensor>,
+    stride: usize,
+    pad: usize,
+    fuse: Fuse,
+) -> Result<Tensor> {
+    let x = if fuse.relu_input { x.relu()? } else { x.clone() };
+    finish_reference(x.conv2d(w, pad, stride, 1, 1)?, b, fuse)
+}
+
+/// The same computation with candle's ops.
+pub fn conv_transpose2d_reference(
+    x: &Tensor,
+    w: &Tensor,
+    b: Option<&Tensor>,
+    stride: usize,
+    pad: usize,
+    fuse: Fuse,
+) -> Result<Tensor> {
+    let x = if fuse.relu_input { x.relu()? } else { x.clone() };
+    finish_reference(x.conv_transpose2d(w, pad, 0, stride, 1)?, b, fuse)
+}
+
+fn finish_reference(y: Tensor, b: Option<&Tensor>, fuse: Fuse) -> Result<Tensor> {
+    let y = match b {
+        Some(b) => y.broadcast_add(&b.reshape((1, b.dim(0)?, 1, 1))?)?,
+        None => y,
+    };
+    if fuse.relu_output {
+        y.relu()
+    } else {
+        Ok(y)
+    }
+}
+
+struct ConvOp {
+    stride: usize,
+    pad: usize,
+    fuse: Fuse,
+    transpose: bool,
+}
+
+/// Images per chunk: a chunk's column matrix (and its other scratch) stays around 1 MiB, in a
+/// core's L2 cache, and every thread gets at least two chunks.
+fn chunk_images(g: &Geom) -> usize {
+    let floats_per_image = (g.q() * g.p()).max(g.c * g.hw()).max(g.o * g.p()).max(1);
+    let by_cache = ((1usize << 18) / floats_per_image).max(1);
+    let by_threads = g.n.div_ceil(2 * rayon::current_num_threads()).max(1);
+    by_cache.min(by_threads)
+}
+
+/// Per-thread scratch of the backward pass: the weight and bias gradient sums, and buffers.
+#[derive(Default)]
+struct Partial {
+    dw: Vec<f32>,
+    db: Vec<f32>,
+    a: Vec<f32>,
+    b: Vec<f32>,
+    c: Vec<f32>,
+}
+
+fn scratch(v: &mut Vec<f32>, len: usize) -> &mut [f32] {
+    if v.len() < len {
+        v.resize(len, 0.0);
+    }
+    &mut v[..len]
+}
+impl ConvOp {
+    /// The convolution geometry from the input and kernel shapes.
+    fn geom(&self, x: &[usize], w: &[usize]) -> Result<Geom> {
+        let name = self.name_();
+        let [n, c, h, wd] = dims4(x, name)?;
+        let [w0, w1, kh, kw] = dims4(w, name)?;
+        let (s, p) = (self.stride, self.pad);
+        if s == 0 {
+            bail!("{name}: stride 0")
+        }
+        if !self.transpose {
+            if w1 != c {
+                bail!("{name}: input has {c} channels, kernel expects {w1}")
+            }
+            if h + 2 * p < kh || wd + 2 * p < kw {
+                bail!("{name}: kernel {kh}×{kw} larger than the padded input {h}×{wd}")
+            }
+            Ok(Geom {
+                n,
+                c,
+                h,
+                w: wd,
+                o: w0,
+                kh,
+                kw,
+                stride: s,
+                pad: p,
+                ho: (h + 2 * p - kh) / s + 1,
+                wo: (wd + 2 * p - kw) / s + 1,
+            })
+        } else {
+            if w0 != c {
+                bail!("{name}: input has {c} channels, kernel expects {w0}")
+            }
+            let (big_h, big_w) = ((h.max(1) - 1) * s + kh, (wd.max(1) - 1) * s + kw);
+            if big_h < 2 * p || big_w < 2 * p || h == 0 || wd == 0 {
+                bail!("{name}: padding {p} leaves no output for a {h}×{wd} input")
+            }
+            Ok(Geom { n, c: w1, h: big_h - 2 * p, w: big_w - 2 * p, o: c, kh, kw, stride: s, pad: p, ho: h, wo: wd })
+        }
+    }
+
+    fn name_(&self) -> &'static str {
+        if self.transpose {
+            "vqlab-conv-transpose2d"
+        } else {
+            "vqlab-conv2d"
+        }
+    }
+}
+
+fn dims4(d: &[usize], name: &str) -> Result<[usize; 4]> {
+    match d {
+        [a, b, c, e] => Ok([*a, *b, *c, *e]),
+        _ => bail!("{name}: expected a 4-D tensor, got shape {d:?}"),
+    }
+}
+
+fn cpu_f32<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
+    let CpuStorage::F32(v) = s else { bail!("{what}: f32 tensors only") };
+    let Some((a, b)) = l.contiguous_offsets() else { bail!("{what}: contiguous tensors only") };
+    Ok(&v[a..b])
+}
+
+/// Borrow the f32 data of CPU tensors (made contiguous first) for the length of `f`.
+fn with_slices<const N: usize, R>(ts: [&Tensor; N], f: impl FnOnce([&[f32]; N]) -> Result<R>) -> Result<R> {
+    let owned = ts.iter().map(|t| t.contiguous()).collect::<Result<Vec<_>>>()?;
+    let guards: Vec<_> = owned.iter().map(|t| t.storage_and_layout()).collect();
+    let mut slices: [&[f32]; N] = [&[]; N];
+    for (i, (g, l)) in guards.iter().enumerate() {
+        let Storage::Cpu(s) = &**g else { bail!("vqlab conv backward: CPU tensors only") };
+        slices[i] = cpu_f32(s, l, "vqlab conv backward")?;
+    }
+    f(slices)
+}
+
+impl CustomOp3 for ConvOp {
+    fn name(&self) -> &'static str {
+        self.name_()
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let g = self.geom(l1.dims(), l2.dims())?;
+        let (x, w, b) =
+            (cpu_f32(s1, l1, self.name_())?, cpu_f32(s2, l2, self.name_())?, cpu_f32(s3, l3, self.name_())?);
+        let out_channels = if self.transpose { g.c } else { g.o };
+        let bias = match b.len() {
+            0 => None,
+            n if n == out_channels => Some(b),
+            n => bail!("{}: bias has {n} elements for {out_channels} output channels", self.name_()),
+        };
+        let (q, p, hw) = (g.q(), g.p(), g.hw());
+        let (in_img, out_img) = if self.transpose { (g.o * p, g.c * hw) } else { (g.c * hw, g.o * p) };
+        let shape =
+            if self.transpose { Shape::from((g.n, g.c, g.h, g.w)) } else { Shape::from((g.n, g.o, g.ho, g.wo)) };
+        let mut y = vec![0.0f32; g.n * out_img];
+        if y.is_empty() {
+            return Ok((CpuStorage::F32(y), shape));
+        }
+        let chunk = chunk_images(&g);
+        let table = g.gather_table();
+        let fuse = self.fuse;
+        y.par_chunks_mut(chunk * out_img).enumerate().for_each_init(Partial::default, |s, (ci, ys)| {
+            let imgs = ys.len() / out_img;
+            let np = imgs * p;
+            let xs = &x[ci * chunk * in_img..][..imgs * in_img];
+            if !self.transpose {
+                let cols = scratch(&mut s.a, q * np);
+                kernels::im2col(xs, &g, &table, imgs, fuse.relu_input, cols);
+                let yt = scratch(&mut s.b, g.o * np);
+                kernels::gemm(g.o, np, q, MatRef::rows(w, q), MatRef::rows(&s.a[..q * np], np), yt, false);
+                kernels::from_channel_major(&s.b[..g.o * np], imgs, g.o, p, bias, fuse.relu_output, None, ys);
+            } else {
+                let xt = scratch(&mut s.a, g.o * np);
+                kernels::to_channel_major(xs, imgs, g.o, p, fuse.relu_input, None, xt, None);
+                let dcols = scratch(&mut s.b, q * np);
+                kernels::gemm(q, np, g.o, MatRef::rows(w, q).t(), MatRef::rows(&s.a[..g.o * np], np), dcols, false);
+                kernels::col2im(&s.b[..q * np], &g, &table, imgs, None, bias, ys);
+                if fuse.relu_output {
+                    ys.iter_mut().for_each(|v| *v = v.max(0.0));
+                }
+            }
+        });
+        Ok((CpuStorage::F32(y), shape))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        b: &Tensor,
+        y: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let g = self.geom(x.dims(), w.dims())?;
+        let (q, p, hw) = (g.q(), g.p(), g.hw());
+        let (need_x, need_w, need_b) = (x.track_op(), w.track_op(), b.elem_count() > 0 && b.track_op());
+        let (in_img, out_img) = if self.transpose { (g.o * p, g.c * hw) } else { (g.c * hw, g.o * p) };
+        let out_channels = if self.transpose { g.c } else { g.o };
+        let fuse = self.fuse;
+        let chunk = chunk_images(&g);
+        let table = g.gather_table();
+        let mut dx = vec![0.0f32; if need_x { g.n * in_img } else { 0 }];
+        let n_chunks = g.n.div_ceil(chunk);
+        let dx_chunks: Vec<Option<&mut [f32]>> = if need_x && in_img > 0 {
+            dx.chunks_mut(chunk * in_img).map(Some).collect()
+        } else {
+            (0..n_chunks).map(|_| None).collect()
+        };
+        let total = with_slices([x, w, y, dy], |[xs, ws, ys, dys]| {
+            let total = dx_chunks
+                .into_par_iter()
+                .enumerate()
+                .fold(Partial::default, |mut s, (ci, dxc)| {
+                    let i0 = ci * chunk;
+                    let imgs = chunk.min(g.n - i0);
+                    let np = imgs * p;
+                    let xc = &xs[i0 * in_img..][..imgs * in_img];
+                    let yc = &ys[i0 * out_img..][..imgs * out_img];
+                    let dyc = &dys[i0 * out_img..][..imgs * out_img];
+                    scratch(&mut s.dw, g.o * q);
+                    scratch(&mut s.db, out_channels);
+                    if !self.transpose {
+                        // dyt = dy (through the output relu) in channel-major form; its row
+                        // sums are the bias gradient.
+                        let dyt = scratch(&mut s.b, g.o * np);
+                        let mask = fuse.relu_output.then_some(yc);
+                        kernels::to_channel_major(dyc, imgs, g.o, p, false, mask, dyt, Some(&mut s.db));
+                        let dyt = &s.b[..g.o * np];
+                        if need_w {
+                            let cols = scratch(&mut s.a, q * np);
+                            kernels::im2col(xc, &g, &table, imgs, fuse.relu_input, cols);
+                            let cols = MatRef::rows(&s.a[..q * np], np).t();
+                            kernels::gemm(g.o, q, np, MatRef::rows(dyt, np), cols, &mut s.dw, true);
+                        }
+                        if let Some(dxc) = dxc {
+                            let dcols = scratch(&mut s.c, q * np);
+                            kernels::gemm(q, np, g.o, MatRef::rows(ws, q).t(), MatRef::rows(dyt, np), dcols, false);
+                            let mask = fuse.relu_input.then_some(xc);
+                            kernels::col2im(&s.c[..q * np], &g, &table, imgs, mask, None, dxc);
+                        }
+                    } else {
+                        let dym: &[f32] = if fuse.relu_output {
+                            let m = scratch(&mut s.c, imgs * out_img);
+                            kernels::masked(dyc, yc, g.c, hw, m, &mut s.db);
+                            &s.c[..imgs * out_img]
+                        } else {
+                            kernels::channel_sums(dyc, g.c, hw, &mut s.db);
+                            dyc
+                        };
+                        let cols = scratch(&mut s.a, q * np);
+                        kernels::im2col(dym, &g, &table, imgs, false, cols);
+                        let cols = &s.a[..q * np];
+                        if need_w {
+                            let xt = scratch(&mut s.b, g.o * np);
+                            kernels::to_channel_major(xc, imgs, g.o, p, fuse.relu_input, None, xt, None);
+                            let xt = MatRef::rows(&s.b[..g.o * np], np);
+                            kernels::gemm(g.o, q, np, xt, MatRef::rows(cols, np).t(), &mut s.dw, true);
+                        }
+                        if let Some(dxc) = dxc {
+                            let dxt = scratch(&mut s.b, g.o * np);
+                            kernels::gemm(g.o, np, q, MatRef::rows(ws, q), MatRef::rows(cols, np), dxt, false);
+                            let mask = fuse.relu_input.then_some(xc);
+                            kernels::from_channel_major(&s.b[..g.o * np], imgs, g.o, p, None, false, mask, dxc);
+                        }
+                    }
+                    s
+                })
+                .map(|s| (s.dw, s.db))
+                .reduce(
+                    || (vec![0.0; g.o * q], vec![0.0; out_channels]),
+                    |(mut dw, mut db), (dw2, db2)| {
+                        dw.iter_mut().zip(&dw2).for_each(|(a, b)| *a += b);
+                        db.iter_mut().zip(&db2).for_each(|(a, b)| *a += b);
+                        (dw, db)
+                    },
+                );
+            Ok(total)
+        })?;
+        let (dw, db) = total;
+        let dev = Device::Cpu;
+        let dx = if need_x { Some(Tensor::from_vec(dx, x.shape(), &dev)?) } else { None };
+        let dw = if need_w { Some(Tensor::from_vec(dw, w.shape(), &dev)?) } else { None };
+        let db = if need_b { Some(Tensor::from_vec(db, b.shape(), &dev)?) } else { None };
+        Ok((dx, dw, db))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Var;
+    use rand::{Rng, SeedableRng};
+
+    fn rand_tensor(rng: &mut impl Rng, dims: &[usize]) -> Tensor {
+        let n: usize = dims.iter().product();
+        let v: Vec<f32> = (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+        Tensor::from_vec(v, dims, &Device::Cpu).unwrap()
+    }
+
+    /// max |a − b| over max |b|: the relative error of `a` against the reference `b`.
+    fn rel_err(a: &Tensor, b: &Tensor) -> f32 {
+        assert_eq!(a.dims(), b.dims());
+        let a = a.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let b = b.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let scale = b.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
+        a.iter().zip(&b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
+    }
+
+    type ConvFn = fn(&Tensor, &Tensor, Option<&Tensor>, usize, usize, Fuse) -> Result<Tensor>;
+
+    /// Output and the gradients of x, w and b of Σ y ⊙ r, by `f`.
+    fn run(
+        f: ConvFn,
+        x: &Tensor,
+        w: &Tensor,
+        b: Option<&Tensor>,
+        r: &Tensor,
+        s: usize,
+        p: usize,
+        fuse: Fuse,
+    ) -> Vec<Tensor> {
+        let (xv, wv) = (Var::from_tensor(x).unwrap(), Var::from_tensor(w).unwrap());
+        let bv = b.map(|b| Var::from_tensor(b).unwrap());
+        let y = f(xv.as_tensor(), wv.as_tensor(), bv.as_ref().map(|b| b.as_tensor()), s, p, fuse).unwrap();
+        let grads = (&y * r).unwrap().sum_all().unwrap().backward().unwrap();
+        let mut out =
+            vec![y.clone(), grads.get(xv.as_tensor()).unwrap().clone(), grads.get(wv.as_tensor()).unwrap().clone()];
+        if let Some(bv) = &bv {
+            out.push(grads.get(bv.as_tensor()).unwrap().clone());
+        }
+        out
+    }
+
+    /// Random shapes with strides 1–3, paddings up to k − 1, odd sizes, with and without bias,
+    /// every fusion: values and gradients of the fast op against candle's ops.
+    fn check_random(transpose: bool, cases: usize, seed: u64) {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        let fuses = [Fuse::NONE, Fuse::RELU_OUT, Fuse::RELU_IN, Fuse::RELU_BOTH];
+        let mut done = 0;
+        while done < cases {
+            let (n, c, o) = (rng.random_range(1..5), rng.random_range(1..7), rng.random_range(1..7));
+            let (h, wd) = (rng.random_range(1..12), rng.random_range(1..12));
+            let k = rng.random_range(1..6);
+            let (s, p) = (rng.random_range(1..4), rng.random_range(0..k));
+            let fuse = fuses[rng.random_range(0..4)];
+            let bias = rng.random_bool(0.7);
+            let x = rand_tensor(&mut rng, &[n, c, h, wd]);
+            let (w, out_c, fast_fn, ref_fn): (Tensor, usize, ConvFn, ConvFn) = if transpose {
+                if (h - 1) * s + k <= 2 * p || (wd - 1) * s + k <= 2 * p {
+                    continue;
+                }
+                (rand_tensor(&mut rng, &[c, o, k, k]), o, conv_transpose2d, conv_transpose2d_reference)
+            } else {
+                if h + 2 * p < k || wd + 2 * p < k {
+                    continue;
+                }
+                (rand_tensor(&mut rng, &[o, c, k, k]), o, conv2d, conv2d_reference)
+            };
+            let b = bias.then(|| rand_tensor(&mut rng, &[out_c]));
+            let y_ref = ref_fn(&x, &w, b.as_ref(), s, p, fuse).unwrap();
+            let r = rand_tensor(&mut rng, y_ref.dims());
+            let fast = run(fast_fn, &x, &w, b.as_ref(), &r, s, p, fuse);
+            let what =
+                format!("transpose={transpose} x={:?} w={:?} s={s} p={p} {fuse:?} bias={bias}", x.dims(), w.dims());
+            let e = rel_err(&fast[0], &y_ref);
+            assert!(e <= 1e-4, "y: relative error {e:e} for {what}");
+            // candle 0.11's conv2d backward takes the input-gradient's output padding from the
+            // height alone, which breaks strided convolutions of non-square inputs; there the
+            // gradients are checked by Euler's theorem instead: y is positively homogeneous of
+            // degree 1 in (x, b) and in (w, b), relus included, so with L = Σ y ⊙ r,
+            // Σ x ⊙ ∂L/∂x + Σ b ⊙ ∂L/∂b = L = Σ w ⊙ ∂L/∂w + Σ b ⊙ ∂L/∂b.
+            if transpose || s == 1 || h == wd {
+                let reference = run(ref_fn, &x, &w, b.as_ref(), &r, s, p, fuse);
+                for (name, (a, b)) in ["dx", "dw", "db"].iter().zip(fast[1..].iter().zip(&reference[1..])) {
+                    let e = rel_err(a, b);
+                    assert!(e <= 1e-4, "{name}: relative error {e:e} for {what}");
+                }
+            } else {
+                let dot = |a: &Tensor, b: &Tensor| -> (f64, f64) {
+                    let a = a.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                    let b = b.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                    a.iter().zip(&b).fold((0.0, 0.0), |(s, m), (x, y)| {
+                        (s + (*x as f64) * (*y as f64), m + (*x as f64 * *y as f64).abs())
+                    })
+                };
+                let (loss, scale) = dot(&fast[0], &r);
+                let (xb, sx) = dot(&x, &fast[1]);
+                let (wb, sw) = dot(&w, &fast[2]);
+                let (bb, sb) = match &b {
+                    Some(b) => dot(b, &fast[3]),
+                    None => (0.0, 0.0),
+                };
+                let tol = 1e-4 * (scale + sx + sw + sb).max(1e-6);
+                assert!((xb + bb - loss).abs() <= tol, "Euler (x, b): {} vs {loss} for {what}", xb + bb);
+                assert!((wb + bb - loss).abs() <= tol, "Euler (w, b): {} vs {loss} for {what}", wb + bb);
+            }
+            done += 1;
+        }
+    }
+
+    #[test]
+    fn conv2d_matches_candle_forward_and_gradients_on_random_shapes() {
+        check_random(false, 150, 1);
+    }
+
+    #[test]
+    fn conv_transpose2d_matches_candle_forward_and_gradients_on_random_shapes() {
+        check_random(true, 150, 2);
+    }
+
+    #[test]
+    fn model_shapes_match_candle() {
+        // The layers of the Sonnet VQ-VAE at batch 8 (several images per chunk and threads).
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+        let cases: [(bool, [usize; 4], [usize; 4], usize, usize, Fuse); 6] = [
+            (false, [8, 1, 28, 28], [16, 1, 4, 4], 2, 1, Fuse::RELU_OUT),
+            (false, [8, 16, 14, 14], [32, 16, 4, 4], 2, 1, Fuse::RELU_OUT),
+            (false, [8, 32, 7, 7], [8, 32, 3, 3], 1, 1, Fuse::RELU_BOTH),
+            (false, [8, 32, 7, 7], [16, 32, 1, 1], 1, 0, Fuse::RELU_IN),
+            (true, [8, 32, 7, 7], [32, 16, 4, 4], 2, 1, Fuse::RELU_BOTH),
+            (true, [8, 16, 14, 14], [16, 1, 4, 4], 2, 1, Fuse::NONE),
+        ];
+        for (transpose, xd, wd, s, p, fuse) in cases {
+            let x = rand_tensor(&mut rng, &xd);
+            let w = rand_tensor(&mut rng, &wd);
+            let b = rand_tensor(&mut rng, &[if transpose { wd[1] } else { wd[0] }]);
+            let (f, g): (ConvFn, ConvFn) =
+                if transpose { (conv_transpose2d, conv_transpose2d_reference) } else { (conv2d, conv2d_reference) };
+            let r = rand_tensor(&mut rng, g(&x, &w, Some(&b), s, p, fuse).unwrap().dims());
+            let fast = run(f, &x, &w, Some(&b), &r, s, p, fuse);
+            let reference = run(g, &x, &w, Some(&b), &r, s, p, fuse);
+            for (name, (a, b)) in ["y", "dx", "dw", "db"].iter().zip(fast.iter().zip(&reference)) {
+                let e = rel_err(a, b);
+                assert!(e <= 1e-4, "{name}: relative error {e:e} for x {xd:?} w {wd:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_hand_computed_convolution_and_its_gradients() {
+        // x = [[1, 2], [3, 4]], w = [[1, −1], [2, 0.5]] (1×1 channels), stride 1, pad 0: one
+        // output 1·1 − 2 + 3·2 + 4·0.5 = 7, plus bias 0.5; dL/dw = x, dL/dx = w, dL/db = 1.
+        let dev = Device::Cpu;
+        let x = Var::from_tensor(&Tensor::new(&[[[[1f32, 2.], [3., 4.]]]], &dev).unwrap()).unwrap();
+        let w = Var::from_tensor(&Tensor::new(&[[[[1f32, -1.], [2., 0.5]]]], &dev).unwrap()).unwrap();
+        let b = Var::from_tensor(&Tensor::new(&[0.5f32], &dev).unwrap()).unwrap();
+        let y = conv2d(x.as_tensor(), w.as_tensor(), Some(b.as_tensor()), 1, 0, Fuse::NONE).unwrap();
+        assert_eq!(y.flatten_all().unwrap().to_vec1::<f32>().unwrap(), vec![7.5]);
+        let g = y.sum_all().unwrap().backward().unwrap();
+        let flat = |t: &Var| g.get(t.as_tensor()).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(flat(&w), vec![1., 2., 3., 4.]);
+        assert_eq!(flat(&x), vec![1., -1., 2., 0.5]);
+        assert_eq!(flat(&b), vec![1.]);
+        // Output relu: −7.5 after negating the bias and weights → 0 output, zero gradients.
+        let y = conv2d(
+            x.as_tensor(),
+            &w.as_tensor().neg().unwrap(),
+            Some(&b.as_tensor().neg().unwrap()),
+            1,
+            0,
+            Fuse::RELU_OUT,
+        )
+        .unwrap();
+        assert_eq!(y.flatten_all().unwrap().to_vec1::<f32>().unwrap(), vec![0.0]);
+        let g = y.sum_all().unwrap().backward().unwrap();
+        assert_eq!(g.get(x.as_tensor()).unwrap().abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap(), 0.0);
+    }
+
+    #[test]
+    fn no_gradient_is_computed_for_an_input_that_does_not_need_one() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(4);
+        let x = rand_tensor(&mut rng, &[2, 3, 5, 5]);
+        let w = Var::from_tensor(&rand_tensor(&mut rng, &[4, 3, 3, 3])).unwrap();
+        let y = conv2d(&x, w.as_tensor(), None, 1, 1, Fuse::NONE).unwrap();
+        let g = y.sum_all().unwrap().backward().unwrap();
+        assert!(g.get(&x).is_none());
+        assert!(g.get(w.as_tensor()).is_some());
+    }
+}
