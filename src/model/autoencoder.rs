@@ -70,14 +70,24 @@ impl Decoder {
     }
 
     pub fn forward(&self, z: &Tensor) -> Result<Tensor> {
-        // The residual stack's final relu is fused into the first upsampling layer, and every
-        // upsampling layer but the last ends in a relu.
+        self.last_layer(&self.forward_to_last(z)?)
+    }
+
+    /// Everything before the last layer. The residual stack's final relu is fused into the
+    /// first upsampling layer, and every upsampling layer but the last ends in a relu.
+    pub fn forward_to_last(&self, z: &Tensor) -> Result<Tensor> {
         let mut h = self.res.forward_pre_relu(&self.conv_in.forward(z)?)?;
         let last = self.ups.len() - 1;
-        for (i, u) in self.ups.iter().enumerate() {
-            h = u.forward_fused(&h, Fuse { relu_input: i == 0, relu_output: i != last })?;
+        for (i, u) in self.ups[..last].iter().enumerate() {
+            h = u.forward_fused(&h, Fuse { relu_input: i == 0, relu_output: true })?;
         }
         Ok(h)
+    }
+
+    /// The last layer on the output of [`Decoder::forward_to_last`].
+    pub fn last_layer(&self, h: &Tensor) -> Result<Tensor> {
+        let last = self.ups.len() - 1;
+        self.ups[last].forward_fused(h, Fuse { relu_input: last == 0, relu_output: false })
     }
 
     /// The decoder's last layer weight: where VQ-GAN's adaptive weight compares gradients.

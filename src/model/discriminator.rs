@@ -30,7 +30,7 @@ impl ActNorm {
         Ok(ActNorm { loc, scale, initialized_flag, initialized: Cell::new(false) })
     }
 
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    fn forward(&self, x: &Tensor, frozen: bool) -> Result<Tensor> {
         if !self.initialized.get() {
             // Data-dependent init: zero mean, unit variance per channel on this batch.
             let x = x.detach();
@@ -41,7 +41,12 @@ impl ActNorm {
             self.initialized_flag.set(&Tensor::ones(1, candle_core::DType::F32, x.device())?)?;
             self.initialized.set(true);
         }
-        x.broadcast_add(self.loc.as_tensor())?.broadcast_mul(self.scale.as_tensor())
+        let (loc, scale) = (self.loc.as_tensor(), self.scale.as_tensor());
+        if frozen {
+            x.broadcast_add(&loc.detach())?.broadcast_mul(&scale.detach())
+        } else {
+            x.broadcast_add(loc)?.broadcast_mul(scale)
+        }
     }
 }
 
@@ -84,11 +89,22 @@ impl Discriminator {
 
     /// Logits per patch, (B, 1, h, w).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let mut h = leaky_relu(&self.first.forward(x)?, 0.2)?;
-        for (conv, norm) in &self.blocks {
-            h = leaky_relu(&norm.forward(&conv.forward(&h)?)?, 0.2)?;
+        self.forward_with(x, false)
+    }
+
+    /// The same logits with the discriminator's parameters held constant: gradients reach the
+    /// input only (the generator's adversarial loss, which does not train the discriminator).
+    pub fn forward_frozen(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_with(x, true)
+    }
+
+    fn forward_with(&self, x: &Tensor, frozen: bool) -> Result<Tensor> {
+        let conv = |c: &Conv2d, h: &Tensor| if frozen { c.forward_frozen(h) } else { c.forward(h) };
+        let mut h = leaky_relu(&conv(&self.first, x)?, 0.2)?;
+        for (c, norm) in &self.blocks {
+            h = leaky_relu(&norm.forward(&conv(c, &h)?, frozen)?, 0.2)?;
         }
-        self.last.forward(&h)
+        conv(&self.last, &h)
     }
 
     /// After loading a checkpoint: ActNorm layers that were initialised stay so.

@@ -57,6 +57,12 @@ impl Conv2d {
     pub fn forward_fused(&self, x: &Tensor, fuse: Fuse) -> Result<Tensor> {
         ops::conv2d(x, &self.weight, self.bias.as_ref(), self.stride, self.padding, fuse)
     }
+
+    /// The convolution with its weights held constant (no gradient reaches them).
+    pub fn forward_frozen(&self, x: &Tensor) -> Result<Tensor> {
+        let bias = self.bias.as_ref().map(|b| b.detach());
+        ops::conv2d(x, &self.weight.detach(), bias.as_ref(), self.stride, self.padding, Fuse::NONE)
+    }
 }
 
 /// 2-D transposed convolution (weight layout: in, out, k, k).

@@ -238,9 +238,7 @@ impl Quantizer {
 
 /// Index of the nearest code for each row: argmin_k ‖e_k‖²/2 − x·e_k (one matmul, no N×K×D).
 pub fn nearest(x: &Tensor, codebook: &Tensor) -> Result<Tensor> {
-    let half_norms = (codebook.sqr()?.sum(1)? * 0.5)?;
-    let scores = x.matmul(&codebook.t()?)?;
-    half_norms.unsqueeze(0)?.broadcast_sub(&scores)?.argmin(1)
+    crate::ops::nearest::nearest(x, codebook)
 }
 
 /// Number of latent vectors assigned to each of the `k` codes, (K,) f32, on the device.

@@ -416,6 +416,7 @@ mod tests {
     type ConvFn = fn(&Tensor, &Tensor, Option<&Tensor>, usize, usize, Fuse) -> Result<Tensor>;
 
     /// Output and the gradients of x, w and b of Σ y ⊙ r, by `f`.
+    #[allow(clippy::too_many_arguments)]
     fn run(
         f: ConvFn,
         x: &Tensor,
@@ -519,7 +520,8 @@ mod tests {
     fn model_shapes_match_candle() {
         // The layers of the Sonnet VQ-VAE at batch 8 (several images per chunk and threads).
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
-        let cases: [(bool, [usize; 4], [usize; 4], usize, usize, Fuse); 6] = [
+        type Case = (bool, [usize; 4], [usize; 4], usize, usize, Fuse);
+        let cases: [Case; 6] = [
             (false, [8, 1, 28, 28], [16, 1, 4, 4], 2, 1, Fuse::RELU_OUT),
             (false, [8, 16, 14, 14], [32, 16, 4, 4], 2, 1, Fuse::RELU_OUT),
             (false, [8, 32, 7, 7], [8, 32, 3, 3], 1, 1, Fuse::RELU_BOTH),

@@ -78,6 +78,7 @@ pub fn im2col(x: &[f32], g: &Geom, table: &[u32], imgs: usize, relu: bool, cols:
 /// The adjoint of [`im2col`] for `imgs` images: every column-matrix entry summed into the input
 /// pixel it was read from, written to `out` (imgs, c, h, w), plus `bias[c]`, zeroed where
 /// `mask` (laid out like `out`) is ≤ 0 (the gradient of an input relu).
+#[allow(clippy::too_many_arguments)]
 pub fn col2im(
     cols: &[f32],
     g: &Geom,
@@ -115,6 +116,7 @@ pub fn col2im(
 
 /// (imgs, c, p) → (c, imgs·p) into `out`, through relu when `relu`, zeroed where `mask` (laid
 /// out like `x`) is ≤ 0. Adds each channel's sum of the result to `sums` when given.
+#[allow(clippy::too_many_arguments)]
 pub fn to_channel_major(
     x: &[f32],
     imgs: usize,
@@ -153,6 +155,7 @@ pub fn to_channel_major(
 
 /// (c, imgs·p) → (imgs, c, p) into `out`, plus `bias[c]`, through relu when `relu`, zeroed
 /// where `mask` (laid out like `out`) is ≤ 0.
+#[allow(clippy::too_many_arguments)]
 pub fn from_channel_major(
     x: &[f32],
     imgs: usize,

@@ -98,6 +98,12 @@ pub fn adaptive_weight(grad_rec: &Tensor, grad_g: &Tensor) -> Result<Tensor> {
 /// VQ-GAN (taming's VQLPIPSWithDiscriminator without LPIPS): generator loss
 /// rec + d_weight·disc_factor·(−mean D(x̂)) + quantizer loss, then a discriminator update on
 /// the same batch. The adversarial part is off (and logged as 0) before `loss.disc_start`.
+///
+/// As in taming, the two generator losses are told apart only at the decoder's last layer,
+/// where the adaptive weight compares their gradients: the last layer runs on a leaf copy of
+/// its input, each loss is backpropagated to there (the adversarial one through the
+/// discriminator with its weights held constant), and the rest of the generator is then
+/// backpropagated once, with the weighted sum of the two gradients at that leaf.
 pub fn vqgan_step(
     cfg: &ExperimentConfig,
     model: &VqModel,
@@ -111,68 +117,83 @@ pub fn vqgan_step(
         .discriminator
         .as_ref()
         .ok_or_else(|| candle_core::Error::Msg("vqgan model without discriminator".into()))?;
-    let r = model.reconstruct(x, true)?;
-    let rec = recon_loss(&r.x_hat, x, cfg.loss.recon)?;
-    let ae_loss = (&rec + quantizer_loss(cfg, model, &r.quantized)?)?;
     let zero = Tensor::zeros((), DType::F32, x.device())?;
-    let mut out: StepLosses;
-    if step < cfg.loss.disc_start {
+    let (mut out, quantized, rec): (StepLosses, _, _) = if step < cfg.loss.disc_start {
+        let r = model.reconstruct(x, true)?;
+        let rec = recon_loss(&r.x_hat, x, cfg.loss.recon)?;
+        let ae_loss = (&rec + quantizer_loss(cfg, model, &r.quantized)?)?;
         let grads = ae_loss.backward()?;
         opt_g.step(from_store(&grads))?;
-        out = vec![
+        let out = vec![
             ("train/g_loss", zero.clone()),
             ("train/d_loss", zero.clone()),
             ("train/d_real", zero.clone()),
             ("train/d_fake", zero.clone()),
             ("train/adaptive_weight", zero.clone()),
         ];
+        (out, r.quantized, rec)
     } else {
+        let quantized = model.quantizer.forward(&model.encode(x)?, true)?;
+        let h = model.decoder.forward_to_last(&quantized.z_q)?;
+        let h_leaf = Var::from_tensor(&h.detach())?;
+        let x_hat = (model.decoder.last_layer(h_leaf.as_tensor())? + 0.5)?;
+        let rec = recon_loss(&x_hat, x, cfg.loss.recon)?;
         // Real logits first: ActNorm initialises from the first batch it sees, which must be real.
         let logits_real = disc.forward(x)?;
-        let logits_fake = disc.forward(&r.x_hat)?;
-        let g_loss = logits_fake.mean_all()?.neg()?;
-        // Two backward passes give ∇(rec + quantizer) and ∇g separately; the generator's
-        // gradient is their weighted sum, and the adaptive weight needs both at the last layer.
-        let grads_ae = ae_loss.backward()?;
+        let g_loss = disc.forward_frozen(&x_hat)?.mean_all()?.neg()?;
+        let grads_rec = rec.backward()?;
         let grads_g = g_loss.backward()?;
         let last = model.decoder.last_layer_weight();
         let d_weight = if cfg.loss.adaptive_weight {
-            let (Some(gr), Some(gg)) = (grads_ae.get(last), grads_g.get(last)) else {
+            let (Some(gr), Some(gg)) = (grads_rec.get(last), grads_g.get(last)) else {
                 candle_core::bail!("no gradient at the decoder's last layer");
             };
             (adaptive_weight(gr, gg)? * cfg.loss.disc_weight)?
         } else {
             (zero.clone() + cfg.loss.disc_weight)?
         };
-        opt_g.step(|_, _, v| {
-            let a = grads_ae.get(v.as_tensor());
-            let g = grads_g.get(v.as_tensor());
+        let weighted = |a: Option<&Tensor>, g: Option<&Tensor>| -> Result<Option<Tensor>> {
             Ok(match (a, g) {
                 (Some(a), Some(g)) => Some((a + g.broadcast_mul(&d_weight)?)?),
                 (Some(a), None) => Some(a.clone()),
                 (None, Some(g)) => Some(g.broadcast_mul(&d_weight)?),
                 (None, None) => None,
             })
+        };
+        // The generator below the last layer: Σ h ⊙ ∂L/∂h has the gradients of L there.
+        let Some(dh) = weighted(grads_rec.get(h_leaf.as_tensor()), grads_g.get(h_leaf.as_tensor()))? else {
+            candle_core::bail!("no gradient at the decoder's last layer input");
+        };
+        let body = ((h * dh.detach())?.sum_all()? + quantizer_loss(cfg, model, &quantized)?)?;
+        let grads_body = body.backward()?;
+        opt_g.step(|_, _, v| {
+            let t = v.as_tensor();
+            let top = weighted(grads_rec.get(t), grads_g.get(t))?;
+            Ok(match (top, grads_body.get(t)) {
+                (Some(a), Some(b)) => Some((a + b)?),
+                (a, b) => a.or_else(|| b.cloned()),
+            })
         })?;
         // Discriminator update on the same batch; x̂ from before the generator update.
-        let logits_fake_d = disc.forward(&r.x_hat.detach())?;
+        let logits_fake_d = disc.forward(&x_hat.detach())?;
         let d_loss = disc_loss(&logits_real, &logits_fake_d, cfg.loss.disc_loss)?;
         let grads_d = d_loss.backward()?;
         opt_d.step(from_store(&grads_d))?;
-        out = vec![
+        let out = vec![
             ("train/g_loss", g_loss),
             ("train/d_loss", d_loss),
             ("train/d_real", logits_real.mean_all()?),
             ("train/d_fake", logits_fake_d.mean_all()?),
             ("train/adaptive_weight", d_weight),
         ];
-    }
-    model.quantizer.restart_dead_codes(&r.quantized, cfg.train.seed, step)?;
+        (out, quantized, rec)
+    };
+    model.quantizer.restart_dead_codes(&quantized, cfg.train.seed, step)?;
     out.push(("train/rec_loss", rec));
-    out.push(("train/codebook_loss", r.quantized.codebook_loss.clone()));
-    out.push(("train/commit_loss", r.quantized.commit_loss.clone()));
+    out.push(("train/codebook_loss", quantized.codebook_loss.clone()));
+    out.push(("train/commit_loss", quantized.commit_loss.clone()));
     if log {
-        let (perplexity, usage) = batch_code_stats(&r.quantized.code_counts(model.quantizer.codebook_size)?)?;
+        let (perplexity, usage) = batch_code_stats(&quantized.code_counts(model.quantizer.codebook_size)?)?;
         out.push(("train/perplexity", perplexity));
         out.push(("train/usage", usage));
     }
@@ -183,6 +204,94 @@ pub fn vqgan_step(
 mod tests {
     use super::*;
     use candle_core::Device;
+
+    /// The VQ-GAN step as first written: two full backward passes (reconstruction + quantizer
+    /// losses, and the adversarial loss through the discriminator), combined per variable.
+    fn vqgan_step_two_passes(cfg: &ExperimentConfig, model: &VqModel, opt_g: &mut Adam, opt_d: &mut Adam, x: &Tensor) {
+        let disc = model.discriminator.as_ref().unwrap();
+        let r = model.reconstruct(x, true).unwrap();
+        let rec = recon_loss(&r.x_hat, x, cfg.loss.recon).unwrap();
+        let ae_loss = (&rec + quantizer_loss(cfg, model, &r.quantized).unwrap()).unwrap();
+        let logits_real = disc.forward(x).unwrap();
+        let g_loss = disc.forward(&r.x_hat).unwrap().mean_all().unwrap().neg().unwrap();
+        let grads_ae = ae_loss.backward().unwrap();
+        let grads_g = g_loss.backward().unwrap();
+        let last = model.decoder.last_layer_weight();
+        let d_weight = (adaptive_weight(grads_ae.get(last).unwrap(), grads_g.get(last).unwrap()).unwrap()
+            * cfg.loss.disc_weight)
+            .unwrap();
+        opt_g
+            .step(|_, _, v| {
+                let (a, g) = (grads_ae.get(v.as_tensor()), grads_g.get(v.as_tensor()));
+                Ok(match (a, g) {
+                    (Some(a), Some(g)) => Some((a + g.broadcast_mul(&d_weight)?)?),
+                    (Some(a), None) => Some(a.clone()),
+                    (None, Some(g)) => Some(g.broadcast_mul(&d_weight)?),
+                    (None, None) => None,
+                })
+            })
+            .unwrap();
+        let logits_fake_d = disc.forward(&r.x_hat.detach()).unwrap();
+        let d_loss = disc_loss(&logits_real, &logits_fake_d, cfg.loss.disc_loss).unwrap();
+        let grads_d = d_loss.backward().unwrap();
+        opt_d.step(from_store(&grads_d)).unwrap();
+    }
+
+    #[test]
+    fn the_one_pass_vqgan_step_updates_every_parameter_as_two_full_passes_do() {
+        let mut cfg = crate::config::ExperimentConfig::default();
+        cfg.model.variant = crate::config::Variant::Vqgan;
+        (cfg.model.hidden_channels, cfg.model.res_channels, cfg.model.res_blocks) = (16, 8, 1);
+        (cfg.data.channels, cfg.data.image_size) = (1, 16);
+        (cfg.quantizer.codebook_size, cfg.quantizer.embed_dim) = (16, 8);
+        (cfg.loss.disc_channels, cfg.loss.disc_start, cfg.loss.disc_weight) = (8, 0, 0.8);
+        cfg.train.lr = 1e-2;
+        let dev = Device::Cpu;
+        let make = || {
+            let model = VqModel::new(&cfg, &dev).unwrap();
+            let g = model
+                .params
+                .vars()
+                .iter()
+                .filter(|(k, _)| !k.starts_with("disc."))
+                .map(|(k, v)| (k.clone(), v.clone()));
+            let opt_g = Adam::new(g.collect(), cfg.train.lr, cfg.train.betas).unwrap();
+            let opt_d = Adam::new(model.params.vars_with_prefix("disc."), cfg.train.lr, cfg.train.betas).unwrap();
+            (model, opt_g, opt_d)
+        };
+        let (a, mut a_g, mut a_d) = make();
+        let (b, mut b_g, mut b_d) = make();
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+        for step in 0..3 {
+            let pixels: Vec<f32> = (0..4 * 16 * 16).map(|_| rng.random_range(0.0f32..1.0)).collect();
+            let x = Tensor::from_vec(pixels, (4, 1, 16, 16), &dev).unwrap();
+            vqgan_step(&cfg, &a, &mut a_g, &mut a_d, &x, step, false).unwrap();
+            vqgan_step_two_passes(&cfg, &b, &mut b_g, &mut b_d, &x);
+        }
+        let (pa, pb) = (a.params.tensors(), b.params.tensors());
+        let mut compared = 0;
+        for (name, ta) in &pa {
+            let (va, vb) = (
+                ta.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                pb[name].flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            );
+            let scale = vb.iter().fold(1e-3f32, |m, v| m.max(v.abs()));
+            let err = va.iter().zip(&vb).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale;
+            assert!(err < 1e-4, "{name}: relative difference {err:e}");
+            compared += 1;
+        }
+        assert!(compared > 20, "{compared} tensors");
+        // The step did move the weights (a test of a no-op would pass the comparison too).
+        let fresh = make().0.params.tensors();
+        let moved = pa
+            .iter()
+            .filter(|(k, t)| {
+                (*t - &fresh[*k]).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap() > 1e-4
+            })
+            .count();
+        assert!(moved * 2 > pa.len(), "only {moved} of {} tensors changed", pa.len());
+    }
 
     fn t(v: &[f32]) -> Tensor {
         Tensor::new(v, &Device::Cpu).unwrap()

@@ -1,0 +1,113 @@
+//! Nearest code of every latent vector: argmin_k ‖e_k‖²/2 − x·e_k. On the CPU one pass over
+//! chunks of rows — a gemm of the chunk against the codebook and the argmin of its scores
+//! while they are in cache — instead of materialising the (N × K) score matrix three times
+//! (product, shifted scores, argmin) as candle's ops do.
+
+use candle_core::{bail, CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+use super::kernels::{self, MatRef};
+
+/// Index (u32) of the nearest code for each row of `x` (N, D) in `codebook` (K, D); ties go
+/// to the lowest index. No gradient.
+pub fn nearest(x: &Tensor, codebook: &Tensor) -> Result<Tensor> {
+    let fast = x.device().is_cpu()
+        && x.dtype() == DType::F32
+        && codebook.dtype() == DType::F32
+        && !super::conv::reference_forced();
+    if !fast {
+        return nearest_reference(x, codebook);
+    }
+    x.detach().contiguous()?.apply_op2_no_bwd(&codebook.detach().contiguous()?, &Nearest)
+}
+
+/// The same with candle's ops.
+pub fn nearest_reference(x: &Tensor, codebook: &Tensor) -> Result<Tensor> {
+    let half_norms = (codebook.sqr()?.sum(1)? * 0.5)?;
+    let scores = x.matmul(&codebook.t()?)?;
+    half_norms.unsqueeze(0)?.broadcast_sub(&scores)?.argmin(1)
+}
+
+struct Nearest;
+
+/// Rows per chunk: the chunk's scores stay within about 256 KiB.
+fn chunk_rows(k: usize) -> usize {
+    ((1usize << 16) / k.max(1)).clamp(1, 1024)
+}
+
+impl CustomOp2 for Nearest {
+    fn name(&self) -> &'static str {
+        "vqlab-nearest-code"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (CpuStorage::F32(xv), CpuStorage::F32(ev)) = (s1, s2) else { bail!("nearest code: f32 tensors only") };
+        let (Some((xa, xb)), Some((ea, eb))) = (l1.contiguous_offsets(), l2.contiguous_offsets()) else {
+            bail!("nearest code: contiguous tensors only")
+        };
+        let (x, e) = (&xv[xa..xb], &ev[ea..eb]);
+        let ([n, d], [k, d2]) = (l1.dims(), l2.dims()) else { bail!("nearest code: expected (N, D) and (K, D)") };
+        let (n, d, k) = (*n, *d, *k);
+        if d != *d2 {
+            bail!("nearest code: vectors of {d} dims against codes of {d2}")
+        }
+        if k == 0 {
+            bail!("nearest code: empty codebook")
+        }
+        let half: Vec<f32> =
+            e.chunks_exact(d.max(1)).map(|r| 0.5 * r.iter().map(|v| v * v).sum::<f32>()).take(k).collect();
+        let half = if d == 0 { vec![0.0; k] } else { half };
+        let mut out = vec![0u32; n];
+        let rows = chunk_rows(k);
+        out.par_chunks_mut(rows).enumerate().for_each_init(Vec::new, |scores: &mut Vec<f32>, (ci, idx)| {
+            let m = idx.len();
+            scores.resize(m * k, 0.0);
+            let xs = &x[ci * rows * d..][..m * d];
+            kernels::gemm(m, k, d, MatRef::rows(xs, d), MatRef::rows(e, d).t(), scores, false);
+            for (r, slot) in idx.iter_mut().enumerate() {
+                let row = &scores[r * k..][..k];
+                let (mut best, mut best_v) = (0u32, f32::INFINITY);
+                for (j, (s, h)) in row.iter().zip(&half).enumerate() {
+                    let v = h - s;
+                    if v < best_v {
+                        best_v = v;
+                        best = j as u32;
+                    }
+                }
+                *slot = best;
+            }
+        });
+        Ok((CpuStorage::U32(out), Shape::from(n)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+    use rand::{Rng, SeedableRng};
+
+    #[test]
+    fn matches_candle_on_random_codebooks() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+        for (n, d, k) in [(1, 1, 1), (5, 3, 7), (300, 16, 64), (2000, 64, 512), (70, 8, 4096)] {
+            let x: Vec<f32> = (0..n * d).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+            let e: Vec<f32> = (0..k * d).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+            let x = Tensor::from_vec(x, (n, d), &Device::Cpu).unwrap();
+            let e = Tensor::from_vec(e, (k, d), &Device::Cpu).unwrap();
+            let fast = nearest(&x, &e).unwrap().to_vec1::<u32>().unwrap();
+            let reference = nearest_reference(&x, &e).unwrap().to_vec1::<u32>().unwrap();
+            // Rounding may flip a near tie: every pick must be as near as the reference's.
+            let xs = x.to_vec2::<f32>().unwrap();
+            let es = e.to_vec2::<f32>().unwrap();
+            let dist = |r: usize, c: u32| -> f64 {
+                xs[r].iter().zip(&es[c as usize]).map(|(a, b)| ((a - b) as f64).powi(2)).sum()
+            };
+            for (r, (a, b)) in fast.iter().zip(&reference).enumerate() {
+                assert!(dist(r, *a) <= dist(r, *b) + 1e-5, "row {r}: code {a} vs {b} (n {n} d {d} k {k})");
+            }
+            let same = fast.iter().zip(&reference).filter(|(a, b)| a == b).count();
+            assert!(same * 100 >= n * 99, "{same} of {n} picks agree");
+        }
+    }
+}
