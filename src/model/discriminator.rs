@@ -11,8 +11,11 @@ use std::cell::Cell;
 
 use candle_core::{Result, Tensor, Var};
 
-use super::layers::{leaky_relu, Conv2d};
+use super::layers::Conv2d;
 use super::params::{Init, ParamStore};
+
+/// pix2pix's LeakyReLU slope.
+const LEAKY_SLOPE: f64 = 0.2;
 
 #[derive(Debug, Clone)]
 struct ActNorm {
@@ -30,7 +33,8 @@ impl ActNorm {
         Ok(ActNorm { loc, scale, initialized_flag, initialized: Cell::new(false) })
     }
 
-    fn forward(&self, x: &Tensor, frozen: bool) -> Result<Tensor> {
+    /// leaky((x + loc) · scale), initialising loc and scale from `x` on the first call.
+    fn forward_leaky(&self, x: &Tensor, frozen: bool, slope: f64) -> Result<Tensor> {
         if !self.initialized.get() {
             // Data-dependent init: zero mean, unit variance per channel on this batch.
             let x = x.detach();
@@ -43,9 +47,9 @@ impl ActNorm {
         }
         let (loc, scale) = (self.loc.as_tensor(), self.scale.as_tensor());
         if frozen {
-            x.broadcast_add(&loc.detach())?.broadcast_mul(&scale.detach())
+            crate::ops::act::affine_leaky_relu(x, Some((&loc.detach(), &scale.detach())), slope)
         } else {
-            x.broadcast_add(loc)?.broadcast_mul(scale)
+            crate::ops::act::affine_leaky_relu(x, Some((loc, scale)), slope)
         }
     }
 }
@@ -100,9 +104,9 @@ impl Discriminator {
 
     fn forward_with(&self, x: &Tensor, frozen: bool) -> Result<Tensor> {
         let conv = |c: &Conv2d, h: &Tensor| if frozen { c.forward_frozen(h) } else { c.forward(h) };
-        let mut h = leaky_relu(&conv(&self.first, x)?, 0.2)?;
+        let mut h = crate::ops::act::affine_leaky_relu(&conv(&self.first, x)?, None, LEAKY_SLOPE)?;
         for (c, norm) in &self.blocks {
-            h = leaky_relu(&norm.forward(&conv(c, &h)?, frozen)?, 0.2)?;
+            h = norm.forward_leaky(&conv(c, &h)?, frozen, LEAKY_SLOPE)?;
         }
         conv(&self.last, &h)
     }

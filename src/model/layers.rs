@@ -134,8 +134,3 @@ impl ResidualStack {
         Ok(h)
     }
 }
-
-pub fn leaky_relu(x: &Tensor, slope: f64) -> Result<Tensor> {
-    // max(x, slope·x) for 0 < slope < 1.
-    x.maximum(&(x * slope)?)
-}

@@ -20,4 +20,5 @@ pub fn tune_allocator() {
     }
 }
 
+pub mod act;
 pub mod nearest;
