@@ -148,6 +148,7 @@ struct Partial {
     a: Vec<f32>,
     b: Vec<f32>,
     c: Vec<f32>,
+    k: kernels::Scratch,
 }
 
 fn scratch(v: &mut Vec<f32>, len: usize) -> &mut [f32] {
@@ -272,7 +273,7 @@ impl CustomOp3 for ConvOp {
             let xs = &x[ci * chunk * in_img..][..imgs * in_img];
             if !self.transpose {
                 let cols = scratch(&mut s.a, q * np);
-                kernels::im2col(xs, &g, &table, imgs, fuse.relu_input, cols);
+                kernels::im2col(xs, &g, &table, imgs, fuse.relu_input, cols, &mut s.k);
                 let yt = scratch(&mut s.b, g.o * np);
                 kernels::gemm(g.o, np, q, MatRef::rows(w, q), MatRef::rows(&s.a[..q * np], np), yt, false);
                 kernels::from_channel_major(&s.b[..g.o * np], imgs, g.o, p, bias, fuse.relu_output, None, ys);
@@ -281,7 +282,7 @@ impl CustomOp3 for ConvOp {
                 kernels::to_channel_major(xs, imgs, g.o, p, fuse.relu_input, None, xt, None);
                 let dcols = scratch(&mut s.b, q * np);
                 kernels::gemm(q, np, g.o, MatRef::rows(w, q).t(), MatRef::rows(&s.a[..g.o * np], np), dcols, false);
-                kernels::col2im(&s.b[..q * np], &g, &table, imgs, None, bias, ys);
+                kernels::col2im(&s.b[..q * np], &g, &table, imgs, None, bias, ys, &mut s.k);
                 if fuse.relu_output {
                     ys.iter_mut().for_each(|v| *v = v.max(0.0));
                 }
@@ -335,7 +336,7 @@ impl CustomOp3 for ConvOp {
                         let dyt = &s.b[..g.o * np];
                         if need_w {
                             let cols = scratch(&mut s.a, q * np);
-                            kernels::im2col(xc, &g, &table, imgs, fuse.relu_input, cols);
+                            kernels::im2col(xc, &g, &table, imgs, fuse.relu_input, cols, &mut s.k);
                             let cols = MatRef::rows(&s.a[..q * np], np).t();
                             kernels::gemm(g.o, q, np, MatRef::rows(dyt, np), cols, &mut s.dw, true);
                         }
@@ -343,7 +344,7 @@ impl CustomOp3 for ConvOp {
                             let dcols = scratch(&mut s.c, q * np);
                             kernels::gemm(q, np, g.o, MatRef::rows(ws, q).t(), MatRef::rows(dyt, np), dcols, false);
                             let mask = fuse.relu_input.then_some(xc);
-                            kernels::col2im(&s.c[..q * np], &g, &table, imgs, mask, None, dxc);
+                            kernels::col2im(&s.c[..q * np], &g, &table, imgs, mask, None, dxc, &mut s.k);
                         }
                     } else {
                         let dym: &[f32] = if fuse.relu_output {
@@ -355,7 +356,7 @@ impl CustomOp3 for ConvOp {
                             dyc
                         };
                         let cols = scratch(&mut s.a, q * np);
-                        kernels::im2col(dym, &g, &table, imgs, false, cols);
+                        kernels::im2col(dym, &g, &table, imgs, false, cols, &mut s.k);
                         let cols = &s.a[..q * np];
                         if need_w {
                             let xt = scratch(&mut s.b, g.o * np);

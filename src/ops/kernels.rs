@@ -34,42 +34,81 @@ impl Geom {
         self.h * self.w
     }
 
-    /// For every kernel offset (i, j) and output pixel (oy, ox): the offset iy·w + ix of the
-    /// input pixel it reads, or `u32::MAX` where that falls in the padding (kh·kw·p entries).
+    /// Sides of the zero-padded input plane.
+    pub fn padded(&self) -> (usize, usize) {
+        (self.h + 2 * self.pad, self.w + 2 * self.pad)
+    }
+
+    /// For every kernel offset (i, j) and output pixel (oy, ox): the offset of the input pixel
+    /// it reads in the zero-padded plane, (oy·s + i)·wp + ox·s + j (kh·kw·p entries, every one
+    /// inside the padded plane).
     pub fn gather_table(&self) -> Vec<u32> {
+        let (hp, wp) = self.padded();
         let mut t = Vec::with_capacity(self.kh * self.kw * self.p());
         for i in 0..self.kh {
             for j in 0..self.kw {
                 for oy in 0..self.ho {
                     for ox in 0..self.wo {
-                        let iy = (oy * self.stride + i) as isize - self.pad as isize;
-                        let ix = (ox * self.stride + j) as isize - self.pad as isize;
-                        let inside = (0..self.h as isize).contains(&iy) && (0..self.w as isize).contains(&ix);
-                        t.push(if inside { (iy as usize * self.w + ix as usize) as u32 } else { u32::MAX });
+                        t.push(((oy * self.stride + i) * wp + ox * self.stride + j) as u32);
                     }
                 }
             }
         }
+        assert!(t.iter().all(|&ix| (ix as usize) < hp * wp), "gather table leaves the padded plane");
         t
     }
 }
 
+/// Reused per-thread buffers of the kernels.
+#[derive(Default)]
+pub struct Scratch {
+    padded: Vec<f32>,
+}
+
+fn resized(v: &mut Vec<f32>, len: usize) -> &mut [f32] {
+    if v.len() < len {
+        v.resize(len, 0.0);
+    }
+    &mut v[..len]
+}
+
 /// Column matrix of `imgs` images (q × imgs·p) into `cols`: row (ci, i, j), column
 /// (image, oy, ox) holds x[image, ci, oy·s + i − pad, ox·s + j − pad] (0 in the padding),
-/// through relu when `relu`. `x` holds those images, `table` is `g.gather_table()`.
-pub fn im2col(x: &[f32], g: &Geom, table: &[u32], imgs: usize, relu: bool, cols: &mut [f32]) {
-    let (p, hw, khw) = (g.p(), g.hw(), g.kh * g.kw);
-    let np = imgs * p;
+/// through relu when `relu`. `x` holds those images; `table` is `g.gather_table()`.
+///
+/// The planes are first copied (through the relu) into zero-padded ones, so that every entry
+/// is one table lookup with no bounds test.
+#[allow(clippy::too_many_arguments)]
+pub fn im2col(x: &[f32], g: &Geom, table: &[u32], imgs: usize, relu: bool, cols: &mut [f32], scratch: &mut Scratch) {
+    let (p, khw) = (g.p(), g.kh * g.kw);
+    let (hp, wp) = g.padded();
+    let (np, planes, plane_len) = (imgs * p, imgs * g.c, hp * wp);
+    assert!(table.len() == khw * p && x.len() >= planes * g.hw());
+    let padded: &[f32] = if g.pad == 0 && !relu {
+        &x[..planes * plane_len]
+    } else {
+        let buf = resized(&mut scratch.padded, planes * plane_len);
+        for (dst, src) in buf.chunks_exact_mut(plane_len).zip(x.chunks_exact(g.hw())) {
+            dst.fill(0.0);
+            for (drow, srow) in dst[g.pad * wp..].chunks_exact_mut(wp).zip(src.chunks_exact(g.w)) {
+                let d = &mut drow[g.pad..g.pad + g.w];
+                if relu {
+                    d.iter_mut().zip(srow).for_each(|(d, v)| *d = v.max(0.0));
+                } else {
+                    d.copy_from_slice(srow);
+                }
+            }
+        }
+        &scratch.padded[..planes * plane_len]
+    };
     for (row, out) in cols[..g.q() * np].chunks_exact_mut(np).enumerate() {
         let (ci, ij) = (row / khw, row % khw);
         let t = &table[ij * p..][..p];
         for (img, dst) in out.chunks_exact_mut(p).enumerate() {
-            let plane = &x[(img * g.c + ci) * hw..][..hw];
-            // u32::MAX is out of range: the padding reads as 0.
-            if relu {
-                dst.iter_mut().zip(t).for_each(|(d, ix)| *d = plane.get(*ix as usize).map_or(0.0, |v| v.max(0.0)));
-            } else {
-                dst.iter_mut().zip(t).for_each(|(d, ix)| *d = plane.get(*ix as usize).copied().unwrap_or(0.0));
+            let plane = &padded[(img * g.c + ci) * plane_len..][..plane_len];
+            for (d, ix) in dst.iter_mut().zip(t) {
+                // SAFETY: gather_table asserts every entry < hp·wp = plane.len().
+                *d = unsafe { *plane.get_unchecked(*ix as usize) };
             }
         }
     }
@@ -87,29 +126,38 @@ pub fn col2im(
     mask: Option<&[f32]>,
     bias: Option<&[f32]>,
     out: &mut [f32],
+    scratch: &mut Scratch,
 ) {
     let (p, hw, khw) = (g.p(), g.hw(), g.kh * g.kw);
+    let (hp, wp) = g.padded();
     let np = imgs * p;
     if hw == 0 {
         return;
     }
+    assert!(table.len() == khw * p && cols.len() >= g.q() * np);
+    let acc = resized(&mut scratch.padded, hp * wp);
     for (plane_ix, plane) in out[..imgs * g.c * hw].chunks_exact_mut(hw).enumerate() {
         let (img, ci) = (plane_ix / g.c, plane_ix % g.c);
-        plane.fill(bias.map_or(0.0, |b| b[ci]));
+        acc.fill(0.0);
         for ij in 0..khw {
             let row = &cols[(ci * khw + ij) * np + img * p..][..p];
             for (v, ix) in row.iter().zip(&table[ij * p..][..p]) {
-                if let Some(d) = plane.get_mut(*ix as usize) {
-                    *d += v;
-                }
+                // SAFETY: gather_table asserts every entry < hp·wp = acc.len().
+                unsafe { *acc.get_unchecked_mut(*ix as usize) += v };
             }
         }
-        if let Some(m) = mask {
-            plane.iter_mut().zip(&m[plane_ix * hw..][..hw]).for_each(|(d, m)| {
-                if *m <= 0.0 {
-                    *d = 0.0
+        let b = bias.map_or(0.0, |b| b[ci]);
+        for (y, drow) in plane.chunks_exact_mut(g.w).enumerate() {
+            let arow = &acc[(y + g.pad) * wp + g.pad..][..g.w];
+            match mask {
+                Some(m) => {
+                    let mrow = &m[plane_ix * hw + y * g.w..][..g.w];
+                    for ((d, a), m) in drow.iter_mut().zip(arow).zip(mrow) {
+                        *d = if *m > 0.0 { a + b } else { 0.0 };
+                    }
                 }
-            });
+                None => drow.iter_mut().zip(arow).for_each(|(d, a)| *d = a + b),
+            }
         }
     }
 }
