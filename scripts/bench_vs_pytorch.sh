@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# vqlab's training step against PyTorch's on this machine's CPU: the step of
+# experiments/bench_step.toml (Sonnet's VQ-VAE: hidden 128, residual 32, 2 residual blocks,
+# D = 64, K = 512, 28×28×1, batch 128, MSE + VQ losses, Adam; and the VQ-GAN step with
+# taming's PatchGAN and adaptive weight) in `vqlab bench` and in scripts/bench/torch_step.py,
+# both with the same number of threads, alternating for several rounds in one invocation.
+# Prints img/s of every measurement, the medians and their ratio (vqlab / PyTorch).
+#
+# Then it trains the VQ-VAE configuration with `vqlab run` and compares the median of the
+# run's logged train/img_per_s with the benchmark's median (they should agree within 10%).
+#
+#   bash scripts/bench_vs_pytorch.sh                    # ROUNDS=5 STEPS=20 THREADS=nproc
+#   ROUNDS=7 STEPS=30 bash scripts/bench_vs_pytorch.sh
+#   VARIANTS=vqvae RUN_CHECK=0 bash scripts/bench_vs_pytorch.sh
+#
+# PyTorch comes from pip into a virtual environment under ~/.cache (CPU wheels when
+# download.pytorch.org is reachable, else PyPI's); set TORCH_PYTHON to use another
+# interpreter that already has torch.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROUNDS=${ROUNDS:-5}
+STEPS=${STEPS:-20}
+WARMUP=${WARMUP:-3}
+THREADS=${THREADS:-$(nproc)}
+VARIANTS=${VARIANTS:-"vqvae vqgan"}
+RUN_CHECK=${RUN_CHECK:-1}
+RUN_STEPS=${RUN_STEPS:-200}
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/vqlab-target}
+
+if [ -z "${TORCH_PYTHON:-}" ]; then
+  VENV=${VQLAB_BENCH_VENV:-$HOME/.cache/vqlab-bench-venv}
+  if ! "$VENV/bin/python" -c 'import torch' 2>/dev/null; then
+    echo "installing PyTorch into $VENV (once)" >&2
+    python3 -m venv "$VENV"
+    "$VENV/bin/pip" install --quiet --upgrade pip
+    "$VENV/bin/pip" install --quiet torch --index-url https://download.pytorch.org/whl/cpu 2>/dev/null \
+      || "$VENV/bin/pip" install --quiet torch
+  fi
+  TORCH_PYTHON="$VENV/bin/python"
+fi
+
+cargo build --release --locked --quiet
+VQLAB="$CARGO_TARGET_DIR/release/vqlab"
+WORK=$(mktemp -d)
+trap 'rm -rf "$WORK"' EXIT
+export RAYON_NUM_THREADS=$THREADS
+
+field() { python3 -c 'import json,sys; print(json.loads(sys.stdin.read().strip().splitlines()[-1])[sys.argv[1]])' "$1"; }
+
+echo "training step, vqlab vs PyTorch: $ROUNDS alternating rounds of $STEPS timed steps (after $WARMUP), $THREADS thread(s)"
+echo "torch: $("$TORCH_PYTHON" -c 'import torch; print(torch.__version__, "MKL-DNN" if torch.backends.mkldnn.is_available() else "")')"
+for variant in $VARIANTS; do
+  : >"$WORK/$variant.vqlab"
+  : >"$WORK/$variant.torch"
+  for r in $(seq 1 "$ROUNDS"); do
+    v=$("$VQLAB" -q bench experiments/bench_step.toml --set model.variant="$variant" \
+        --set hardware.threads_per_run="$THREADS" --steps "$STEPS" --warmup "$WARMUP" --json | field img_per_s)
+    t=$("$TORCH_PYTHON" scripts/bench/torch_step.py --variant "$variant" --threads "$THREADS" \
+        --steps "$STEPS" --warmup "$WARMUP" | field img_per_s)
+    echo "$v" >>"$WORK/$variant.vqlab"
+    echo "$t" >>"$WORK/$variant.torch"
+    printf '%s round %d: vqlab %7.1f img/s   pytorch %7.1f img/s   ratio %.3f\n' "$variant" "$r" "$v" "$t" \
+      "$(python3 -c "print($v / $t)")"
+  done
+done
+python3 - "$WORK" $VARIANTS <<'PY'
+import statistics, sys
+work, variants = sys.argv[1], sys.argv[2:]
+for v in variants:
+    a = [float(x) for x in open(f"{work}/{v}.vqlab")]
+    b = [float(x) for x in open(f"{work}/{v}.torch")]
+    ratios = [x / y for x, y in zip(a, b)]
+    print(f"{v}: median vqlab {statistics.median(a):.1f} img/s, pytorch {statistics.median(b):.1f} img/s; "
+          f"ratio of medians {statistics.median(a) / statistics.median(b):.3f} "
+          f"(per-round ratios {min(ratios):.3f} to {max(ratios):.3f})")
+PY
+
+if [ "$RUN_CHECK" = 1 ] && [ -s "$WORK/vqvae.vqlab" ]; then
+  bench=$(python3 -c 'import statistics,sys; print(statistics.median(float(x) for x in open(sys.argv[1])))' "$WORK/vqvae.vqlab")
+  "$VQLAB" -q run experiments/bench_step.toml --runs-dir "$WORK/runs" --set train.steps="$RUN_STEPS" \
+    --set hardware.threads_per_run="$THREADS" >/dev/null
+  python3 - "$WORK/runs/bench-step" "$bench" <<'PY'
+import glob, statistics, sys
+import pyarrow.parquet as pq
+run = glob.glob(sys.argv[1] + "/*/metrics.parquet")[0]
+t = pq.read_table(run).to_pydict()
+rows = [(s, v) for s, sp, m, v in zip(t["step"], t["split"], t["metric"], t["value"]) if (sp, m) == ("train", "img_per_s")]
+rows.sort()
+# The first logged interval includes allocator and cache warm-up, as the benchmark's warm-up steps do.
+values = [v for _, v in rows[1:]] or [v for _, v in rows]
+logged, bench = statistics.median(values), float(sys.argv[2])
+print(f"vqlab run: median train/img_per_s {logged:.1f} over {len(values)} log intervals; "
+      f"benchmark {bench:.1f}; run / benchmark {logged / bench:.3f}")
+PY
+fi
