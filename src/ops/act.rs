@@ -104,39 +104,33 @@ impl CustomOp3 for AffineLeaky {
         let (c, hw) = geometry(x.dims(), lv.len(), sv.len())?;
         let slope = self.slope;
         let mut dx = vec![0.0f32; xv.len()];
-        // Per channel: Σ dt (the loc gradient over scale) and Σ dt·(x + loc) (the scale gradient).
-        let sums = if hw == 0 {
-            vec![0.0f64; 2 * c]
-        } else {
+        // Per plane: Σ dt (the loc gradient over scale) and Σ dt·(x + loc) (the scale
+        // gradient), added up per channel in plane order (the same result on any thread count).
+        let mut plane_sums = vec![(0.0f32, 0.0f32); xv.len().checked_div(hw).unwrap_or(0)];
+        if hw > 0 {
             dx.par_chunks_mut(hw)
                 .zip(xv.par_chunks(hw).zip(dv.par_chunks(hw)))
+                .zip(plane_sums.par_iter_mut())
                 .enumerate()
-                .fold(
-                    || vec![0.0f64; 2 * c],
-                    |mut acc, (plane, (dx, (x, dy)))| {
-                        let ch = plane % c;
-                        let (l, s) = if lv.is_empty() { (0.0, 1.0) } else { (lv[ch], sv[ch]) };
-                        let (mut sum_dt, mut sum_dtu) = (0.0f32, 0.0f32);
-                        for ((dx, x), dy) in dx.iter_mut().zip(x).zip(dy) {
-                            let u = x + l;
-                            let dt = if u * s > 0.0 { *dy } else { dy * slope };
-                            *dx = dt * s;
-                            sum_dt += dt;
-                            sum_dtu += dt * u;
-                        }
-                        acc[ch] += sum_dt as f64;
-                        acc[c + ch] += sum_dtu as f64;
-                        acc
-                    },
-                )
-                .reduce(
-                    || vec![0.0f64; 2 * c],
-                    |mut a, b| {
-                        a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
-                        a
-                    },
-                )
-        };
+                .for_each(|(plane, ((dx, (x, dy)), sums))| {
+                    let ch = plane % c;
+                    let (l, s) = if lv.is_empty() { (0.0, 1.0) } else { (lv[ch], sv[ch]) };
+                    let (mut sum_dt, mut sum_dtu) = (0.0f32, 0.0f32);
+                    for ((dx, x), dy) in dx.iter_mut().zip(x).zip(dy) {
+                        let u = x + l;
+                        let dt = if u * s > 0.0 { *dy } else { dy * slope };
+                        *dx = dt * s;
+                        sum_dt += dt;
+                        sum_dtu += dt * u;
+                    }
+                    *sums = (sum_dt, sum_dtu);
+                });
+        }
+        let mut sums = vec![0.0f64; 2 * c];
+        for (plane, (a, b)) in plane_sums.iter().enumerate() {
+            sums[plane % c] += *a as f64;
+            sums[c + plane % c] += *b as f64;
+        }
         let dev = Device::Cpu;
         let dx = if x.track_op() { Some(Tensor::from_vec(dx, x.shape(), &dev)?) } else { None };
         let (dloc, dscale) = if lv.is_empty() {

@@ -315,74 +315,86 @@ impl CustomOp3 for ConvOp {
             (0..n_chunks).map(|_| None).collect()
         };
         let total = with_slices([x, w, y, dy], |[xs, ws, ys, dys]| {
-            let total = dx_chunks
-                .into_par_iter()
-                .enumerate()
-                .fold(Partial::default, |mut s, (ci, dxc)| {
-                    let i0 = ci * chunk;
-                    let imgs = chunk.min(g.n - i0);
-                    let np = imgs * p;
-                    let xc = &xs[i0 * in_img..][..imgs * in_img];
-                    let yc = &ys[i0 * out_img..][..imgs * out_img];
-                    let dyc = &dys[i0 * out_img..][..imgs * out_img];
-                    scratch(&mut s.dw, g.o * q);
-                    scratch(&mut s.db, out_channels);
-                    if !self.transpose {
-                        // dyt = dy (through the output relu) in channel-major form; its row
-                        // sums are the bias gradient.
-                        let dyt = scratch(&mut s.b, g.o * np);
-                        let mask = fuse.relu_output.then_some(yc);
-                        kernels::to_channel_major(dyc, imgs, g.o, p, false, mask, dyt, Some(&mut s.db));
-                        let dyt = &s.b[..g.o * np];
-                        if need_w {
-                            let cols = scratch(&mut s.a, q * np);
-                            kernels::im2col(xc, &g, &table, imgs, fuse.relu_input, cols, &mut s.k);
-                            let cols = MatRef::rows(&s.a[..q * np], np).t();
-                            kernels::gemm(g.o, q, np, MatRef::rows(dyt, np), cols, &mut s.dw, true);
-                        }
-                        if let Some(dxc) = dxc {
-                            let dcols = scratch(&mut s.c, q * np);
-                            kernels::gemm(q, np, g.o, MatRef::rows(ws, q).t(), MatRef::rows(dyt, np), dcols, false);
-                            let mask = fuse.relu_input.then_some(xc);
-                            kernels::col2im(&s.c[..q * np], &g, &table, imgs, mask, None, dxc, &mut s.k);
-                        }
-                    } else {
-                        let dym: &[f32] = if fuse.relu_output {
-                            let m = scratch(&mut s.c, imgs * out_img);
-                            kernels::masked(dyc, yc, g.c, hw, m, &mut s.db);
-                            &s.c[..imgs * out_img]
-                        } else {
-                            kernels::channel_sums(dyc, g.c, hw, &mut s.db);
-                            dyc
-                        };
+            // Chunks go to a fixed number of groups, each summing its weight and bias gradients
+            // in chunk order, and the groups' sums are added in group order: the result does
+            // not depend on which thread ran what.
+            let groups = n_chunks.min(2 * rayon::current_num_threads()).max(1);
+            let per_group = n_chunks.div_ceil(groups);
+            type Group<'a> = Vec<(usize, Option<&'a mut [f32]>)>;
+            let mut grouped: Vec<Group> = (0..groups).map(|_| Vec::new()).collect();
+            for (ci, dxc) in dx_chunks.into_iter().enumerate() {
+                grouped[ci / per_group].push((ci, dxc));
+            }
+            let process = |s: &mut Partial, ci: usize, dxc: Option<&mut [f32]>| {
+                let i0 = ci * chunk;
+                let imgs = chunk.min(g.n - i0);
+                let np = imgs * p;
+                let xc = &xs[i0 * in_img..][..imgs * in_img];
+                let yc = &ys[i0 * out_img..][..imgs * out_img];
+                let dyc = &dys[i0 * out_img..][..imgs * out_img];
+                scratch(&mut s.dw, g.o * q);
+                scratch(&mut s.db, out_channels);
+                if !self.transpose {
+                    // dyt = dy (through the output relu) in channel-major form; its row
+                    // sums are the bias gradient.
+                    let dyt = scratch(&mut s.b, g.o * np);
+                    let mask = fuse.relu_output.then_some(yc);
+                    kernels::to_channel_major(dyc, imgs, g.o, p, false, mask, dyt, Some(&mut s.db));
+                    let dyt = &s.b[..g.o * np];
+                    if need_w {
                         let cols = scratch(&mut s.a, q * np);
-                        kernels::im2col(dym, &g, &table, imgs, false, cols, &mut s.k);
-                        let cols = &s.a[..q * np];
-                        if need_w {
-                            let xt = scratch(&mut s.b, g.o * np);
-                            kernels::to_channel_major(xc, imgs, g.o, p, fuse.relu_input, None, xt, None);
-                            let xt = MatRef::rows(&s.b[..g.o * np], np);
-                            kernels::gemm(g.o, q, np, xt, MatRef::rows(cols, np).t(), &mut s.dw, true);
-                        }
-                        if let Some(dxc) = dxc {
-                            let dxt = scratch(&mut s.b, g.o * np);
-                            kernels::gemm(g.o, np, q, MatRef::rows(ws, q), MatRef::rows(cols, np), dxt, false);
-                            let mask = fuse.relu_input.then_some(xc);
-                            kernels::from_channel_major(&s.b[..g.o * np], imgs, g.o, p, None, false, mask, dxc);
-                        }
+                        kernels::im2col(xc, &g, &table, imgs, fuse.relu_input, cols, &mut s.k);
+                        let cols = MatRef::rows(&s.a[..q * np], np).t();
+                        kernels::gemm(g.o, q, np, MatRef::rows(dyt, np), cols, &mut s.dw, true);
+                    }
+                    if let Some(dxc) = dxc {
+                        let dcols = scratch(&mut s.c, q * np);
+                        kernels::gemm(q, np, g.o, MatRef::rows(ws, q).t(), MatRef::rows(dyt, np), dcols, false);
+                        let mask = fuse.relu_input.then_some(xc);
+                        kernels::col2im(&s.c[..q * np], &g, &table, imgs, mask, None, dxc, &mut s.k);
+                    }
+                } else {
+                    let dym: &[f32] = if fuse.relu_output {
+                        let m = scratch(&mut s.c, imgs * out_img);
+                        kernels::masked(dyc, yc, g.c, hw, m, &mut s.db);
+                        &s.c[..imgs * out_img]
+                    } else {
+                        kernels::channel_sums(dyc, g.c, hw, &mut s.db);
+                        dyc
+                    };
+                    let cols = scratch(&mut s.a, q * np);
+                    kernels::im2col(dym, &g, &table, imgs, false, cols, &mut s.k);
+                    let cols = &s.a[..q * np];
+                    if need_w {
+                        let xt = scratch(&mut s.b, g.o * np);
+                        kernels::to_channel_major(xc, imgs, g.o, p, fuse.relu_input, None, xt, None);
+                        let xt = MatRef::rows(&s.b[..g.o * np], np);
+                        kernels::gemm(g.o, q, np, xt, MatRef::rows(cols, np).t(), &mut s.dw, true);
+                    }
+                    if let Some(dxc) = dxc {
+                        let dxt = scratch(&mut s.b, g.o * np);
+                        kernels::gemm(g.o, np, q, MatRef::rows(ws, q), MatRef::rows(cols, np), dxt, false);
+                        let mask = fuse.relu_input.then_some(xc);
+                        kernels::from_channel_major(&s.b[..g.o * np], imgs, g.o, p, None, false, mask, dxc);
+                    }
+                }
+            };
+            let partials: Vec<Partial> = grouped
+                .into_par_iter()
+                .map(|items| {
+                    let mut s = Partial::default();
+                    for (ci, dxc) in items {
+                        process(&mut s, ci, dxc);
                     }
                     s
                 })
-                .map(|s| (s.dw, s.db))
-                .reduce(
-                    || (vec![0.0; g.o * q], vec![0.0; out_channels]),
-                    |(mut dw, mut db), (dw2, db2)| {
-                        dw.iter_mut().zip(&dw2).for_each(|(a, b)| *a += b);
-                        db.iter_mut().zip(&db2).for_each(|(a, b)| *a += b);
-                        (dw, db)
-                    },
-                );
-            Ok(total)
+                .collect();
+            let (mut dw, mut db) = (vec![0.0f32; g.o * q], vec![0.0f32; out_channels]);
+            for s in partials.iter().filter(|s| !s.dw.is_empty()) {
+                dw.iter_mut().zip(&s.dw).for_each(|(a, b)| *a += b);
+                db.iter_mut().zip(&s.db).for_each(|(a, b)| *a += b);
+            }
+            Ok((dw, db))
         })?;
         let (dw, db) = total;
         let dev = Device::Cpu;
@@ -542,6 +554,28 @@ mod tests {
             for (name, (a, b)) in ["y", "dx", "dw", "db"].iter().zip(fast.iter().zip(&reference)) {
                 let e = rel_err(a, b);
                 assert!(e <= 1e-4, "{name}: relative error {e:e} for x {xd:?} w {wd:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn gradients_are_the_same_on_every_call() {
+        // The weight gradient sums over chunks of images on several threads; the sum must not
+        // depend on which thread took which chunk (resumed runs are compared bit for bit).
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
+        let x = rand_tensor(&mut rng, &[64, 32, 7, 7]);
+        let w = rand_tensor(&mut rng, &[16, 32, 3, 3]);
+        let b = rand_tensor(&mut rng, &[16]);
+        let r = rand_tensor(&mut rng, &[64, 16, 7, 7]);
+        let first = run(conv2d, &x, &w, Some(&b), &r, 1, 1, Fuse::RELU_BOTH);
+        for _ in 0..5 {
+            let again = run(conv2d, &x, &w, Some(&b), &r, 1, 1, Fuse::RELU_BOTH);
+            for (a, b) in first.iter().zip(&again) {
+                let (a, b) = (
+                    a.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                    b.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                );
+                assert!(a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()));
             }
         }
     }
