@@ -224,10 +224,10 @@ fn twenty_four_sigkills_at_random_moments_lose_nothing_and_rerun_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let exp =
         tiny_experiment("chaos", "[hardware]\ncpu_slots = 2\n[sweep]\nseeds = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]")
-            .replace("steps = 12", "steps = 200")
-            .replace("checkpoint_every = 6", "checkpoint_every = 10")
-            .replace("log_every = 3", "log_every = 10")
-            .replace("eval_every = 6", "eval_every = 100");
+            .replace("steps = 12", "steps = 3000")
+            .replace("checkpoint_every = 6", "checkpoint_every = 150")
+            .replace("log_every = 3", "log_every = 150")
+            .replace("eval_every = 6", "eval_every = 1500");
     write(dir.path(), "exp.toml", &exp);
     let sweep = dir.path().join("runs/chaos");
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(20261125);
