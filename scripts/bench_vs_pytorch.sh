@@ -13,9 +13,9 @@
 #   ROUNDS=7 STEPS=30 bash scripts/bench_vs_pytorch.sh
 #   VARIANTS=vqvae RUN_CHECK=0 bash scripts/bench_vs_pytorch.sh
 #
-# PyTorch comes from pip into a virtual environment under ~/.cache (CPU wheels when
-# download.pytorch.org is reachable, else PyPI's); set TORCH_PYTHON to use another
-# interpreter that already has torch.
+# PyTorch (with numpy, and pyarrow to read the run's Parquet) comes from pip into a virtual
+# environment under ~/.cache (CPU wheels when download.pytorch.org is reachable, else PyPI's);
+# set TORCH_PYTHON to use another interpreter that already has torch and pyarrow.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${ROUNDS:-5}
@@ -29,12 +29,13 @@ export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/vqlab-target}
 
 if [ -z "${TORCH_PYTHON:-}" ]; then
   VENV=${VQLAB_BENCH_VENV:-$HOME/.cache/vqlab-bench-venv}
-  if ! "$VENV/bin/python" -c 'import torch' 2>/dev/null; then
-    echo "installing PyTorch into $VENV (once)" >&2
+  if ! "$VENV/bin/python" -c 'import torch, numpy, pyarrow' 2>/dev/null; then
+    echo "installing PyTorch, numpy and pyarrow into $VENV (once)" >&2
     python3 -m venv "$VENV"
     "$VENV/bin/pip" install --quiet --upgrade pip
     "$VENV/bin/pip" install --quiet torch --index-url https://download.pytorch.org/whl/cpu 2>/dev/null \
       || "$VENV/bin/pip" install --quiet torch
+    "$VENV/bin/pip" install --quiet numpy pyarrow
   fi
   TORCH_PYTHON="$VENV/bin/python"
 fi
@@ -79,7 +80,11 @@ if [ "$RUN_CHECK" = 1 ] && [ -s "$WORK/vqvae.vqlab" ]; then
   bench=$(python3 -c 'import statistics,sys; print(statistics.median(float(x) for x in open(sys.argv[1])))' "$WORK/vqvae.vqlab")
   "$VQLAB" -q run experiments/bench_step.toml --runs-dir "$WORK/runs" --set train.steps="$RUN_STEPS" \
     --set hardware.threads_per_run="$THREADS" >/dev/null
-  python3 - "$WORK/runs/bench-step" "$bench" <<'PY'
+  if ! "$TORCH_PYTHON" -c 'import pyarrow' 2>/dev/null; then
+    echo "error: $TORCH_PYTHON has no pyarrow, which reads the run's metrics.parquet (pip install pyarrow)" >&2
+    exit 2
+  fi
+  "$TORCH_PYTHON" - "$WORK/runs/bench-step" "$bench" <<'PY'
 import glob, statistics, sys
 import pyarrow.parquet as pq
 run = glob.glob(sys.argv[1] + "/*/metrics.parquet")[0]
