@@ -4,15 +4,17 @@
 //! On the CPU, candle 0.11 computes a conv_transpose2d (and with it every conv2d's input
 //! gradient) with a direct loop, and a conv2d's weight gradient as a convolution whose kernel
 //! is the whole output gradient. Here all three products of a convolution — output, input
-//! gradient, weight gradient — are one large gemm each, over im2col/col2im column matrices
-//! that hold every image of the batch, so the gemm sees n·ho·wo columns instead of ho·wo:
+//! gradient, weight gradient — are gemms over a row matrix R(x) per chunk of images: one row
+//! per output pixel, holding the c·kh·kw input values under the kernel there, channels last,
+//! so that it is built from contiguous runs (see `kernels::im2row`):
 //!
-//! - conv:      y = W · cols(x)            dW = dy · cols(x)ᵀ       dx = col2im(Wᵀ · dy)
-//! - transpose: y = col2im(Wᵀ · x)         dW = x · cols(dy)ᵀ       dx = W · cols(dy)
+//! - conv:      y = W · R(x)ᵀ              dW = dy · R(x)             dx = row2im(dyᵀ · W)
+//! - transpose: y = row2im(xᵀ · W)         dW = x · R(dy)             dx = W · R(dy)ᵀ
 //!
-//! (with dy, x in channel-major form (c, n·h·w)). The column matrix of the forward pass is
-//! kept for the backward one. The bias add and a relu on the input and/or the output are
-//! fused into the layout passes around the gemm, so they cost no extra tensors in the graph.
+//! (with W as (o, kh·kw·c) and dy, x in channel-major form (c, imgs·h·w)). A chunk's row
+//! matrix stays in cache; it is built again in the backward pass rather than kept. The bias
+//! add and a relu on the input and/or the output are fused into the layout passes around the
+//! gemm, so they cost no extra tensors in the graph.
 //!
 //! Other devices (CUDA) and `VQLAB_REFERENCE_OPS=1` take candle's own ops; the tests check
 //! that both give the same values and gradients.
@@ -131,7 +133,7 @@ struct ConvOp {
     transpose: bool,
 }
 
-/// Images per chunk: a chunk's column matrix (and its other scratch) stays around 1 MiB, in a
+/// Images per chunk: a chunk's row matrix (and its other scratch) stays around 1 MiB, in a
 /// core's L2 cache, and every thread gets at least two chunks.
 fn chunk_images(g: &Geom) -> usize {
     let floats_per_image = (g.q() * g.p()).max(g.c * g.hw()).max(g.o * g.p()).max(1);
@@ -265,24 +267,28 @@ impl CustomOp3 for ConvOp {
             return Ok((CpuStorage::F32(y), shape));
         }
         let chunk = chunk_images(&g);
-        let table = g.gather_table();
+        let wr = kernels::weight_to_rows(w, &g);
+        let wrt = kernels::transposed(&wr, g.o, q);
         let fuse = self.fuse;
         y.par_chunks_mut(chunk * out_img).enumerate().for_each_init(Partial::default, |s, (ci, ys)| {
             let imgs = ys.len() / out_img;
             let np = imgs * p;
             let xs = &x[ci * chunk * in_img..][..imgs * in_img];
             if !self.transpose {
-                let cols = scratch(&mut s.a, q * np);
-                kernels::im2col(xs, &g, &table, imgs, fuse.relu_input, cols, &mut s.k);
-                let yt = scratch(&mut s.b, g.o * np);
-                kernels::gemm(g.o, np, q, MatRef::rows(w, q), MatRef::rows(&s.a[..q * np], np), yt, false);
-                kernels::from_channel_major(&s.b[..g.o * np], imgs, g.o, p, bias, fuse.relu_output, None, ys);
+                let rows = scratch(&mut s.a, np * q);
+                kernels::im2row(xs, &g, imgs, fuse.relu_input, rows, &mut s.k);
+                // Pixel-major output (np × o) = R · Wᵀ: gemm packs both operands from
+                // contiguous runs this way round.
+                let yp = scratch(&mut s.b, np * g.o);
+                kernels::gemm(np, g.o, q, MatRef::rows(&s.a[..np * q], q), MatRef::rows(&wrt, g.o), yp, false);
+                kernels::from_pixel_major(&s.b[..np * g.o], imgs, g.o, p, bias, fuse.relu_output, None, ys);
             } else {
                 let xt = scratch(&mut s.a, g.o * np);
                 kernels::to_channel_major(xs, imgs, g.o, p, fuse.relu_input, None, xt, None);
-                let dcols = scratch(&mut s.b, q * np);
-                kernels::gemm(q, np, g.o, MatRef::rows(w, q).t(), MatRef::rows(&s.a[..g.o * np], np), dcols, false);
-                kernels::col2im(&s.b[..q * np], &g, &table, imgs, None, bias, ys, &mut s.k);
+                let drows = scratch(&mut s.b, np * q);
+                let xt = MatRef::rows(&s.a[..g.o * np], np).t();
+                kernels::gemm(np, q, g.o, xt, MatRef::rows(&wr, q), drows, false);
+                kernels::row2im(&s.b[..np * q], &g, imgs, None, bias, ys, &mut s.k);
                 if fuse.relu_output {
                     ys.iter_mut().for_each(|v| *v = v.max(0.0));
                 }
@@ -306,7 +312,6 @@ impl CustomOp3 for ConvOp {
         let out_channels = if self.transpose { g.c } else { g.o };
         let fuse = self.fuse;
         let chunk = chunk_images(&g);
-        let table = g.gather_table();
         let mut dx = vec![0.0f32; if need_x { g.n * in_img } else { 0 }];
         let n_chunks = g.n.div_ceil(chunk);
         let dx_chunks: Vec<Option<&mut [f32]>> = if need_x && in_img > 0 {
@@ -315,6 +320,8 @@ impl CustomOp3 for ConvOp {
             (0..n_chunks).map(|_| None).collect()
         };
         let total = with_slices([x, w, y, dy], |[xs, ws, ys, dys]| {
+            let wr = kernels::weight_to_rows(ws, &g);
+            let wrt = kernels::transposed(&wr, g.o, q);
             // Chunks go to a fixed number of groups, each summing its weight and bias gradients
             // in chunk order, and the groups' sums are added in group order: the result does
             // not depend on which thread ran what.
@@ -342,16 +349,16 @@ impl CustomOp3 for ConvOp {
                     kernels::to_channel_major(dyc, imgs, g.o, p, false, mask, dyt, Some(&mut s.db));
                     let dyt = &s.b[..g.o * np];
                     if need_w {
-                        let cols = scratch(&mut s.a, q * np);
-                        kernels::im2col(xc, &g, &table, imgs, fuse.relu_input, cols, &mut s.k);
-                        let cols = MatRef::rows(&s.a[..q * np], np).t();
-                        kernels::gemm(g.o, q, np, MatRef::rows(dyt, np), cols, &mut s.dw, true);
+                        let rows = scratch(&mut s.a, np * q);
+                        kernels::im2row(xc, &g, imgs, fuse.relu_input, rows, &mut s.k);
+                        let rows = MatRef::rows(&s.a[..np * q], q);
+                        kernels::gemm(g.o, q, np, MatRef::rows(dyt, np), rows, &mut s.dw, true);
                     }
                     if let Some(dxc) = dxc {
-                        let dcols = scratch(&mut s.c, q * np);
-                        kernels::gemm(q, np, g.o, MatRef::rows(ws, q).t(), MatRef::rows(dyt, np), dcols, false);
+                        let drows = scratch(&mut s.c, np * q);
+                        kernels::gemm(np, q, g.o, MatRef::rows(dyt, np).t(), MatRef::rows(&wr, q), drows, false);
                         let mask = fuse.relu_input.then_some(xc);
-                        kernels::col2im(&s.c[..q * np], &g, &table, imgs, mask, None, dxc, &mut s.k);
+                        kernels::row2im(&s.c[..np * q], &g, imgs, mask, None, dxc, &mut s.k);
                     }
                 } else {
                     let dym: &[f32] = if fuse.relu_output {
@@ -362,20 +369,20 @@ impl CustomOp3 for ConvOp {
                         kernels::channel_sums(dyc, g.c, hw, &mut s.db);
                         dyc
                     };
-                    let cols = scratch(&mut s.a, q * np);
-                    kernels::im2col(dym, &g, &table, imgs, false, cols, &mut s.k);
-                    let cols = &s.a[..q * np];
+                    let rows = scratch(&mut s.a, np * q);
+                    kernels::im2row(dym, &g, imgs, false, rows, &mut s.k);
+                    let rows = &s.a[..np * q];
                     if need_w {
                         let xt = scratch(&mut s.b, g.o * np);
                         kernels::to_channel_major(xc, imgs, g.o, p, fuse.relu_input, None, xt, None);
                         let xt = MatRef::rows(&s.b[..g.o * np], np);
-                        kernels::gemm(g.o, q, np, xt, MatRef::rows(cols, np).t(), &mut s.dw, true);
+                        kernels::gemm(g.o, q, np, xt, MatRef::rows(rows, q), &mut s.dw, true);
                     }
                     if let Some(dxc) = dxc {
-                        let dxt = scratch(&mut s.b, g.o * np);
-                        kernels::gemm(g.o, np, q, MatRef::rows(ws, q), MatRef::rows(cols, np), dxt, false);
+                        let dxp = scratch(&mut s.b, np * g.o);
+                        kernels::gemm(np, g.o, q, MatRef::rows(rows, q), MatRef::rows(&wrt, g.o), dxp, false);
                         let mask = fuse.relu_input.then_some(xc);
-                        kernels::from_channel_major(&s.b[..g.o * np], imgs, g.o, p, None, false, mask, dxc);
+                        kernels::from_pixel_major(&s.b[..np * g.o], imgs, g.o, p, None, false, mask, dxc);
                     }
                 }
             };
@@ -394,7 +401,8 @@ impl CustomOp3 for ConvOp {
                 dw.iter_mut().zip(&s.dw).for_each(|(a, b)| *a += b);
                 db.iter_mut().zip(&s.db).for_each(|(a, b)| *a += b);
             }
-            Ok((dw, db))
+            // dw was summed in the row matrix's column order (o, kh, kw, c).
+            Ok((kernels::weight_from_rows(&dw, &g), db))
         })?;
         let (dw, db) = total;
         let dev = Device::Cpu;

@@ -1,4 +1,4 @@
-//! CPU kernels on plain `f32` slices: im2col / col2im, the layout changes between NCHW and
+//! CPU kernels on plain `f32` slices: im2row / row2im, the layout changes between NCHW and
 //! channel-major matrices, and a single-threaded gemm. They work on a chunk of images at a
 //! time and write into buffers the caller owns; the convolution ops run chunks in parallel.
 
@@ -21,7 +21,7 @@ pub struct Geom {
 }
 
 impl Geom {
-    /// Rows of the column matrix: c·kh·kw.
+    /// Columns of the row matrix (values under one kernel placement): c·kh·kw.
     pub fn q(&self) -> usize {
         self.c * self.kh * self.kw
     }
@@ -38,25 +38,6 @@ impl Geom {
     pub fn padded(&self) -> (usize, usize) {
         (self.h + 2 * self.pad, self.w + 2 * self.pad)
     }
-
-    /// For every kernel offset (i, j) and output pixel (oy, ox): the offset of the input pixel
-    /// it reads in the zero-padded plane, (oy·s + i)·wp + ox·s + j (kh·kw·p entries, every one
-    /// inside the padded plane).
-    pub fn gather_table(&self) -> Vec<u32> {
-        let (hp, wp) = self.padded();
-        let mut t = Vec::with_capacity(self.kh * self.kw * self.p());
-        for i in 0..self.kh {
-            for j in 0..self.kw {
-                for oy in 0..self.ho {
-                    for ox in 0..self.wo {
-                        t.push(((oy * self.stride + i) * wp + ox * self.stride + j) as u32);
-                    }
-                }
-            }
-        }
-        assert!(t.iter().all(|&ix| (ix as usize) < hp * wp), "gather table leaves the padded plane");
-        t
-    }
 }
 
 /// Reused per-thread buffers of the kernels.
@@ -72,91 +53,129 @@ fn resized(v: &mut Vec<f32>, len: usize) -> &mut [f32] {
     &mut v[..len]
 }
 
-/// Column matrix of `imgs` images (q × imgs·p) into `cols`: row (ci, i, j), column
-/// (image, oy, ox) holds x[image, ci, oy·s + i − pad, ox·s + j − pad] (0 in the padding),
-/// through relu when `relu`. `x` holds those images; `table` is `g.gather_table()`.
-///
-/// The planes are first copied (through the relu) into zero-padded ones, so that every entry
-/// is one table lookup with no bounds test.
-#[allow(clippy::too_many_arguments)]
-pub fn im2col(x: &[f32], g: &Geom, table: &[u32], imgs: usize, relu: bool, cols: &mut [f32], scratch: &mut Scratch) {
-    let (p, khw) = (g.p(), g.kh * g.kw);
-    let (hp, wp) = g.padded();
-    let (np, planes, plane_len) = (imgs * p, imgs * g.c, hp * wp);
-    assert!(table.len() == khw * p && x.len() >= planes * g.hw());
-    let padded: &[f32] = if g.pad == 0 && !relu {
-        &x[..planes * plane_len]
-    } else {
-        let buf = resized(&mut scratch.padded, planes * plane_len);
-        for (dst, src) in buf.chunks_exact_mut(plane_len).zip(x.chunks_exact(g.hw())) {
-            dst.fill(0.0);
-            for (drow, srow) in dst[g.pad * wp..].chunks_exact_mut(wp).zip(src.chunks_exact(g.w)) {
-                let d = &mut drow[g.pad..g.pad + g.w];
-                if relu {
-                    d.iter_mut().zip(srow).for_each(|(d, v)| *d = v.max(0.0));
+/// Kernel (o, c, kh, kw) → (o, kh, kw, c): the column order of [`im2row`]'s row matrix.
+pub fn weight_to_rows(w: &[f32], g: &Geom) -> Vec<f32> {
+    reorder_weight(w, g, true)
+}
+
+/// The inverse of [`weight_to_rows`]: (o, kh, kw, c) → (o, c, kh, kw).
+pub fn weight_from_rows(w: &[f32], g: &Geom) -> Vec<f32> {
+    reorder_weight(w, g, false)
+}
+
+fn reorder_weight(w: &[f32], g: &Geom, to_rows: bool) -> Vec<f32> {
+    let (c, khw) = (g.c, g.kh * g.kw);
+    let mut out = vec![0.0f32; g.o * g.q()];
+    for (src, dst) in w.chunks_exact(g.q().max(1)).zip(out.chunks_exact_mut(g.q().max(1))) {
+        for ci in 0..c {
+            for ij in 0..khw {
+                let (kernel_major, channels_last) = (ci * khw + ij, ij * c + ci);
+                if to_rows {
+                    dst[channels_last] = src[kernel_major];
                 } else {
-                    d.copy_from_slice(srow);
+                    dst[kernel_major] = src[channels_last];
                 }
             }
         }
-        &scratch.padded[..planes * plane_len]
-    };
-    for (row, out) in cols[..g.q() * np].chunks_exact_mut(np).enumerate() {
-        let (ci, ij) = (row / khw, row % khw);
-        let t = &table[ij * p..][..p];
-        for (img, dst) in out.chunks_exact_mut(p).enumerate() {
-            let plane = &padded[(img * g.c + ci) * plane_len..][..plane_len];
-            for (d, ix) in dst.iter_mut().zip(t) {
-                // SAFETY: gather_table asserts every entry < hp·wp = plane.len().
-                *d = unsafe { *plane.get_unchecked(*ix as usize) };
+    }
+    out
+}
+
+/// Row matrix of `imgs` images (imgs·p × q) into `rows`: row (image, oy, ox), column
+/// (i, j, ci) holds x[image, ci, oy·s + i − pad, ox·s + j − pad] (0 in the padding), through
+/// relu when `relu`. `x` holds those images (imgs, c, h, w).
+///
+/// The images are first copied (through the relu) into zero-padded channels-last planes
+/// (hp, wp, c). A row's kw·c values for one kernel row i are then one contiguous run there:
+/// the matrix is built from copies of whole runs, not gathered value by value.
+pub fn im2row(x: &[f32], g: &Geom, imgs: usize, relu: bool, rows: &mut [f32], scratch: &mut Scratch) {
+    let (p, q, c) = (g.p(), g.q(), g.c);
+    let (hp, wp) = g.padded();
+    let img_len = hp * wp * c;
+    assert!(x.len() >= imgs * c * g.hw() && rows.len() >= imgs * p * q);
+    if c == 0 || g.hw() == 0 {
+        // No input values: every entry is padding.
+        rows[..imgs * p * q].fill(0.0);
+        return;
+    }
+    let padded = resized(&mut scratch.padded, imgs * img_len);
+    let (pad, row_len) = (g.pad, wp * c);
+    for (dst, src) in padded.chunks_exact_mut(img_len).zip(x.chunks_exact(c * g.hw())) {
+        // Zeros in the padding only: the top and bottom rows, and the left and right runs.
+        dst[..pad * row_len].fill(0.0);
+        dst[(pad + g.h) * row_len..].fill(0.0);
+        for y in 0..g.h {
+            let r = &mut dst[(y + pad) * row_len..][..row_len];
+            r[..pad * c].fill(0.0);
+            r[(pad + g.w) * c..].fill(0.0);
+        }
+        for y in 0..g.h {
+            for xx in 0..g.w {
+                let d = &mut dst[((y + g.pad) * wp + xx + g.pad) * c..][..c];
+                let at = y * g.w + xx;
+                if relu {
+                    d.iter_mut().enumerate().for_each(|(ci, d)| *d = src[ci * g.hw() + at].max(0.0));
+                } else {
+                    d.iter_mut().enumerate().for_each(|(ci, d)| *d = src[ci * g.hw() + at]);
+                }
             }
+        }
+    }
+    let run = g.kw * c;
+    for (pos, row) in rows[..imgs * p * q].chunks_exact_mut(q).enumerate() {
+        let (img, op) = (pos / p, pos % p);
+        let (oy, ox) = (op / g.wo, op % g.wo);
+        let plane = &scratch.padded[img * img_len..][..img_len];
+        for (i, dst) in row.chunks_exact_mut(run).enumerate() {
+            dst.copy_from_slice(&plane[((oy * g.stride + i) * wp + ox * g.stride) * c..][..run]);
         }
     }
 }
 
-/// The adjoint of [`im2col`] for `imgs` images: every column-matrix entry summed into the input
+/// The adjoint of [`im2row`] for `imgs` images: every row-matrix entry summed into the input
 /// pixel it was read from, written to `out` (imgs, c, h, w), plus `bias[c]`, zeroed where
 /// `mask` (laid out like `out`) is ≤ 0 (the gradient of an input relu).
 #[allow(clippy::too_many_arguments)]
-pub fn col2im(
-    cols: &[f32],
+pub fn row2im(
+    rows: &[f32],
     g: &Geom,
-    table: &[u32],
     imgs: usize,
     mask: Option<&[f32]>,
     bias: Option<&[f32]>,
     out: &mut [f32],
     scratch: &mut Scratch,
 ) {
-    let (p, hw, khw) = (g.p(), g.hw(), g.kh * g.kw);
+    let (p, q, c, hw) = (g.p(), g.q(), g.c, g.hw());
     let (hp, wp) = g.padded();
-    let np = imgs * p;
-    if hw == 0 {
+    if hw == 0 || c == 0 {
         return;
     }
-    assert!(table.len() == khw * p && cols.len() >= g.q() * np);
-    let acc = resized(&mut scratch.padded, hp * wp);
-    for (plane_ix, plane) in out[..imgs * g.c * hw].chunks_exact_mut(hw).enumerate() {
-        let (img, ci) = (plane_ix / g.c, plane_ix % g.c);
+    assert!(rows.len() >= imgs * p * q && out.len() >= imgs * c * hw);
+    let run = g.kw * c;
+    // One image at a time: its channels-last accumulator stays in cache.
+    let acc = resized(&mut scratch.padded, hp * wp * c);
+    for (img, dst) in out[..imgs * c * hw].chunks_exact_mut(c * hw).enumerate() {
         acc.fill(0.0);
-        for ij in 0..khw {
-            let row = &cols[(ci * khw + ij) * np + img * p..][..p];
-            for (v, ix) in row.iter().zip(&table[ij * p..][..p]) {
-                // SAFETY: gather_table asserts every entry < hp·wp = acc.len().
-                unsafe { *acc.get_unchecked_mut(*ix as usize) += v };
+        for (op, row) in rows[img * p * q..][..p * q].chunks_exact(q).enumerate() {
+            let (oy, ox) = (op / g.wo, op % g.wo);
+            for (i, src) in row.chunks_exact(run).enumerate() {
+                let a = &mut acc[((oy * g.stride + i) * wp + ox * g.stride) * c..][..run];
+                a.iter_mut().zip(src).for_each(|(a, v)| *a += v);
             }
         }
-        let b = bias.map_or(0.0, |b| b[ci]);
-        for (y, drow) in plane.chunks_exact_mut(g.w).enumerate() {
-            let arow = &acc[(y + g.pad) * wp + g.pad..][..g.w];
-            match mask {
-                Some(m) => {
-                    let mrow = &m[plane_ix * hw + y * g.w..][..g.w];
-                    for ((d, a), m) in drow.iter_mut().zip(arow).zip(mrow) {
-                        *d = if *m > 0.0 { a + b } else { 0.0 };
-                    }
+        let m = mask.map(|m| &m[img * c * hw..][..c * hw]);
+        for ci in 0..c {
+            let b = bias.map_or(0.0, |b| b[ci]);
+            let plane = &mut dst[ci * hw..][..hw];
+            for y in 0..g.h {
+                for xx in 0..g.w {
+                    let at = y * g.w + xx;
+                    let v = acc[((y + g.pad) * wp + xx + g.pad) * c + ci] + b;
+                    plane[at] = match m {
+                        Some(m) if m[ci * hw + at] <= 0.0 => 0.0,
+                        _ => v,
+                    };
                 }
-                None => drow.iter_mut().zip(arow).for_each(|(d, a)| *d = a + b),
             }
         }
     }
@@ -232,6 +251,54 @@ pub fn from_channel_major(
             }
         }
     }
+}
+
+/// (imgs·p, c) → (imgs, c, p) into `out`, plus `bias[c]`, through relu when `relu`, zeroed
+/// where `mask` (laid out like `out`) is ≤ 0.
+#[allow(clippy::too_many_arguments)]
+pub fn from_pixel_major(
+    x: &[f32],
+    imgs: usize,
+    c: usize,
+    p: usize,
+    bias: Option<&[f32]>,
+    relu: bool,
+    mask: Option<&[f32]>,
+    out: &mut [f32],
+) {
+    if c == 0 || p == 0 {
+        return;
+    }
+    assert!(x.len() >= imgs * p * c && out.len() >= imgs * c * p);
+    for (img, dst) in out[..imgs * c * p].chunks_exact_mut(c * p).enumerate() {
+        let src = &x[img * p * c..][..p * c];
+        for (ci, plane) in dst.chunks_exact_mut(p).enumerate() {
+            let b = bias.map_or(0.0, |b| b[ci]);
+            for (pos, d) in plane.iter_mut().enumerate() {
+                let v = src[pos * c + ci] + b;
+                *d = if relu { v.max(0.0) } else { v };
+            }
+            if let Some(m) = mask {
+                let m = &m[(img * c + ci) * p..][..p];
+                plane.iter_mut().zip(m).for_each(|(d, m)| {
+                    if *m <= 0.0 {
+                        *d = 0.0
+                    }
+                });
+            }
+        }
+    }
+}
+
+/// The transpose of a row-major (r × c) matrix.
+pub fn transposed(x: &[f32], r: usize, c: usize) -> Vec<f32> {
+    let mut out = vec![0.0f32; r * c];
+    for (i, row) in x.chunks_exact(c.max(1)).take(r).enumerate() {
+        for (j, v) in row.iter().enumerate() {
+            out[j * r + i] = *v;
+        }
+    }
+    out
 }
 
 /// `x` ⊙ [mask > 0] into `out` (layout (imgs, c, p) kept), adding per-channel sums to `sums`.
