@@ -58,7 +58,7 @@ pub fn conv2d(x: &Tensor, w: &Tensor, b: Option<&Tensor>, stride: usize, pad: us
     if !fast(x, w) {
         return conv2d_reference(x, w, b, stride, pad, fuse);
     }
-    let op = ConvOp { stride, pad, fuse, transpose: false };
+    let op = ConvOp { stride, pad, fuse, transpose: false, weights: OnceLock::new() };
     apply(x, w, b, op)
 }
 
@@ -74,7 +74,7 @@ pub fn conv_transpose2d(
     if !fast(x, w) {
         return conv_transpose2d_reference(x, w, b, stride, pad, fuse);
     }
-    let op = ConvOp { stride, pad, fuse, transpose: true };
+    let op = ConvOp { stride, pad, fuse, transpose: true, weights: OnceLock::new() };
     apply(x, w, b, op)
 }
 
@@ -131,6 +131,9 @@ struct ConvOp {
     pad: usize,
     fuse: Fuse,
     transpose: bool,
+    /// The kernel in the row matrix's column order, (o, kh·kw·c) and its transpose
+    /// (kh·kw·c, o): made by the forward pass, used again by the backward one.
+    weights: OnceLock<(Vec<f32>, Vec<f32>)>,
 }
 
 /// Images per chunk: a chunk's row matrix (and its other scratch) stays around 1 MiB, in a
@@ -160,6 +163,15 @@ fn scratch(v: &mut Vec<f32>, len: usize) -> &mut [f32] {
     &mut v[..len]
 }
 impl ConvOp {
+    /// The kernel (o, c, kh, kw) as (o, kh·kw·c) and as its transpose; computed once per op.
+    fn row_weights(&self, w: &[f32], g: &Geom) -> &(Vec<f32>, Vec<f32>) {
+        self.weights.get_or_init(|| {
+            let wr = kernels::weight_to_rows(w, g);
+            let wrt = kernels::transposed(&wr, g.o, g.q());
+            (wr, wrt)
+        })
+    }
+
     /// The convolution geometry from the input and kernel shapes.
     fn geom(&self, x: &[usize], w: &[usize]) -> Result<Geom> {
         let name = self.name_();
@@ -267,8 +279,7 @@ impl CustomOp3 for ConvOp {
             return Ok((CpuStorage::F32(y), shape));
         }
         let chunk = chunk_images(&g);
-        let wr = kernels::weight_to_rows(w, &g);
-        let wrt = kernels::transposed(&wr, g.o, q);
+        let (wr, wrt) = self.row_weights(w, &g);
         let fuse = self.fuse;
         y.par_chunks_mut(chunk * out_img).enumerate().for_each_init(Partial::default, |s, (ci, ys)| {
             let imgs = ys.len() / out_img;
@@ -280,14 +291,14 @@ impl CustomOp3 for ConvOp {
                 // Pixel-major output (np × o) = R · Wᵀ: gemm packs both operands from
                 // contiguous runs this way round.
                 let yp = scratch(&mut s.b, np * g.o);
-                kernels::gemm(np, g.o, q, MatRef::rows(&s.a[..np * q], q), MatRef::rows(&wrt, g.o), yp, false);
+                kernels::gemm(np, g.o, q, MatRef::rows(&s.a[..np * q], q), MatRef::rows(wrt, g.o), yp, false);
                 kernels::from_pixel_major(&s.b[..np * g.o], imgs, g.o, p, bias, fuse.relu_output, None, ys);
             } else {
                 let xt = scratch(&mut s.a, g.o * np);
                 kernels::to_channel_major(xs, imgs, g.o, p, fuse.relu_input, None, xt, None);
                 let drows = scratch(&mut s.b, np * q);
                 let xt = MatRef::rows(&s.a[..g.o * np], np).t();
-                kernels::gemm(np, q, g.o, xt, MatRef::rows(&wr, q), drows, false);
+                kernels::gemm(np, q, g.o, xt, MatRef::rows(wr, q), drows, false);
                 kernels::row2im(&s.b[..np * q], &g, imgs, None, bias, ys, &mut s.k);
                 if fuse.relu_output {
                     ys.iter_mut().for_each(|v| *v = v.max(0.0));
@@ -320,8 +331,7 @@ impl CustomOp3 for ConvOp {
             (0..n_chunks).map(|_| None).collect()
         };
         let total = with_slices([x, w, y, dy], |[xs, ws, ys, dys]| {
-            let wr = kernels::weight_to_rows(ws, &g);
-            let wrt = kernels::transposed(&wr, g.o, q);
+            let (wr, wrt) = self.row_weights(ws, &g);
             // Chunks go to a fixed number of groups, each summing its weight and bias gradients
             // in chunk order, and the groups' sums are added in group order: the result does
             // not depend on which thread ran what.
@@ -356,7 +366,7 @@ impl CustomOp3 for ConvOp {
                     }
                     if let Some(dxc) = dxc {
                         let drows = scratch(&mut s.c, np * q);
-                        kernels::gemm(np, q, g.o, MatRef::rows(dyt, np).t(), MatRef::rows(&wr, q), drows, false);
+                        kernels::gemm(np, q, g.o, MatRef::rows(dyt, np).t(), MatRef::rows(wr, q), drows, false);
                         let mask = fuse.relu_input.then_some(xc);
                         kernels::row2im(&s.c[..np * q], &g, imgs, mask, None, dxc, &mut s.k);
                     }
@@ -380,7 +390,7 @@ impl CustomOp3 for ConvOp {
                     }
                     if let Some(dxc) = dxc {
                         let dxp = scratch(&mut s.b, np * g.o);
-                        kernels::gemm(np, g.o, q, MatRef::rows(rows, q), MatRef::rows(&wrt, g.o), dxp, false);
+                        kernels::gemm(np, g.o, q, MatRef::rows(rows, q), MatRef::rows(wrt, g.o), dxp, false);
                         let mask = fuse.relu_input.then_some(xc);
                         kernels::from_pixel_major(&s.b[..np * g.o], imgs, g.o, p, None, false, mask, dxc);
                     }

@@ -290,12 +290,17 @@ pub fn from_pixel_major(
     }
 }
 
-/// The transpose of a row-major (r × c) matrix.
+/// The transpose of a row-major (r × c) matrix, in 16 × 16 blocks.
 pub fn transposed(x: &[f32], r: usize, c: usize) -> Vec<f32> {
+    const B: usize = 16;
     let mut out = vec![0.0f32; r * c];
-    for (i, row) in x.chunks_exact(c.max(1)).take(r).enumerate() {
-        for (j, v) in row.iter().enumerate() {
-            out[j * r + i] = *v;
+    for i0 in (0..r).step_by(B) {
+        for j0 in (0..c).step_by(B) {
+            for i in i0..(i0 + B).min(r) {
+                for j in j0..(j0 + B).min(c) {
+                    out[j * r + i] = x[i * c + j];
+                }
+            }
         }
     }
     out
