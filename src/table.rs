@@ -35,7 +35,7 @@ pub fn render(header: &[&str], rows: &[Vec<String>]) -> String {
 pub fn num(v: Option<f64>) -> String {
     match v {
         None => "-".into(),
-        Some(v) if v == 0.0 => "0".into(),
+        Some(0.0) => "0".into(),
         Some(v) if v.abs() >= 1e4 || v.abs() < 1e-3 => format!("{v:.3e}"),
         Some(v) => {
             let digits = (3 - v.abs().log10().floor() as i32).max(0) as usize;

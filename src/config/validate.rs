@@ -78,7 +78,7 @@ pub fn validate(cfg: &ExperimentConfig, origin: &dyn Fn(&str) -> String) -> Resu
         bad("model.downsample", format!("expected 1 to 6 stride-2 stages, found {}", m.downsample));
     } else if d.image_size != 0 {
         let factor = 1u32 << m.downsample;
-        if d.image_size % factor != 0 {
+        if !d.image_size.is_multiple_of(factor) {
             bad(
                 "data.image_size",
                 format!(
@@ -93,7 +93,7 @@ pub fn validate(cfg: &ExperimentConfig, origin: &dyn Fn(&str) -> String) -> Resu
     }
 
     // Model.
-    if m.hidden_channels < 2 || m.hidden_channels % 2 != 0 {
+    if m.hidden_channels < 2 || !m.hidden_channels.is_multiple_of(2) {
         bad("model.hidden_channels", format!("expected an even number ≥ 2, found {}", m.hidden_channels));
     }
     if m.res_channels == 0 {

@@ -38,7 +38,7 @@ pub fn load_dir(
     }
     let n_eval = eval_images.min(all.len / 10).max(1);
     let mut order: Vec<usize> = (0..all.len).collect();
-    order.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(0xf01d_e5));
+    order.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(0x00f0_1de5));
     Ok((subset(&all, &order[n_eval..]), subset(&all, &order[..n_eval])))
 }
 

@@ -92,7 +92,7 @@ pub fn mermaid(cfg: &ExperimentConfig) -> String {
     out.push_str("  subgraph enc[Encoder]\n    direction TB\n");
     let mut side = s;
     let mut prev = "x0".to_string();
-    out.push_str(&format!("    x0[\"centre: x − 0.5\"]\n"));
+    out.push_str("    x0[\"centre: x − 0.5\"]\n");
     for i in 0..n {
         side /= 2;
         let ch = if i + 1 == n { h } else { h / 2 };
