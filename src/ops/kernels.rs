@@ -109,14 +109,14 @@ pub fn im2row(x: &[f32], g: &Geom, imgs: usize, relu: bool, rows: &mut [f32], sc
             r[..pad * c].fill(0.0);
             r[(pad + g.w) * c..].fill(0.0);
         }
-        for y in 0..g.h {
-            for xx in 0..g.w {
-                let d = &mut dst[((y + g.pad) * wp + xx + g.pad) * c..][..c];
-                let at = y * g.w + xx;
+        // Each input row is read once, contiguously, and written with stride c.
+        for (ci, plane) in src.chunks_exact(g.hw()).enumerate() {
+            for (y, srow) in plane.chunks_exact(g.w).enumerate() {
+                let d = dst[((y + pad) * wp + pad) * c + ci..].iter_mut().step_by(c);
                 if relu {
-                    d.iter_mut().enumerate().for_each(|(ci, d)| *d = src[ci * g.hw() + at].max(0.0));
+                    d.zip(srow).for_each(|(d, v)| *d = v.max(0.0));
                 } else {
-                    d.iter_mut().enumerate().for_each(|(ci, d)| *d = src[ci * g.hw() + at]);
+                    d.zip(srow).for_each(|(d, v)| *d = *v);
                 }
             }
         }
@@ -167,14 +167,16 @@ pub fn row2im(
         for ci in 0..c {
             let b = bias.map_or(0.0, |b| b[ci]);
             let plane = &mut dst[ci * hw..][..hw];
-            for y in 0..g.h {
-                for xx in 0..g.w {
-                    let at = y * g.w + xx;
-                    let v = acc[((y + g.pad) * wp + xx + g.pad) * c + ci] + b;
-                    plane[at] = match m {
-                        Some(m) if m[ci * hw + at] <= 0.0 => 0.0,
-                        _ => v,
-                    };
+            for (y, drow) in plane.chunks_exact_mut(g.w).enumerate() {
+                let a = acc[((y + g.pad) * wp + g.pad) * c + ci..].iter().step_by(c);
+                drow.iter_mut().zip(a).for_each(|(d, a)| *d = a + b);
+                if let Some(m) = m {
+                    let mrow = &m[ci * hw + y * g.w..][..g.w];
+                    drow.iter_mut().zip(mrow).for_each(|(d, m)| {
+                        if *m <= 0.0 {
+                            *d = 0.0
+                        }
+                    });
                 }
             }
         }
