@@ -19,6 +19,8 @@
 //! Other devices (CUDA) and `VQLAB_REFERENCE_OPS=1` take candle's own ops; the tests check
 //! that both give the same values and gradients.
 
+use std::cell::RefCell;
+use std::mem::MaybeUninit;
 use std::sync::OnceLock;
 
 use rayon::prelude::*;
@@ -145,15 +147,42 @@ fn chunk_images(g: &Geom) -> usize {
     by_cache.min(by_threads)
 }
 
-/// Per-thread scratch of the backward pass: the weight and bias gradient sums, and buffers.
+/// The weight and bias gradient sums of one group of chunks.
 #[derive(Default)]
 struct Partial {
     dw: Vec<f32>,
     db: Vec<f32>,
+}
+
+/// A thread's buffers for the chunks it runs. They are kept from call to call, so that a
+/// training step neither allocates nor zero-fills them again.
+#[derive(Default)]
+struct Buffers {
     a: Vec<f32>,
     b: Vec<f32>,
     c: Vec<f32>,
     k: kernels::Scratch,
+}
+
+thread_local! {
+    static BUFFERS: RefCell<Buffers> = RefCell::new(Buffers::default());
+}
+
+/// Runs `f` with this thread's buffers (with fresh ones if they are in use further up).
+fn with_buffers<R>(f: impl FnOnce(&mut Buffers) -> R) -> R {
+    BUFFERS.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut b) => f(&mut b),
+        Err(_) => f(&mut Buffers::default()),
+    })
+}
+
+/// Zero-fills `buf` and returns it as initialised floats.
+fn zeroed(buf: &mut [MaybeUninit<f32>]) -> &mut [f32] {
+    for v in buf.iter_mut() {
+        v.write(0.0);
+    }
+    // SAFETY: every element was just written, and MaybeUninit<f32> has f32's layout.
+    unsafe { &mut *(buf as *mut [MaybeUninit<f32>] as *mut [f32]) }
 }
 
 fn scratch(v: &mut Vec<f32>, len: usize) -> &mut [f32] {
@@ -274,37 +303,44 @@ impl CustomOp3 for ConvOp {
         let (in_img, out_img) = if self.transpose { (g.o * p, g.c * hw) } else { (g.c * hw, g.o * p) };
         let shape =
             if self.transpose { Shape::from((g.n, g.c, g.h, g.w)) } else { Shape::from((g.n, g.o, g.ho, g.wo)) };
-        let mut y = vec![0.0f32; g.n * out_img];
-        if y.is_empty() {
+        // Filled chunk by chunk by the threads that compute it (no serial zero-fill first).
+        let len = g.n * out_img;
+        let mut y: Vec<f32> = Vec::with_capacity(len);
+        if len == 0 {
             return Ok((CpuStorage::F32(y), shape));
         }
         let chunk = chunk_images(&g);
         let (wr, wrt) = self.row_weights(w, &g);
         let fuse = self.fuse;
-        y.par_chunks_mut(chunk * out_img).enumerate().for_each_init(Partial::default, |s, (ci, ys)| {
-            let imgs = ys.len() / out_img;
-            let np = imgs * p;
-            let xs = &x[ci * chunk * in_img..][..imgs * in_img];
-            if !self.transpose {
-                let rows = scratch(&mut s.a, np * q);
-                kernels::im2row(xs, &g, imgs, fuse.relu_input, rows, &mut s.k);
-                // Pixel-major output (np × o) = R · Wᵀ: gemm packs both operands from
-                // contiguous runs this way round.
-                let yp = scratch(&mut s.b, np * g.o);
-                kernels::gemm(np, g.o, q, MatRef::rows(&s.a[..np * q], q), MatRef::rows(wrt, g.o), yp, false);
-                kernels::from_pixel_major(&s.b[..np * g.o], imgs, g.o, p, bias, fuse.relu_output, None, ys);
-            } else {
-                let xt = scratch(&mut s.a, g.o * np);
-                kernels::to_channel_major(xs, imgs, g.o, p, fuse.relu_input, None, xt, None);
-                let drows = scratch(&mut s.b, np * q);
-                let xt = MatRef::rows(&s.a[..g.o * np], np).t();
-                kernels::gemm(np, q, g.o, xt, MatRef::rows(wr, q), drows, false);
-                kernels::row2im(&s.b[..np * q], &g, imgs, None, bias, ys, &mut s.k);
-                if fuse.relu_output {
-                    ys.iter_mut().for_each(|v| *v = v.max(0.0));
+        y.spare_capacity_mut()[..len].par_chunks_mut(chunk * out_img).enumerate().for_each(|(ci, ys)| {
+            let ys = zeroed(ys);
+            with_buffers(|s| {
+                let imgs = ys.len() / out_img;
+                let np = imgs * p;
+                let xs = &x[ci * chunk * in_img..][..imgs * in_img];
+                if !self.transpose {
+                    let rows = scratch(&mut s.a, np * q);
+                    kernels::im2row(xs, &g, imgs, fuse.relu_input, rows, &mut s.k);
+                    // Pixel-major output (np × o) = R · Wᵀ: gemm packs both operands from
+                    // contiguous runs this way round.
+                    let yp = scratch(&mut s.b, np * g.o);
+                    kernels::gemm(np, g.o, q, MatRef::rows(&s.a[..np * q], q), MatRef::rows(wrt, g.o), yp, false);
+                    kernels::from_pixel_major(&s.b[..np * g.o], imgs, g.o, p, bias, fuse.relu_output, None, ys);
+                } else {
+                    let xt = scratch(&mut s.a, g.o * np);
+                    kernels::to_channel_major(xs, imgs, g.o, p, fuse.relu_input, None, xt, None);
+                    let drows = scratch(&mut s.b, np * q);
+                    let xt = MatRef::rows(&s.a[..g.o * np], np).t();
+                    kernels::gemm(np, q, g.o, xt, MatRef::rows(wr, q), drows, false);
+                    kernels::row2im(&s.b[..np * q], &g, imgs, None, bias, ys, &mut s.k);
+                    if fuse.relu_output {
+                        ys.iter_mut().for_each(|v| *v = v.max(0.0));
+                    }
                 }
-            }
+            })
         });
+        // SAFETY: every chunk of the first `len` elements was initialised by `zeroed` above.
+        unsafe { y.set_len(len) };
         Ok((CpuStorage::F32(y), shape))
     }
 
@@ -323,10 +359,12 @@ impl CustomOp3 for ConvOp {
         let out_channels = if self.transpose { g.c } else { g.o };
         let fuse = self.fuse;
         let chunk = chunk_images(&g);
-        let mut dx = vec![0.0f32; if need_x { g.n * in_img } else { 0 }];
+        // Like y in the forward pass: each chunk is filled by the thread that computes it.
+        let dx_len = if need_x { g.n * in_img } else { 0 };
+        let mut dx: Vec<f32> = Vec::with_capacity(dx_len);
         let n_chunks = g.n.div_ceil(chunk);
-        let dx_chunks: Vec<Option<&mut [f32]>> = if need_x && in_img > 0 {
-            dx.chunks_mut(chunk * in_img).map(Some).collect()
+        let dx_chunks: Vec<Option<&mut [MaybeUninit<f32>]>> = if dx_len > 0 {
+            dx.spare_capacity_mut()[..dx_len].chunks_mut(chunk * in_img).map(Some).collect()
         } else {
             (0..n_chunks).map(|_| None).collect()
         };
@@ -337,32 +375,33 @@ impl CustomOp3 for ConvOp {
             // not depend on which thread ran what.
             let groups = n_chunks.min(2 * rayon::current_num_threads()).max(1);
             let per_group = n_chunks.div_ceil(groups);
-            type Group<'a> = Vec<(usize, Option<&'a mut [f32]>)>;
+            type Group<'a> = Vec<(usize, Option<&'a mut [MaybeUninit<f32>]>)>;
             let mut grouped: Vec<Group> = (0..groups).map(|_| Vec::new()).collect();
             for (ci, dxc) in dx_chunks.into_iter().enumerate() {
                 grouped[ci / per_group].push((ci, dxc));
             }
-            let process = |s: &mut Partial, ci: usize, dxc: Option<&mut [f32]>| {
+            let process = |part: &mut Partial, s: &mut Buffers, ci: usize, dxc: Option<&mut [MaybeUninit<f32>]>| {
+                let dxc = dxc.map(zeroed);
                 let i0 = ci * chunk;
                 let imgs = chunk.min(g.n - i0);
                 let np = imgs * p;
                 let xc = &xs[i0 * in_img..][..imgs * in_img];
                 let yc = &ys[i0 * out_img..][..imgs * out_img];
                 let dyc = &dys[i0 * out_img..][..imgs * out_img];
-                scratch(&mut s.dw, g.o * q);
-                scratch(&mut s.db, out_channels);
+                scratch(&mut part.dw, g.o * q);
+                scratch(&mut part.db, out_channels);
                 if !self.transpose {
                     // dyt = dy (through the output relu) in channel-major form; its row
                     // sums are the bias gradient.
                     let dyt = scratch(&mut s.b, g.o * np);
                     let mask = fuse.relu_output.then_some(yc);
-                    kernels::to_channel_major(dyc, imgs, g.o, p, false, mask, dyt, Some(&mut s.db));
+                    kernels::to_channel_major(dyc, imgs, g.o, p, false, mask, dyt, Some(&mut part.db));
                     let dyt = &s.b[..g.o * np];
                     if need_w {
                         let rows = scratch(&mut s.a, np * q);
                         kernels::im2row(xc, &g, imgs, fuse.relu_input, rows, &mut s.k);
                         let rows = MatRef::rows(&s.a[..np * q], q);
-                        kernels::gemm(g.o, q, np, MatRef::rows(dyt, np), rows, &mut s.dw, true);
+                        kernels::gemm(g.o, q, np, MatRef::rows(dyt, np), rows, &mut part.dw, true);
                     }
                     if let Some(dxc) = dxc {
                         let drows = scratch(&mut s.c, np * q);
@@ -373,10 +412,10 @@ impl CustomOp3 for ConvOp {
                 } else {
                     let dym: &[f32] = if fuse.relu_output {
                         let m = scratch(&mut s.c, imgs * out_img);
-                        kernels::masked(dyc, yc, g.c, hw, m, &mut s.db);
+                        kernels::masked(dyc, yc, g.c, hw, m, &mut part.db);
                         &s.c[..imgs * out_img]
                     } else {
-                        kernels::channel_sums(dyc, g.c, hw, &mut s.db);
+                        kernels::channel_sums(dyc, g.c, hw, &mut part.db);
                         dyc
                     };
                     let rows = scratch(&mut s.a, np * q);
@@ -386,7 +425,7 @@ impl CustomOp3 for ConvOp {
                         let xt = scratch(&mut s.b, g.o * np);
                         kernels::to_channel_major(xc, imgs, g.o, p, fuse.relu_input, None, xt, None);
                         let xt = MatRef::rows(&s.b[..g.o * np], np);
-                        kernels::gemm(g.o, q, np, xt, MatRef::rows(rows, q), &mut s.dw, true);
+                        kernels::gemm(g.o, q, np, xt, MatRef::rows(rows, q), &mut part.dw, true);
                     }
                     if let Some(dxc) = dxc {
                         let dxp = scratch(&mut s.b, np * g.o);
@@ -399,11 +438,13 @@ impl CustomOp3 for ConvOp {
             let partials: Vec<Partial> = grouped
                 .into_par_iter()
                 .map(|items| {
-                    let mut s = Partial::default();
-                    for (ci, dxc) in items {
-                        process(&mut s, ci, dxc);
-                    }
-                    s
+                    let mut part = Partial::default();
+                    with_buffers(|s| {
+                        for (ci, dxc) in items {
+                            process(&mut part, s, ci, dxc);
+                        }
+                    });
+                    part
                 })
                 .collect();
             let (mut dw, mut db) = (vec![0.0f32; g.o * q], vec![0.0f32; out_channels]);
@@ -415,6 +456,9 @@ impl CustomOp3 for ConvOp {
             Ok((kernels::weight_from_rows(&dw, &g), db))
         })?;
         let (dw, db) = total;
+        // SAFETY: with dx_len > 0 every chunk went through `process`, which initialised it
+        // with `zeroed`; an error above returned before this line.
+        unsafe { dx.set_len(dx_len) };
         let dev = Device::Cpu;
         let dx = if need_x { Some(Tensor::from_vec(dx, x.shape(), &dev)?) } else { None };
         let dw = if need_w { Some(Tensor::from_vec(dw, w.shape(), &dev)?) } else { None };
