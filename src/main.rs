@@ -3,6 +3,8 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
+    // Before any thread starts (the environment is read and written here only).
+    vqlab::ops::tune_threads();
     let cli = vqlab::cli::Cli::parse();
     vqlab::app::init_logging(&cli);
     // A panic (a bug, or a library that panics on I/O errors, which vqlab catches) is one log

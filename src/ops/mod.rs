@@ -20,5 +20,16 @@ pub fn tune_allocator() {
     }
 }
 
+/// Unless the user set it, run candle's own elementwise CPU ops on the calling thread
+/// (`CANDLE_NUM_THREADS=1`). The heavy work of a step is vqlab's ops, on rayon's pool; candle's
+/// separate pool would add a worker that spins for a while after each of its ops, taking a
+/// core from them (about 5% of the benchmark step, 8% at 32×32×3). Call before any thread
+/// starts.
+pub fn tune_threads() {
+    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+        std::env::set_var("CANDLE_NUM_THREADS", "1");
+    }
+}
+
 pub mod act;
 pub mod nearest;
