@@ -53,6 +53,39 @@ fn resized(v: &mut Vec<f32>, len: usize) -> &mut [f32] {
     &mut v[..len]
 }
 
+/// Whether the CPU has AVX2 and FMA (checked once).
+#[cfg(target_arch = "x86_64")]
+fn wide_simd() -> bool {
+    static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *HAS.get_or_init(|| is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"))
+}
+
+/// Defines `pub fn $name(..) $body` so that the body runs compiled for AVX2 + FMA when the
+/// CPU has them (the layout passes are loops the compiler vectorises, and the baseline x86-64
+/// target gives it only SSE2), and as compiled for the baseline otherwise.
+macro_rules! simd_dispatch {
+    ($(#[$m:meta])* pub fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $body:block) => {
+        $(#[$m])*
+        #[allow(clippy::too_many_arguments)]
+        pub fn $name($($arg: $ty),*) {
+            #[inline(always)]
+            #[allow(clippy::too_many_arguments)]
+            fn body($($arg: $ty),*) $body
+            #[cfg(target_arch = "x86_64")]
+            if wide_simd() {
+                #[target_feature(enable = "avx2,fma")]
+                #[allow(clippy::too_many_arguments)]
+                unsafe fn wide($($arg: $ty),*) {
+                    body($($arg),*)
+                }
+                // SAFETY: the CPU has AVX2 and FMA, checked at run time.
+                return unsafe { wide($($arg),*) };
+            }
+            body($($arg),*)
+        }
+    };
+}
+
 /// Kernel (o, c, kh, kw) → (o, kh, kw, c): the column order of [`im2row`]'s row matrix.
 pub fn weight_to_rows(w: &[f32], g: &Geom) -> Vec<f32> {
     reorder_weight(w, g, true)
@@ -81,212 +114,185 @@ fn reorder_weight(w: &[f32], g: &Geom, to_rows: bool) -> Vec<f32> {
     out
 }
 
-/// Row matrix of `imgs` images (imgs·p × q) into `rows`: row (image, oy, ox), column
-/// (i, j, ci) holds x[image, ci, oy·s + i − pad, ox·s + j − pad] (0 in the padding), through
-/// relu when `relu`. `x` holds those images (imgs, c, h, w).
-///
-/// The images are first copied (through the relu) into zero-padded channels-last planes
-/// (hp, wp, c). A row's kw·c values for one kernel row i are then one contiguous run there:
-/// the matrix is built from copies of whole runs, not gathered value by value.
-pub fn im2row(x: &[f32], g: &Geom, imgs: usize, relu: bool, rows: &mut [f32], scratch: &mut Scratch) {
-    let (p, q, c) = (g.p(), g.q(), g.c);
-    let (hp, wp) = g.padded();
-    let img_len = hp * wp * c;
-    assert!(x.len() >= imgs * c * g.hw() && rows.len() >= imgs * p * q);
-    if c == 0 || g.hw() == 0 {
-        // No input values: every entry is padding.
-        rows[..imgs * p * q].fill(0.0);
-        return;
-    }
-    let padded = resized(&mut scratch.padded, imgs * img_len);
-    let (pad, row_len) = (g.pad, wp * c);
-    for (dst, src) in padded.chunks_exact_mut(img_len).zip(x.chunks_exact(c * g.hw())) {
-        // Zeros in the padding only: the top and bottom rows, and the left and right runs.
-        dst[..pad * row_len].fill(0.0);
-        dst[(pad + g.h) * row_len..].fill(0.0);
-        for y in 0..g.h {
-            let r = &mut dst[(y + pad) * row_len..][..row_len];
-            r[..pad * c].fill(0.0);
-            r[(pad + g.w) * c..].fill(0.0);
+simd_dispatch! {
+    /// Row matrix of `imgs` images (imgs·p × q) into `rows`: row (image, oy, ox), column
+    /// (i, j, ci) holds x[image, ci, oy·s + i − pad, ox·s + j − pad] (0 in the padding), through
+    /// relu when `relu`. `x` holds those images (imgs, c, h, w).
+    ///
+    /// The images are first copied (through the relu) into zero-padded channels-last planes
+    /// (hp, wp, c). A row's kw·c values for one kernel row i are then one contiguous run there:
+    /// the matrix is built from copies of whole runs, not gathered value by value.
+    pub fn im2row(x: &[f32], g: &Geom, imgs: usize, relu: bool, rows: &mut [f32], scratch: &mut Scratch) {
+        let (p, q, c) = (g.p(), g.q(), g.c);
+        let (hp, wp) = g.padded();
+        let img_len = hp * wp * c;
+        assert!(x.len() >= imgs * c * g.hw() && rows.len() >= imgs * p * q);
+        if c == 0 || g.hw() == 0 {
+            // No input values: every entry is padding.
+            rows[..imgs * p * q].fill(0.0);
+            return;
         }
-        // Each input row is read once, contiguously, and written with stride c.
-        for (ci, plane) in src.chunks_exact(g.hw()).enumerate() {
-            for (y, srow) in plane.chunks_exact(g.w).enumerate() {
-                let d = dst[((y + pad) * wp + pad) * c + ci..].iter_mut().step_by(c);
-                if relu {
-                    d.zip(srow).for_each(|(d, v)| *d = v.max(0.0));
-                } else {
-                    d.zip(srow).for_each(|(d, v)| *d = *v);
+        let padded = resized(&mut scratch.padded, imgs * img_len);
+        let (pad, row_len) = (g.pad, wp * c);
+        for (dst, src) in padded.chunks_exact_mut(img_len).zip(x.chunks_exact(c * g.hw())) {
+            // Zeros in the padding only: the top and bottom rows, and the left and right runs.
+            dst[..pad * row_len].fill(0.0);
+            dst[(pad + g.h) * row_len..].fill(0.0);
+            for y in 0..g.h {
+                let r = &mut dst[(y + pad) * row_len..][..row_len];
+                r[..pad * c].fill(0.0);
+                r[(pad + g.w) * c..].fill(0.0);
+            }
+            // Each input row is read once, contiguously, and written with stride c.
+            for (ci, plane) in src.chunks_exact(g.hw()).enumerate() {
+                for (y, srow) in plane.chunks_exact(g.w).enumerate() {
+                    let d = dst[((y + pad) * wp + pad) * c + ci..].iter_mut().step_by(c);
+                    if relu {
+                        d.zip(srow).for_each(|(d, v)| *d = v.max(0.0));
+                    } else {
+                        d.zip(srow).for_each(|(d, v)| *d = *v);
+                    }
                 }
             }
         }
-    }
-    let run = g.kw * c;
-    for (pos, row) in rows[..imgs * p * q].chunks_exact_mut(q).enumerate() {
-        let (img, op) = (pos / p, pos % p);
-        let (oy, ox) = (op / g.wo, op % g.wo);
-        let plane = &scratch.padded[img * img_len..][..img_len];
-        for (i, dst) in row.chunks_exact_mut(run).enumerate() {
-            dst.copy_from_slice(&plane[((oy * g.stride + i) * wp + ox * g.stride) * c..][..run]);
+        let run = g.kw * c;
+        for (pos, row) in rows[..imgs * p * q].chunks_exact_mut(q).enumerate() {
+            let (img, op) = (pos / p, pos % p);
+            let (oy, ox) = (op / g.wo, op % g.wo);
+            let plane = &scratch.padded[img * img_len..][..img_len];
+            for (i, dst) in row.chunks_exact_mut(run).enumerate() {
+                dst.copy_from_slice(&plane[((oy * g.stride + i) * wp + ox * g.stride) * c..][..run]);
+            }
         }
     }
 }
 
-/// The adjoint of [`im2row`] for `imgs` images: every row-matrix entry summed into the input
-/// pixel it was read from, written to `out` (imgs, c, h, w), plus `bias[c]`, zeroed where
-/// `mask` (laid out like `out`) is ≤ 0 (the gradient of an input relu).
-#[allow(clippy::too_many_arguments)]
-pub fn row2im(
-    rows: &[f32],
-    g: &Geom,
-    imgs: usize,
-    mask: Option<&[f32]>,
-    bias: Option<&[f32]>,
-    out: &mut [f32],
-    scratch: &mut Scratch,
-) {
-    let (p, q, c, hw) = (g.p(), g.q(), g.c, g.hw());
-    let (hp, wp) = g.padded();
-    if hw == 0 || c == 0 {
-        return;
-    }
-    assert!(rows.len() >= imgs * p * q && out.len() >= imgs * c * hw);
-    let run = g.kw * c;
-    // One image at a time: its channels-last accumulator stays in cache.
-    let acc = resized(&mut scratch.padded, hp * wp * c);
-    for (img, dst) in out[..imgs * c * hw].chunks_exact_mut(c * hw).enumerate() {
-        acc.fill(0.0);
-        for (op, row) in rows[img * p * q..][..p * q].chunks_exact(q).enumerate() {
-            let (oy, ox) = (op / g.wo, op % g.wo);
-            for (i, src) in row.chunks_exact(run).enumerate() {
-                let a = &mut acc[((oy * g.stride + i) * wp + ox * g.stride) * c..][..run];
-                a.iter_mut().zip(src).for_each(|(a, v)| *a += v);
+simd_dispatch! {
+    /// The adjoint of [`im2row`] for `imgs` images: every row-matrix entry summed into the input
+    /// pixel it was read from, written to `out` (imgs, c, h, w), plus `bias[c]`, zeroed where
+    /// `mask` (laid out like `out`) is ≤ 0 (the gradient of an input relu).
+    pub fn row2im(
+        rows: &[f32],
+        g: &Geom,
+        imgs: usize,
+        mask: Option<&[f32]>,
+        bias: Option<&[f32]>,
+        out: &mut [f32],
+        scratch: &mut Scratch,
+    ) {
+        let (p, q, c, hw) = (g.p(), g.q(), g.c, g.hw());
+        let (hp, wp) = g.padded();
+        if hw == 0 || c == 0 {
+            return;
+        }
+        assert!(rows.len() >= imgs * p * q && out.len() >= imgs * c * hw);
+        let run = g.kw * c;
+        // One image at a time: its channels-last accumulator stays in cache.
+        let acc = resized(&mut scratch.padded, hp * wp * c);
+        for (img, dst) in out[..imgs * c * hw].chunks_exact_mut(c * hw).enumerate() {
+            acc.fill(0.0);
+            for (op, row) in rows[img * p * q..][..p * q].chunks_exact(q).enumerate() {
+                let (oy, ox) = (op / g.wo, op % g.wo);
+                for (i, src) in row.chunks_exact(run).enumerate() {
+                    let a = &mut acc[((oy * g.stride + i) * wp + ox * g.stride) * c..][..run];
+                    a.iter_mut().zip(src).for_each(|(a, v)| *a += v);
+                }
+            }
+            let m = mask.map(|m| &m[img * c * hw..][..c * hw]);
+            for ci in 0..c {
+                let b = bias.map_or(0.0, |b| b[ci]);
+                let plane = &mut dst[ci * hw..][..hw];
+                for (y, drow) in plane.chunks_exact_mut(g.w).enumerate() {
+                    let a = acc[((y + g.pad) * wp + g.pad) * c + ci..].iter().step_by(c);
+                    drow.iter_mut().zip(a).for_each(|(d, a)| *d = a + b);
+                    if let Some(m) = m {
+                        let mrow = &m[ci * hw + y * g.w..][..g.w];
+                        drow.iter_mut().zip(mrow).for_each(|(d, m)| {
+                            if *m <= 0.0 {
+                                *d = 0.0
+                            }
+                        });
+                    }
+                }
             }
         }
-        let m = mask.map(|m| &m[img * c * hw..][..c * hw]);
+    }
+}
+
+simd_dispatch! {
+    /// (imgs, c, p) → (c, imgs·p) into `out`, through relu when `relu`, zeroed where `mask` (laid
+    /// out like `x`) is ≤ 0. Adds each channel's sum of the result to `sums` when given.
+    pub fn to_channel_major(
+        x: &[f32],
+        imgs: usize,
+        c: usize,
+        p: usize,
+        relu: bool,
+        mask: Option<&[f32]>,
+        out: &mut [f32],
+        sums: Option<&mut [f32]>,
+    ) {
+        let mut sums = sums;
+        let np = imgs * p;
         for ci in 0..c {
-            let b = bias.map_or(0.0, |b| b[ci]);
-            let plane = &mut dst[ci * hw..][..hw];
-            for (y, drow) in plane.chunks_exact_mut(g.w).enumerate() {
-                let a = acc[((y + g.pad) * wp + g.pad) * c + ci..].iter().step_by(c);
-                drow.iter_mut().zip(a).for_each(|(d, a)| *d = a + b);
-                if let Some(m) = m {
-                    let mrow = &m[ci * hw + y * g.w..][..g.w];
-                    drow.iter_mut().zip(mrow).for_each(|(d, m)| {
+            let mut acc = 0.0f32;
+            for img in 0..imgs {
+                let src = &x[(img * c + ci) * p..][..p];
+                let dst = &mut out[ci * np + img * p..][..p];
+                match mask {
+                    Some(m) => {
+                        let m = &m[(img * c + ci) * p..][..p];
+                        for ((d, v), m) in dst.iter_mut().zip(src).zip(m) {
+                            *d = if *m > 0.0 { *v } else { 0.0 };
+                        }
+                    }
+                    None if relu => dst.iter_mut().zip(src).for_each(|(d, v)| *d = v.max(0.0)),
+                    None => dst.copy_from_slice(src),
+                }
+                if sums.is_some() {
+                    acc += dst.iter().sum::<f32>();
+                }
+            }
+            if let Some(s) = sums.as_deref_mut() {
+                s[ci] += acc;
+            }
+        }
+    }
+}
+
+simd_dispatch! {
+    /// (imgs·p, c) → (imgs, c, p) into `out`, plus `bias[c]`, through relu when `relu`, zeroed
+    /// where `mask` (laid out like `out`) is ≤ 0.
+    pub fn from_pixel_major(
+        x: &[f32],
+        imgs: usize,
+        c: usize,
+        p: usize,
+        bias: Option<&[f32]>,
+        relu: bool,
+        mask: Option<&[f32]>,
+        out: &mut [f32],
+    ) {
+        if c == 0 || p == 0 {
+            return;
+        }
+        assert!(x.len() >= imgs * p * c && out.len() >= imgs * c * p);
+        for (img, dst) in out[..imgs * c * p].chunks_exact_mut(c * p).enumerate() {
+            let src = &x[img * p * c..][..p * c];
+            for (ci, plane) in dst.chunks_exact_mut(p).enumerate() {
+                let b = bias.map_or(0.0, |b| b[ci]);
+                for (pos, d) in plane.iter_mut().enumerate() {
+                    let v = src[pos * c + ci] + b;
+                    *d = if relu { v.max(0.0) } else { v };
+                }
+                if let Some(m) = mask {
+                    let m = &m[(img * c + ci) * p..][..p];
+                    plane.iter_mut().zip(m).for_each(|(d, m)| {
                         if *m <= 0.0 {
                             *d = 0.0
                         }
                     });
                 }
-            }
-        }
-    }
-}
-
-/// (imgs, c, p) → (c, imgs·p) into `out`, through relu when `relu`, zeroed where `mask` (laid
-/// out like `x`) is ≤ 0. Adds each channel's sum of the result to `sums` when given.
-#[allow(clippy::too_many_arguments)]
-pub fn to_channel_major(
-    x: &[f32],
-    imgs: usize,
-    c: usize,
-    p: usize,
-    relu: bool,
-    mask: Option<&[f32]>,
-    out: &mut [f32],
-    mut sums: Option<&mut [f32]>,
-) {
-    let np = imgs * p;
-    for ci in 0..c {
-        let mut acc = 0.0f32;
-        for img in 0..imgs {
-            let src = &x[(img * c + ci) * p..][..p];
-            let dst = &mut out[ci * np + img * p..][..p];
-            match mask {
-                Some(m) => {
-                    let m = &m[(img * c + ci) * p..][..p];
-                    for ((d, v), m) in dst.iter_mut().zip(src).zip(m) {
-                        *d = if *m > 0.0 { *v } else { 0.0 };
-                    }
-                }
-                None if relu => dst.iter_mut().zip(src).for_each(|(d, v)| *d = v.max(0.0)),
-                None => dst.copy_from_slice(src),
-            }
-            if sums.is_some() {
-                acc += dst.iter().sum::<f32>();
-            }
-        }
-        if let Some(s) = sums.as_deref_mut() {
-            s[ci] += acc;
-        }
-    }
-}
-
-/// (c, imgs·p) → (imgs, c, p) into `out`, plus `bias[c]`, through relu when `relu`, zeroed
-/// where `mask` (laid out like `out`) is ≤ 0.
-#[allow(clippy::too_many_arguments)]
-pub fn from_channel_major(
-    x: &[f32],
-    imgs: usize,
-    c: usize,
-    p: usize,
-    bias: Option<&[f32]>,
-    relu: bool,
-    mask: Option<&[f32]>,
-    out: &mut [f32],
-) {
-    let np = imgs * p;
-    for img in 0..imgs {
-        for ci in 0..c {
-            let src = &x[ci * np + img * p..][..p];
-            let dst = &mut out[(img * c + ci) * p..][..p];
-            let b = bias.map_or(0.0, |b| b[ci]);
-            match (relu, mask) {
-                (_, Some(m)) => {
-                    let m = &m[(img * c + ci) * p..][..p];
-                    for ((d, v), m) in dst.iter_mut().zip(src).zip(m) {
-                        *d = if *m > 0.0 { v + b } else { 0.0 };
-                    }
-                }
-                (true, None) => dst.iter_mut().zip(src).for_each(|(d, v)| *d = (v + b).max(0.0)),
-                (false, None) => dst.iter_mut().zip(src).for_each(|(d, v)| *d = v + b),
-            }
-        }
-    }
-}
-
-/// (imgs·p, c) → (imgs, c, p) into `out`, plus `bias[c]`, through relu when `relu`, zeroed
-/// where `mask` (laid out like `out`) is ≤ 0.
-#[allow(clippy::too_many_arguments)]
-pub fn from_pixel_major(
-    x: &[f32],
-    imgs: usize,
-    c: usize,
-    p: usize,
-    bias: Option<&[f32]>,
-    relu: bool,
-    mask: Option<&[f32]>,
-    out: &mut [f32],
-) {
-    if c == 0 || p == 0 {
-        return;
-    }
-    assert!(x.len() >= imgs * p * c && out.len() >= imgs * c * p);
-    for (img, dst) in out[..imgs * c * p].chunks_exact_mut(c * p).enumerate() {
-        let src = &x[img * p * c..][..p * c];
-        for (ci, plane) in dst.chunks_exact_mut(p).enumerate() {
-            let b = bias.map_or(0.0, |b| b[ci]);
-            for (pos, d) in plane.iter_mut().enumerate() {
-                let v = src[pos * c + ci] + b;
-                *d = if relu { v.max(0.0) } else { v };
-            }
-            if let Some(m) = mask {
-                let m = &m[(img * c + ci) * p..][..p];
-                plane.iter_mut().zip(m).for_each(|(d, m)| {
-                    if *m <= 0.0 {
-                        *d = 0.0
-                    }
-                });
             }
         }
     }
