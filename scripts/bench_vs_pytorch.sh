@@ -39,6 +39,11 @@ if [ -z "${TORCH_PYTHON:-}" ]; then
   fi
   TORCH_PYTHON="$VENV/bin/python"
 fi
+# Checked before the rounds, not after them: the run check reads metrics.parquet with pyarrow.
+if [ "$RUN_CHECK" = 1 ] && ! "$TORCH_PYTHON" -c 'import pyarrow' 2>/dev/null; then
+  echo "error: $TORCH_PYTHON has no pyarrow, which the run check needs (pip install pyarrow, or RUN_CHECK=0)" >&2
+  exit 2
+fi
 
 cargo build --release --locked --quiet
 VQLAB="$CARGO_TARGET_DIR/release/vqlab"
@@ -80,10 +85,6 @@ if [ "$RUN_CHECK" = 1 ] && [ -s "$WORK/vqvae.vqlab" ]; then
   bench=$(python3 -c 'import statistics,sys; print(statistics.median(float(x) for x in open(sys.argv[1])))' "$WORK/vqvae.vqlab")
   "$VQLAB" -q run experiments/bench_step.toml --runs-dir "$WORK/runs" --set train.steps="$RUN_STEPS" \
     --set hardware.threads_per_run="$THREADS" >/dev/null
-  if ! "$TORCH_PYTHON" -c 'import pyarrow' 2>/dev/null; then
-    echo "error: $TORCH_PYTHON has no pyarrow, which reads the run's metrics.parquet (pip install pyarrow)" >&2
-    exit 2
-  fi
   "$TORCH_PYTHON" - "$WORK/runs/bench-step" "$bench" <<'PY'
 import glob, statistics, sys
 import pyarrow.parquet as pq

@@ -3,7 +3,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
-    // Before any thread starts (the environment is read and written here only).
+    // First, while the process has one thread: setting the environment is sound only then.
     vqlab::ops::tune_threads();
     let cli = vqlab::cli::Cli::parse();
     vqlab::app::init_logging(&cli);

@@ -27,7 +27,7 @@ use rayon::prelude::*;
 
 use candle_core::{bail, CpuStorage, CustomOp3, DType, Device, Layout, Result, Shape, Storage, Tensor};
 
-use super::kernels::{self, Geom, MatRef};
+use super::kernels::{self, resized, Geom, MatRef};
 
 /// Relus fused into a convolution: on its input (as in a pre-activation residual block) and
 /// on its output.
@@ -187,12 +187,6 @@ fn zeroed(buf: &mut [MaybeUninit<f32>]) -> &mut [f32] {
     unsafe { &mut *(buf as *mut [MaybeUninit<f32>] as *mut [f32]) }
 }
 
-fn scratch(v: &mut Vec<f32>, len: usize) -> &mut [f32] {
-    if v.len() < len {
-        v.resize(len, 0.0);
-    }
-    &mut v[..len]
-}
 impl ConvOp {
     /// The kernel (o, c, kh, kw) as (o, kh·kw·c) and as its transpose; computed once per op.
     fn row_weights(&self, w: &[f32], g: &Geom) -> &(Vec<f32>, Vec<f32>) {
@@ -321,17 +315,17 @@ impl CustomOp3 for ConvOp {
                 let np = imgs * p;
                 let xs = &x[ci * chunk * in_img..][..imgs * in_img];
                 if !self.transpose {
-                    let rows = scratch(&mut s.a, np * q);
+                    let rows = resized(&mut s.a, np * q);
                     kernels::im2row(xs, &g, imgs, fuse.relu_input, rows, &mut s.k);
                     // Pixel-major output (np × o) = R · Wᵀ: gemm packs both operands from
                     // contiguous runs this way round.
-                    let yp = scratch(&mut s.b, np * g.o);
+                    let yp = resized(&mut s.b, np * g.o);
                     kernels::gemm(np, g.o, q, MatRef::rows(&s.a[..np * q], q), MatRef::rows(wrt, g.o), yp, false);
                     kernels::from_pixel_major(&s.b[..np * g.o], imgs, g.o, p, bias, fuse.relu_output, None, ys);
                 } else {
-                    let xt = scratch(&mut s.a, g.o * np);
+                    let xt = resized(&mut s.a, g.o * np);
                     kernels::to_channel_major(xs, imgs, g.o, p, fuse.relu_input, None, xt, None);
-                    let drows = scratch(&mut s.b, np * q);
+                    let drows = resized(&mut s.b, np * q);
                     let xt = MatRef::rows(&s.a[..g.o * np], np).t();
                     kernels::gemm(np, q, g.o, xt, MatRef::rows(wr, q), drows, false);
                     kernels::row2im(&s.b[..np * q], &g, imgs, None, bias, ys, &mut s.k);
@@ -390,47 +384,47 @@ impl CustomOp3 for ConvOp {
                 let xc = &xs[i0 * in_img..][..imgs * in_img];
                 let yc = &ys[i0 * out_img..][..imgs * out_img];
                 let dyc = &dys[i0 * out_img..][..imgs * out_img];
-                scratch(&mut part.dw, g.o * q);
-                scratch(&mut part.db, out_channels);
+                resized(&mut part.dw, g.o * q);
+                resized(&mut part.db, out_channels);
                 if !self.transpose {
                     // dyt = dy (through the output relu) in channel-major form; its row
                     // sums are the bias gradient.
-                    let dyt = scratch(&mut s.b, g.o * np);
+                    let dyt = resized(&mut s.b, g.o * np);
                     let mask = fuse.relu_output.then_some(yc);
                     kernels::to_channel_major(dyc, imgs, g.o, p, false, mask, dyt, Some(&mut part.db));
                     let dyt = &s.b[..g.o * np];
                     if need_w {
-                        let rows = scratch(&mut s.a, np * q);
+                        let rows = resized(&mut s.a, np * q);
                         kernels::im2row(xc, &g, imgs, fuse.relu_input, rows, &mut s.k);
                         let rows = MatRef::rows(&s.a[..np * q], q);
                         kernels::gemm(g.o, q, np, MatRef::rows(dyt, np), rows, &mut part.dw, true);
                     }
                     if let Some(dxc) = dxc {
-                        let drows = scratch(&mut s.c, np * q);
+                        let drows = resized(&mut s.c, np * q);
                         kernels::gemm(np, q, g.o, MatRef::rows(dyt, np).t(), MatRef::rows(wr, q), drows, false);
                         let mask = fuse.relu_input.then_some(xc);
                         kernels::row2im(&s.c[..np * q], &g, imgs, mask, None, dxc, &mut s.k);
                     }
                 } else {
                     let dym: &[f32] = if fuse.relu_output {
-                        let m = scratch(&mut s.c, imgs * out_img);
+                        let m = resized(&mut s.c, imgs * out_img);
                         kernels::masked(dyc, yc, g.c, hw, m, &mut part.db);
                         &s.c[..imgs * out_img]
                     } else {
                         kernels::channel_sums(dyc, g.c, hw, &mut part.db);
                         dyc
                     };
-                    let rows = scratch(&mut s.a, np * q);
+                    let rows = resized(&mut s.a, np * q);
                     kernels::im2row(dym, &g, imgs, false, rows, &mut s.k);
                     let rows = &s.a[..np * q];
                     if need_w {
-                        let xt = scratch(&mut s.b, g.o * np);
+                        let xt = resized(&mut s.b, g.o * np);
                         kernels::to_channel_major(xc, imgs, g.o, p, fuse.relu_input, None, xt, None);
                         let xt = MatRef::rows(&s.b[..g.o * np], np);
                         kernels::gemm(g.o, q, np, xt, MatRef::rows(rows, q), &mut part.dw, true);
                     }
                     if let Some(dxc) = dxc {
-                        let dxp = scratch(&mut s.b, np * g.o);
+                        let dxp = resized(&mut s.b, np * g.o);
                         kernels::gemm(np, g.o, q, MatRef::rows(rows, q), MatRef::rows(wrt, g.o), dxp, false);
                         let mask = fuse.relu_input.then_some(xc);
                         kernels::from_pixel_major(&s.b[..np * g.o], imgs, g.o, p, None, false, mask, dxc);

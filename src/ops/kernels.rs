@@ -46,7 +46,8 @@ pub struct Scratch {
     padded: Vec<f32>,
 }
 
-fn resized(v: &mut Vec<f32>, len: usize) -> &mut [f32] {
+/// The first `len` elements of `v`, grown (with zeros) if it is shorter: a reusable buffer.
+pub(crate) fn resized(v: &mut Vec<f32>, len: usize) -> &mut [f32] {
     if v.len() < len {
         v.resize(len, 0.0);
     }
