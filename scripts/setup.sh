@@ -4,7 +4,7 @@
 # build. With --quickstart, also run experiments/quickstart.toml end to end.
 #
 #   bash scripts/setup.sh               # packages + build
-#   bash scripts/setup.sh --quickstart  # packages + build + the quickstart sweep (~10 min)
+#   bash scripts/setup.sh --quickstart  # packages + build + the quickstart sweep (~2 min once built)
 #   bash scripts/setup.sh --deps-only   # packages only, Slurm included (what scripts/test.sh runs first)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -60,12 +60,13 @@ if [ "$mode" = quickstart ]; then
     --metrics eval/rec_mse,eval/usage,eval/perplexity,eval/rfid --out runs/quickstart/table.md
   "$bin" report runs/quickstart --rows quantizer.codebook_size --cols model.variant \
     --metrics eval/rec_mse,eval/usage,eval/perplexity,eval/rfid --out runs/quickstart/table.tex
-  "$bin" plot runs/quickstart --curves --y train/rec_loss --out runs/quickstart/rec_loss.png
+  # Validation rec MSE means the same for every run (train/rec_loss is L1 for VQ-GAN, MSE for VQ-VAE).
+  "$bin" plot runs/quickstart --curves --y val/rec_mse --out runs/quickstart/val_rec_mse.png
   "$bin" compare runs/quickstart --out runs/quickstart/compare.html
   echo
   cat runs/quickstart/table.md
   echo
   echo "done: results in runs/quickstart/ (per run: summary.json, metrics.parquet, samples/*.png)"
-  echo "      tables runs/quickstart/table.{md,tex}, figure rec_loss.png, page compare.html"
+  echo "      tables runs/quickstart/table.{md,tex}, figure val_rec_mse.png, page compare.html"
   echo "      $bin status runs/quickstart"
 fi

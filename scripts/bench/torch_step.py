@@ -1,7 +1,7 @@
 """The PyTorch side of scripts/bench_vs_pytorch.sh: the training step of
 experiments/bench_step.toml written the way a careful PyTorch user would write it.
 
-VQ-VAE: Sonnet's encoder/decoder (stride-2 4x4 convs, a 3x3 conv, a residual stack of
+VQ-VAE: Sonnet's encoder/decoder (stride-2 4x4 convs, a 3x3 conv with ReLU, a residual stack of
 relu-conv3x3-relu-conv1x1 blocks, a 1x1 pre-VQ conv; the mirror image with transposed convs),
 a vector quantizer (nearest code by one matmul, codebook + beta * commitment losses,
 straight-through), MSE reconstruction, Adam.
@@ -55,7 +55,7 @@ class VQModel(nn.Module):
         h = x - 0.5
         for c in self.enc:
             h = F.relu(c(h))
-        z = self.pre_vq(self.enc_res(self.enc_conv3(h)))
+        z = self.pre_vq(self.enc_res(F.relu(self.enc_conv3(h))))
         b, d, hh, ww = z.shape
         flat = z.permute(0, 2, 3, 1).reshape(-1, d)
         e = self.codebook

@@ -8,7 +8,7 @@ pub mod validate;
 
 pub use load::Layers;
 pub use schema::*;
-pub use sweep::{expand, run_dir_name, run_id, PlannedRun, Sweep};
+pub use sweep::{expand, run_dir_name, run_id, PlannedRun, Sweep, TRAINING_REVISION};
 
 use std::path::Path;
 

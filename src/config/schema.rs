@@ -23,6 +23,13 @@ pub struct ExperimentConfig {
     pub launcher: LauncherConfig,
 }
 
+impl ExperimentConfig {
+    /// Adam's betas of this run: `train.betas`, or the variant's reference when unset.
+    pub fn adam_betas(&self) -> [f64; 2] {
+        self.train.betas.unwrap_or_else(|| self.model.variant.reference_betas())
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ExperimentSection {
@@ -68,6 +75,17 @@ impl DatasetKind {
             DatasetKind::Synthetic => "",
         }
     }
+    /// Validation images carved from the end of the training split when `data.val_images` is
+    /// not set: what checkpoint selection and early stop read (never the test split). The
+    /// folder dataset has no default (its size is unknown until it is read): 0, no validation
+    /// split, so no best checkpoint and no early stop unless `data.val_images` is set.
+    pub fn default_val_images(self) -> usize {
+        match self {
+            DatasetKind::FashionMnist | DatasetKind::Mnist | DatasetKind::Cifar10 => 5_000,
+            DatasetKind::Synthetic => 2_000,
+            DatasetKind::Folder => 0,
+        }
+    }
     /// (channels, side) of the images as stored; `None` where it depends on the files.
     pub fn native_shape(self) -> Option<(u32, u32)> {
         match self {
@@ -89,10 +107,23 @@ pub struct DataConfig {
     pub image_size: u32,
     /// 1 (grayscale) or 3 (RGB); 0 = the dataset's native channels (folder: 3).
     pub channels: u32,
-    /// Training images used; 0 = all (synthetic: 10,000 generated).
+    /// Training images used, from what the validation split leaves; 0 = all of them
+    /// (synthetic: 10,000 generated).
     pub train_images: usize,
-    /// Fixed eval subset (the first images of the test split).
+    /// Validation split: the last `val_images` images of the training split, never trained
+    /// on; the best checkpoint, early stop and the eval curves read it. Unset = the dataset's
+    /// default ([`DatasetKind::default_val_images`]); 0 = no validation split.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub val_images: Option<usize>,
+    /// Fixed eval subset (the first images of the test split): the final metrics.
     pub eval_images: usize,
+}
+
+impl DataConfig {
+    /// The validation split's size as resolved (the dataset default when unset).
+    pub fn val_images(&self) -> usize {
+        self.val_images.unwrap_or_else(|| self.dataset.default_val_images())
+    }
 }
 
 impl Default for DataConfig {
@@ -103,6 +134,7 @@ impl Default for DataConfig {
             image_size: 0,
             channels: 0,
             train_images: 0,
+            val_images: None,
             eval_images: 10_000,
         }
     }
@@ -120,6 +152,14 @@ impl Variant {
         match self {
             Variant::Vqvae => "vqvae",
             Variant::Vqgan => "vqgan",
+        }
+    }
+    /// Adam's betas in the variant's reference implementation: Sonnet's VQ-VAE example trains
+    /// with Adam's defaults, taming-transformers' VQ-GAN with (0.5, 0.9).
+    pub fn reference_betas(self) -> [f64; 2] {
+        match self {
+            Variant::Vqvae => [0.9, 0.999],
+            Variant::Vqgan => [0.5, 0.9],
         }
     }
 }
@@ -196,7 +236,21 @@ pub enum ReconLoss {
     /// MSE for vqvae, L1 for vqgan (taming's choice); resolved per run.
     Auto,
     Mse,
+    /// MSE divided by the variance of the training pixels, as Sonnet's VQ-VAE example does.
+    #[serde(rename = "mse_var")]
+    MseVar,
     L1,
+}
+
+impl ReconLoss {
+    pub fn name(self) -> &'static str {
+        match self {
+            ReconLoss::Auto => "auto",
+            ReconLoss::Mse => "mse",
+            ReconLoss::MseVar => "mse_var",
+            ReconLoss::L1 => "l1",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -247,7 +301,10 @@ pub struct TrainConfig {
     pub steps: u64,
     pub batch_size: usize,
     pub lr: f64,
-    pub betas: [f64; 2],
+    /// Adam's (β1, β2); unset = the variant's reference: Sonnet's (0.9, 0.999) for vqvae,
+    /// taming's (0.5, 0.9) for vqgan.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub betas: Option<[f64; 2]>,
     pub log_every: u64,
     pub eval_every: u64,
     pub checkpoint_every: u64,
@@ -259,7 +316,8 @@ pub struct TrainConfig {
 }
 
 /// Stop a run when an eval metric crosses a bound at an eval step at or after `after_step`,
-/// e.g. `{ metric = "eval/usage", below = 0.05, after_step = 1000 }`. The run ends
+/// e.g. `{ metric = "val/usage", below = 0.05, after_step = 1000 }`: rules read the validation
+/// split, never the test split. The run ends
 /// `stopped_early` with the rule in its reason and frees its slot.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -295,7 +353,7 @@ impl Default for TrainConfig {
             steps: 5000,
             batch_size: 128,
             lr: 2e-4,
-            betas: [0.5, 0.9],
+            betas: None,
             log_every: 50,
             eval_every: 1000,
             checkpoint_every: 1000,

@@ -50,12 +50,26 @@ pub struct Sweep {
     pub runs: Vec<PlannedRun>,
 }
 
-/// The run id: a short hash of the canonical JSON of the result-relevant config.
+/// The training-semantics revision: what a run with a given config computes. Bump it in any
+/// change that alters a run's results for the same config (a fixed formula, a new default
+/// that resolves into the same keys, another order of random draws), so that the run ids
+/// change and results of the old code are never taken for results of the new one.
+///
+/// 1: the first milestone. 2: the reference-check fixes (encoder ReLU after the 3×3 conv,
+/// k-means-seeded EMA statistics, draws without replacement, unit-norm cosine codebooks,
+/// the validation split and per-variant Adam betas).
+pub const TRAINING_REVISION: u32 = 2;
+
+/// The run id: a short hash of the canonical JSON of the result-relevant config and the
+/// training revision.
 pub fn run_id(cfg: &ExperimentConfig) -> String {
     // Plain structs and string-keyed maps: serializing to JSON cannot fail.
     let mut value = serde_json::to_value(cfg).expect("a config always serializes to JSON");
     for key in NON_RESULT_KEYS {
         remove_key(&mut value, key);
+    }
+    if let serde_json::Value::Object(map) = &mut value {
+        map.insert("training_revision".into(), TRAINING_REVISION.into());
     }
     let canonical = canonical_json(&value);
     let digest = Sha256::digest(canonical.as_bytes());

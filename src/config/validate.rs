@@ -21,6 +21,12 @@ pub fn resolve(cfg: &mut ExperimentConfig) {
     } else if cfg.data.channels == 0 {
         cfg.data.channels = 3;
     }
+    if cfg.data.val_images.is_none() {
+        cfg.data.val_images = Some(kind.default_val_images());
+    }
+    if cfg.train.betas.is_none() {
+        cfg.train.betas = Some(cfg.model.variant.reference_betas());
+    }
     if cfg.loss.recon == ReconLoss::Auto {
         cfg.loss.recon = match cfg.model.variant {
             Variant::Vqvae => ReconLoss::Mse,
@@ -72,6 +78,9 @@ pub fn validate(cfg: &ExperimentConfig, origin: &dyn Fn(&str) -> String) -> Resu
     }
     if d.eval_images == 0 {
         bad("data.eval_images", "expected at least 1 eval image, found 0".into());
+    }
+    if d.dataset == DatasetKind::Synthetic && d.val_images() > 1_000_000 {
+        bad("data.val_images", format!("expected at most 1000000 synthetic images, found {}", d.val_images()));
     }
     let m = &cfg.model;
     if m.downsample == 0 || m.downsample > 6 {
@@ -154,7 +163,7 @@ pub fn validate(cfg: &ExperimentConfig, origin: &dyn Fn(&str) -> String) -> Resu
     if !(t.lr.is_finite() && t.lr > 0.0) {
         bad("train.lr", format!("expected a positive finite learning rate, found {}", t.lr));
     }
-    for (i, b) in t.betas.iter().enumerate() {
+    for (i, b) in cfg.adam_betas().iter().enumerate() {
         if !(0.0..1.0).contains(b) {
             bad("train.betas", format!("expected both Adam betas in [0, 1), found betas[{i}] = {b}"));
         }
@@ -166,23 +175,41 @@ pub fn validate(cfg: &ExperimentConfig, origin: &dyn Fn(&str) -> String) -> Resu
         }
     }
 
+    // Early stop reads the validation split: a rule on a test-split metric would select on
+    // the test set.
+    let val_names: Vec<String> = crate::train::EVAL_METRICS.iter().map(|m| m.replacen("eval/", "val/", 1)).collect();
     for (i, rule) in t.early_stop.iter().enumerate() {
-        let known = crate::train::EVAL_METRICS.contains(&rule.metric.as_str());
-        if !known {
+        if let Some(name) = rule.metric.strip_prefix("eval/").filter(|n| val_names.contains(&format!("val/{n}"))) {
             bad(
                 "train.early_stop",
                 format!(
-                    "rule {i}: metric {:?} is not an eval metric (expected one of {})",
-                    rule.metric,
-                    crate::train::EVAL_METRICS.join(", ")
+                    "rule {i}: {} is measured on the test split, and stopping on it would select on the test set; use val/{name} (the validation split, data.val_images)",
+                    rule.metric
                 ),
             );
-        } else if (rule.metric.starts_with("eval/rfid") || rule.metric.starts_with("eval/kid")) && !cfg.eval.fid {
+        } else if !val_names.contains(&rule.metric) {
+            bad(
+                "train.early_stop",
+                format!(
+                    "rule {i}: metric {:?} is not a validation metric (expected one of {})",
+                    rule.metric,
+                    val_names.join(", ")
+                ),
+            );
+        } else if (rule.metric.starts_with("val/rfid") || rule.metric.starts_with("val/kid")) && !cfg.eval.fid {
             bad("train.early_stop", format!("rule {i}: {} needs eval.fid = true", rule.metric));
         }
         if rule.below.is_some() == rule.above.is_some() {
             bad("train.early_stop", format!("rule {i}: expected exactly one of `below` or `above`"));
         }
+    }
+
+    if !t.early_stop.is_empty() && d.val_images() == 0 {
+        bad(
+            "train.early_stop",
+            "early stop reads the validation split, and data.val_images = 0 leaves none; set data.val_images > 0"
+                .into(),
+        );
     }
 
     // Eval.
@@ -198,6 +225,22 @@ pub fn validate(cfg: &ExperimentConfig, origin: &dyn Fn(&str) -> String) -> Resu
     }
     if e.batch_size == 0 {
         bad("eval.batch_size", "expected at least 1, found 0".into());
+    }
+    // KID's std is the spread over random subsets: a subset as large as the set is the whole
+    // set every time, and the std is 0 whatever the model (torch-fidelity refuses it too).
+    if e.fid && e.kid_subset_size >= 2 {
+        let size = e.kid_subset_size as usize;
+        let sets = [("data.eval_images", "eval", d.eval_images), ("data.val_images", "validation", d.val_images())];
+        for (key, what, n) in sets {
+            if n > 0 && size >= n {
+                bad(
+                    "eval.kid_subset_size",
+                    format!(
+                        "{size} is not smaller than the {what} set ({key} = {n}): every KID subset would be the whole set and eval/kid_std would be 0; set eval.kid_subset_size below {n} (or raise {key})"
+                    ),
+                );
+            }
+        }
     }
 
     // Hardware and launcher.

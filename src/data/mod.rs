@@ -52,6 +52,27 @@ impl ImageSet {
         Tensor::from_vec(data, (indices.len(), self.channels, self.side, self.side), device)
     }
 
+    /// Take the last `n` images off this set and return them as a set of their own.
+    fn split_off_last(&mut self, n: usize) -> ImageSet {
+        let n = n.min(self.len);
+        let keep = self.len - n;
+        let pixels = self.pixels.split_off(keep * self.image_len());
+        let labels = self.labels.as_mut().map(|l| l.split_off(keep));
+        self.len = keep;
+        ImageSet { pixels, labels, len: n, channels: self.channels, side: self.side }
+    }
+
+    /// Variance of all pixel values on the [0, 1] scale (Sonnet's `data_variance`), in f64.
+    pub fn pixel_variance(&self) -> f64 {
+        let n = self.pixels.len().max(1) as f64;
+        let (sum, sq) = self.pixels.iter().fold((0.0f64, 0.0f64), |(s, q), &p| {
+            let v = p as f64 / 255.0;
+            (s + v, q + v * v)
+        });
+        let mean = sum / n;
+        (sq / n - mean * mean).max(0.0)
+    }
+
     /// Keep the first `n` images.
     fn truncate(&mut self, n: usize) {
         if n < self.len {
@@ -115,10 +136,14 @@ pub(crate) fn planar_from_rgb(rgb: &image::RgbImage, channels: usize) -> Vec<u8>
     out
 }
 
-/// The train and eval splits of one dataset configuration.
+/// The train, validation and eval splits of one dataset configuration. The validation split
+/// is the end of the dataset's training split, never trained on; the eval split is the start
+/// of its test split.
 #[derive(Debug, Clone)]
 pub struct Splits {
     pub train: ImageSet,
+    /// Empty (len 0) when `data.val_images` = 0.
+    pub val: ImageSet,
     pub eval: ImageSet,
     /// Human-readable source, e.g. "fashion-mnist at /usr/share/datasets/fashion-mnist".
     pub source: String,
@@ -130,7 +155,7 @@ impl Splits {
     /// A fingerprint of the pixels and labels (keys caches such as the FID feature network).
     pub fn fingerprint(&self) -> String {
         let mut h = Sha256::new();
-        for set in [&self.train, &self.eval] {
+        for set in [&self.train, &self.val, &self.eval] {
             h.update((set.len as u64).to_le_bytes());
             h.update((set.channels as u64).to_le_bytes());
             h.update((set.side as u64).to_le_bytes());
@@ -165,11 +190,30 @@ pub fn load(cfg: &DataConfig) -> Result<Splits, InputError> {
             let n_train = if cfg.train_images == 0 { 10_000 } else { cfg.train_images };
             let side = cfg.image_size as usize;
             let ch = cfg.channels as usize;
-            let t = synthetic::generate(n_train, ch, side, 0x5eed_0001);
+            // The validation images are generated after the training ones, so that carving
+            // them off the end below leaves exactly `n_train` training images.
+            let mut t = synthetic::generate(n_train, ch, side, 0x5eed_0001);
+            let v = synthetic::generate(cfg.val_images(), ch, side, 0x5eed_0003);
+            t.pixels.extend_from_slice(&v.pixels);
+            if let (Some(tl), Some(vl)) = (&mut t.labels, &v.labels) {
+                tl.extend_from_slice(vl);
+            }
+            t.len += v.len;
             let e = synthetic::generate(cfg.eval_images, ch, side, 0x5eed_0002);
-            (t, e, format!("synthetic shapes ({n_train} train, {} eval)", cfg.eval_images))
+            (t, e, format!("synthetic shapes ({n_train} train, {} val, {} eval)", cfg.val_images(), cfg.eval_images))
         }
     };
+    let n_val = cfg.val_images();
+    if n_val > 0 && n_val >= train.len {
+        return Err(InputError::data(
+            path,
+            format!(
+                "data.val_images = {n_val} takes the whole training split ({} images), leaving nothing to train on; lower data.val_images",
+                train.len
+            ),
+        ));
+    }
+    let val = train.split_off_last(n_val);
     let mut notes = Vec::new();
     if cfg.train_images > 0 && cfg.train_images > train.len {
         notes.push(format!(
@@ -194,7 +238,7 @@ pub fn load(cfg: &DataConfig) -> Result<Splits, InputError> {
         return Err(InputError::data(path, "the eval split has no images"));
     }
     let (c, s) = (cfg.channels as usize, cfg.image_size as usize);
-    Ok(Splits { train: train.conform(c, s), eval: eval.conform(c, s), source, notes })
+    Ok(Splits { train: train.conform(c, s), val: val.conform(c, s), eval: eval.conform(c, s), source, notes })
 }
 
 /// Read a whole file, decompressing gzip when the file starts with its magic bytes.

@@ -132,6 +132,9 @@ fn out_side(s: usize) -> usize {
 /// and 2,000 test images. An image folder: the run's own split (part of its data config).
 pub fn feature_data(cfg: &DataConfig) -> anyhow::Result<Splits> {
     let mut full = cfg.clone();
+    // The measuring instrument trains on the whole training split, whatever validation split
+    // the runs carve from it: one network (and one cache entry) for every run on a dataset.
+    full.val_images = Some(0);
     match cfg.dataset {
         DatasetKind::FashionMnist | DatasetKind::Mnist | DatasetKind::Cifar10 => {
             full.train_images = 0;

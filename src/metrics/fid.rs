@@ -57,9 +57,11 @@ pub fn frechet_distance(a: &Gaussian, b: &Gaussian) -> f64 {
 }
 
 /// KID subsets: `count` pairs of index sets of `size` rows drawn without replacement from each
-/// set (size capped at the smaller set), deterministic from `seed`.
+/// set, deterministic from `seed`. `size` must be below both set sizes (callers check it and
+/// name the key): a subset as large as its set is the whole set every time, and the std of
+/// KID over such subsets is 0 whatever the features.
 pub fn kid_subsets(n_x: usize, n_y: usize, count: usize, size: usize, seed: u64) -> Vec<(Vec<usize>, Vec<usize>)> {
-    let size = size.min(n_x).min(n_y);
+    assert!(size < n_x && size < n_y, "KID subset size {size} must be below the set sizes {n_x} and {n_y}");
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
     (0..count).map(|_| (sample(&mut rng, n_x, size).into_vec(), sample(&mut rng, n_y, size).into_vec())).collect()
 }

@@ -40,8 +40,9 @@ impl Encoder {
         for d in &self.downs {
             h = d.forward_fused(&h, Fuse::RELU_OUT)?;
         }
-        // The residual stack's final relu is fused into the 1×1 pre-VQ convolution.
-        let h = self.res.forward_pre_relu(&self.conv3.forward(&h)?)?;
+        // Sonnet: h = relu(enc_3(h)) before the residual stack, whose final relu is fused into
+        // the 1×1 pre-VQ convolution.
+        let h = self.res.forward_pre_relu(&self.conv3.forward_fused(&h, Fuse::RELU_OUT)?)?;
         self.pre_vq.forward_fused(&h, Fuse::RELU_IN)
     }
 }

@@ -100,7 +100,7 @@ pub fn mermaid(cfg: &ExperimentConfig) -> String {
         prev = format!("d{i}");
     }
     out.push_str(&format!(
-        "    {prev} --> c3[\"conv 3×3 → {h}\"] --> er[\"{} residual block(s) (3×3 → {}, 1×1 → {h}), ReLU\"] --> pre[\"conv 1×1 → {}×{latent}×{latent}\"]\n",
+        "    {prev} --> c3[\"conv 3×3 → {h}, ReLU\"] --> er[\"{} residual block(s) (3×3 → {}, 1×1 → {h}), ReLU\"] --> pre[\"conv 1×1 → {}×{latent}×{latent}\"]\n",
         cfg.model.res_blocks, cfg.model.res_channels, q.embed_dim
     ));
     out.push_str("  end\n");

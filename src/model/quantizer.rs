@@ -8,8 +8,10 @@ use super::layers::Conv2d;
 use super::params::{Init, ParamStore};
 use crate::config::{QuantizerConfig, QuantizerKind};
 
-/// Names of the EMA state tensors.
-pub const EMA_BUFFERS: &[&str] = &["quantizer.ema_cluster_size", "quantizer.ema_dw", "quantizer.ema_counter"];
+/// Names of the EMA state tensors: the hidden (un-debiased) cluster sizes and sums, and γᵗ,
+/// the weight the zero start still has in them (1 before the first update; 0 after a
+/// k-means seed, which is a real average and needs no debiasing).
+pub const EMA_BUFFERS: &[&str] = &["quantizer.ema_cluster_size", "quantizer.ema_dw", "quantizer.ema_decay_power"];
 
 #[derive(Debug, Clone)]
 pub struct Quantizer {
@@ -22,7 +24,7 @@ pub struct Quantizer {
     l2_normalize: bool,
     /// Factorized lookup: projections into and out of the low-dimensional code space.
     proj: Option<(Conv2d, Conv2d)>,
-    /// EMA state (hidden, un-debiased values) and the update counter.
+    /// EMA state: hidden cluster sizes, hidden sums, and γᵗ (see [`EMA_BUFFERS`]).
     ema: Option<(Var, Var, Var)>,
     /// Dead-code restart: EMA of the number of latent vectors each code gets per batch, and
     /// the threshold below which a code is restarted.
@@ -76,21 +78,24 @@ impl Quantizer {
             None
         };
         // uniform(−1/K, 1/K) as in taming and the reference PyTorch implementations: a N(0, 1)
-        // codebook against small encoder outputs leaves one or two codes in use.
-        // uniform(−1/K, 1/K) as in taming and the reference PyTorch implementations: a N(0, 1)
-        // codebook against small encoder outputs leaves one or two codes in use.
+        // codebook against small encoder outputs leaves one or two codes in use. Cosine codes
+        // start as unit vectors (normalised N(0, 1) rows, as lucidrains' CosineSimCodebook and
+        // ViT-VQGAN do): at norm ≈ 1/K an Adam step of size lr would turn them by ~lr·K.
         let bound = 1.0 / k as f64;
-        let init = Init::Uniform(-bound, bound);
+        let init = if q.l2_normalize { Init::Normal { mean: 0.0, std: 1.0 } } else { Init::Uniform(-bound, bound) };
         let (codebook, ema) = if q.kind == QuantizerKind::Ema {
             // The EMA codebook is state, not a trained parameter.
             let codebook = ps.buffer("quantizer.codebook", &[k, code_dim], init)?;
             let cs = ps.buffer(EMA_BUFFERS[0], &[k], Init::Const(0.0))?;
             let dw = ps.buffer(EMA_BUFFERS[1], &[k, code_dim], Init::Const(0.0))?;
-            let counter = ps.buffer(EMA_BUFFERS[2], &[1], Init::Const(0.0))?;
-            (codebook, Some((cs, dw, counter)))
+            let decay_power = ps.buffer(EMA_BUFFERS[2], &[1], Init::Const(1.0))?;
+            (codebook, Some((cs, dw, decay_power)))
         } else {
             (ps.param_var("quantizer.codebook", &[k, code_dim], init)?, None)
         };
+        if q.l2_normalize {
+            codebook.set(&l2norm(codebook.as_tensor())?)?;
+        }
         let usage_ema = if q.dead_code_threshold > 0.0 {
             // Start "alive": a code is restarted only after it has gone unused for a while.
             Some(ps.buffer("quantizer.usage_ema", &[k], Init::Const(q.dead_code_threshold))?)
@@ -147,9 +152,11 @@ impl Quantizer {
 
     /// Sonnet's update: hidden ← hidden − (hidden − value)(1 − γ); average = hidden / (1 − γᵗ);
     /// n = Σ cluster sizes; smoothed = (size + ε) / (n + Kε) · n; codebook = dw / smoothed.
+    /// γᵗ is kept as a buffer (multiplied by γ at each update, on the device): it is 0 from
+    /// the start when the averages were seeded by k-means, and the division is then by 1.
     fn ema_update(
         &self,
-        (cs, dw, counter): &(Var, Var, Var),
+        (cs, dw, decay_power): &(Var, Var, Var),
         flat: &Tensor,
         indices: &Tensor,
         counts: &Tensor,
@@ -158,14 +165,12 @@ impl Quantizer {
         let dev = flat.device();
         let sums = Tensor::zeros((k, flat.dim(1)?), DType::F32, dev)?.index_add(indices, flat, 0)?;
         let g = self.decay;
-        let t = (counter.as_tensor() + 1.0)?;
-        counter.set(&t)?;
+        let gamma_t = (decay_power.as_tensor() * g)?;
+        decay_power.set(&gamma_t)?;
         let new_cs = (cs.as_tensor() - ((cs.as_tensor() - counts)? * (1.0 - g))?)?;
         let new_dw = (dw.as_tensor() - ((dw.as_tensor() - sums)? * (1.0 - g))?)?;
         cs.set(&new_cs)?;
         dw.set(&new_dw)?;
-        // Debias by 1 − γᵗ, with γᵗ = exp(t ln γ) computed on the device (no sync).
-        let gamma_t = (t * g.ln())?.exp()?;
         let one_minus = gamma_t.affine(-1.0, 1.0)?;
         let avg_cs = new_cs.broadcast_div(&one_minus)?;
         let avg_dw = new_dw.broadcast_div(&one_minus)?;
@@ -197,10 +202,10 @@ impl Quantizer {
         self.codebook.set(&codebook)?;
         // A restarted code counts as just alive again.
         usage.set(&((new_usage * &alive)? + (dead.clone() * self.dead_code_threshold)?)?)?;
-        if let Some((cs, dw, counter)) = &self.ema {
+        if let Some((cs, dw, decay_power)) = &self.ema {
             // Make the EMA averages of a restarted code equal (size 1, the new vector), in the
             // hidden (un-debiased) units: hidden = average · (1 − γᵗ).
-            let one_minus = (counter.as_tensor() * g.ln())?.exp()?.affine(-1.0, 1.0)?;
+            let one_minus = decay_power.as_tensor().affine(-1.0, 1.0)?;
             let cs_new = (cs.as_tensor() * &alive)? + dead.broadcast_mul(&one_minus)?;
             let dw_new = (dw.as_tensor().broadcast_mul(&alive_col)?
                 + candidates.broadcast_mul(&dead_col)?.broadcast_mul(&one_minus)?)?;
@@ -210,9 +215,31 @@ impl Quantizer {
         Ok(())
     }
 
-    /// Replace the codebook (k-means initialisation).
+    /// Replace the codebook.
     pub fn set_codebook(&self, codes: &Tensor) -> Result<()> {
         self.codebook.set(&codes.to_dtype(DType::F32)?)
+    }
+
+    /// Start from a k-means result: the codebook is the centroids (normalised for cosine
+    /// codes), and for the `ema` kind the EMA statistics start as those clusters, as
+    /// lucidrains' `init_embed_` seeds them, so the first updates average the batches into
+    /// the centroids instead of into zero. `counts` (K,) are the vectors per cluster out of
+    /// the k-means sample; they are rescaled to `vectors_per_batch` in all, the scale of the
+    /// per-batch counts the EMA averages. A cluster that k-means left empty is seeded as
+    /// holding one vector, so that its centroid is not zeroed at the first step. The seed is
+    /// an average, not a zero start: γᵗ is set to 0 and no debiasing applies.
+    pub fn seed_from_kmeans(&self, centroids: &Tensor, counts: &Tensor, vectors_per_batch: usize) -> Result<()> {
+        let centroids = centroids.to_dtype(DType::F32)?;
+        let centroids = if self.l2_normalize { l2norm(&centroids)? } else { centroids };
+        self.codebook.set(&centroids)?;
+        if let Some((cs, dw, decay_power)) = &self.ema {
+            let counts = counts.to_dtype(DType::F32)?.clamp(1.0, f64::MAX)?;
+            let size = (&counts * (vectors_per_batch as f64))?.broadcast_div(&counts.sum_keepdim(0)?)?;
+            cs.set(&size)?;
+            dw.set(&centroids.broadcast_mul(&size.unsqueeze(1)?)?)?;
+            decay_power.set(&decay_power.as_tensor().zeros_like()?)?;
+        }
+        Ok(())
     }
 
     /// Project and flatten encoder output as the lookup sees it (N, code_dim).
@@ -247,17 +274,33 @@ pub fn code_counts(indices: &Tensor, k: usize) -> Result<Tensor> {
     Tensor::zeros(k, DType::F32, indices.device())?.index_add(indices, &ones, 0)
 }
 
-/// K row indices in 0..n drawn from (seed, step): the same on every device and every resume.
-fn random_rows(n: usize, k: usize, seed: u64, step: u64, dev: &candle_core::Device) -> Result<Tensor> {
-    use rand::{Rng, SeedableRng};
+/// K row indices in 0..n drawn from (seed, step), the same on every device and every resume:
+/// without replacement when n ≥ K; otherwise every row once per round, in a new random order
+/// each round, so that no row is drawn twice before all have been drawn once.
+pub fn draw_rows(n: usize, k: usize, seed: u64, step: u64) -> Vec<u32> {
+    use rand::seq::SliceRandom;
+    use rand::SeedableRng;
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ step.wrapping_mul(0x2545_f491_4f6c_dd1d) ^ 0xdead_c0de);
-    let picks: Vec<u32> = (0..k).map(|_| rng.random_range(0..n as u32)).collect();
-    Tensor::from_vec(picks, k, dev)
+    if n >= k {
+        return rand::seq::index::sample(&mut rng, n, k).into_iter().map(|i| i as u32).collect();
+    }
+    let mut picks = Vec::with_capacity(k);
+    while picks.len() < k {
+        let mut round: Vec<u32> = (0..n as u32).collect();
+        round.shuffle(&mut rng);
+        picks.extend(round.into_iter().take(k - picks.len()));
+    }
+    picks
 }
 
-/// Lloyd's k-means on the device: K centroids of the rows of `x` (N, D), initialised from a
-/// seeded sample of rows; an empty cluster keeps its previous centroid.
-pub fn kmeans(x: &Tensor, k: usize, iterations: usize, seed: u64) -> Result<Tensor> {
+fn random_rows(n: usize, k: usize, seed: u64, step: u64, dev: &candle_core::Device) -> Result<Tensor> {
+    Tensor::from_vec(draw_rows(n, k, seed, step), k, dev)
+}
+
+/// Lloyd's k-means on the device: K centroids of the rows of `x` (N, D), initialised from K
+/// distinct rows drawn from `seed`; an empty cluster keeps its previous centroid. Returns the
+/// centroids and the number of rows assigned to each (K,) by the final assignment.
+pub fn kmeans(x: &Tensor, k: usize, iterations: usize, seed: u64) -> Result<(Tensor, Tensor)> {
     let n = x.dim(0)?;
     let dev = x.device();
     let mut centroids = x.index_select(&random_rows(n, k, seed, u64::MAX, dev)?, 0)?;
@@ -269,7 +312,8 @@ pub fn kmeans(x: &Tensor, k: usize, iterations: usize, seed: u64) -> Result<Tens
         let means = sums.broadcast_div(&counts.clamp(1.0, f64::MAX)?)?;
         centroids = (means.broadcast_mul(&filled)? + centroids.broadcast_mul(&filled.affine(-1.0, 1.0)?)?)?;
     }
-    Ok(centroids)
+    let counts = code_counts(&nearest(x, &centroids)?, k)?;
+    Ok((centroids, counts))
 }
 
 #[cfg(test)]
@@ -419,7 +463,9 @@ mod tests {
         }
         let flat: Vec<f32> = rows.iter().flatten().copied().collect();
         let x = Tensor::from_vec(flat, (rows.len(), 2), &Device::Cpu).unwrap();
-        let c = kmeans(&x, 2, 10, 3).unwrap().to_vec2::<f32>().unwrap();
+        let (c, counts) = kmeans(&x, 2, 10, 3).unwrap();
+        assert_eq!(counts.to_vec1::<f32>().unwrap(), vec![20.0, 20.0]);
+        let c = c.to_vec2::<f32>().unwrap();
         let mut c: Vec<(f32, f32)> = c.into_iter().map(|r| (r[0], r[1])).collect();
         c.sort_by(|a, b| a.0.partial_cmp(&b.0).unwrap());
         // Cluster means: offsets average (0+1+2+3+4)/5 · 0.01 = 0.02.

@@ -61,6 +61,11 @@ impl Run {
         self.values.get(key).filter(|v| !v.is_null())
     }
 
+    /// The training revision that produced the run's numbers (see `config::TRAINING_REVISION`).
+    pub fn training_revision(&self) -> u64 {
+        self.get("run.training_revision").and_then(Value::as_u64).unwrap_or(1)
+    }
+
     /// A finite number under `key`.
     pub fn number(&self, key: &str) -> Option<f64> {
         self.get(key).and_then(Value::as_f64).filter(|v| v.is_finite())
@@ -152,6 +157,19 @@ impl Collection {
         for b in &self.broken {
             tracing::warn!("unreadable run dir, left out: {}: {}", b.dir.display(), first_line(&b.why));
         }
+        let revisions = self.revisions();
+        if revisions.len() > 1 {
+            tracing::warn!("{}", revision_warning(&revisions));
+        }
+    }
+
+    /// Finished runs per training revision.
+    pub fn revisions(&self) -> BTreeMap<u64, usize> {
+        let mut out = BTreeMap::new();
+        for r in self.finished() {
+            *out.entry(r.training_revision()).or_default() += 1;
+        }
+        out
     }
 
     /// Keep only the runs whose `key` equals one of the given values (`--where k=v`).
@@ -200,6 +218,16 @@ pub fn run_label(run: &Run, keys: &[String]) -> String {
         })
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+/// The warning for runs of different training revisions side by side.
+pub fn revision_warning(revisions: &BTreeMap<u64, usize>) -> String {
+    let parts: Vec<String> =
+        revisions.iter().map(|(r, n)| format!("{n} run{} of revision {r}", if *n == 1 { "" } else { "s" })).collect();
+    format!(
+        "Warning: these runs mix training revisions ({}): an older revision's runs were trained by code that computes other numbers for the same config; rerun them with `vqlab run` (a new revision gets new run dirs), or keep one revision with --where run.training_revision=N.",
+        parts.join(", ")
+    )
 }
 
 /// A `--where` value against a JSON value: numbers compare numerically, the rest as text.
@@ -280,7 +308,11 @@ fn read_run(dir: &Path) -> Result<Run, Broken> {
         Err(e) => return Err(broken(format!("{e:#}"))),
     };
     let values = if status.state.is_finished() {
-        read_json_object(&dir.join(SUMMARY_FILE)).map_err(|e| broken(format!("finished, but {e}")))?
+        let mut summary =
+            read_json_object(&dir.join(SUMMARY_FILE)).map_err(|e| broken(format!("finished, but {e}")))?;
+        // Summaries from before training revisions were recorded are revision 1.
+        summary.entry("run.training_revision").or_insert(Value::from(1u64));
+        summary
     } else {
         let cfg = crate::config::load_run_config(&dir.join(CONFIG_FILE)).map_err(|e| broken(e.to_string()))?;
         let mut flat = Map::new();

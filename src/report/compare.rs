@@ -20,11 +20,11 @@ const EXTRA_TABLE_METRICS: [&str; 2] = ["train/img_per_s", "run.train_seconds"];
 /// Curves drawn (those at least one run logged).
 const CURVE_METRICS: [&str; 10] = [
     "train/rec_loss",
-    "eval/rec_mse",
-    "eval/psnr",
-    "eval/perplexity",
-    "eval/usage",
-    "eval/rfid",
+    "val/rec_mse",
+    "val/psnr",
+    "val/perplexity",
+    "val/usage",
+    "val/rfid",
     "train/commit_loss",
     "train/g_loss",
     "train/d_loss",

@@ -23,6 +23,19 @@ pub struct MetricInfo {
 /// The metric's direction, label and digits. Unknown names get their own name, no
 /// direction (never bold), 3 digits.
 pub fn info(metric: &str) -> MetricInfo {
+    // The same measures on the validation split and with the best checkpoint's weights.
+    if let Some(rest) = metric.strip_prefix("val/") {
+        let base = info(&format!("eval/{rest}"));
+        if base.better.is_some() || rest == "kid_std" {
+            return MetricInfo { label: format!("val {}", base.label), ..base };
+        }
+    }
+    if let Some(rest) = metric.strip_prefix("best/") {
+        let base = info(&format!("eval/{rest}"));
+        if base.better.is_some() || rest == "kid_std" {
+            return MetricInfo { label: format!("{} (best ckpt)", base.label), ..base };
+        }
+    }
     let m = |better, label: &str, digits, fid_style| MetricInfo { better, label: label.to_string(), digits, fid_style };
     use Better::*;
     match metric {
@@ -41,6 +54,19 @@ pub fn info(metric: &str) -> MetricInfo {
         "train/adaptive_weight" | "train/d_real" | "train/d_fake" => m(None, metric, 3, false),
         other if other.starts_with("train/") && other.ends_with("_loss") => m(Some(Lower), other, 3, false),
         other => m(None, other, 3, false),
+    }
+}
+
+/// Where a metric's numbers come from (split and weights), for table footnotes; None for
+/// metrics that are not eval measures.
+pub fn source(metric: &str) -> Option<&'static str> {
+    match metric.split_once('/')?.0 {
+        "eval" => Some("eval/…: the test split's eval subset (data.eval_images), weights of the last step"),
+        "best" => Some("best/…: the test split's eval subset, weights of the checkpoint with the lowest val/rec_mse"),
+        "val" => Some(
+            "val/…: the validation split (data.val_images, held out of the training split), weights of the last step",
+        ),
+        _ => None,
     }
 }
 

@@ -79,8 +79,23 @@ pub struct Notes {
     /// vqlab version of the finished runs -> (runs, commits, runs without a commit).
     pub versions: BTreeMap<String, (usize, BTreeSet<String>, usize)>,
     pub feature_nets: BTreeSet<String>,
+    /// Training revision (see `config::TRAINING_REVISION`) -> finished runs trained by it.
+    pub revisions: BTreeMap<u64, usize>,
     pub sources: Vec<String>,
     pub fid_style: bool,
+}
+
+/// A path as the user gave it, made relative when it lies under the working directory (so
+/// a footnote does not print the absolute path of the machine it was made on).
+pub fn shown_path(p: &std::path::Path) -> String {
+    if p.is_absolute() {
+        if let Ok(cwd) = std::env::current_dir() {
+            if let Ok(rel) = p.strip_prefix(&cwd) {
+                return if rel.as_os_str().is_empty() { ".".into() } else { rel.display().to_string() };
+            }
+        }
+    }
+    p.display().to_string()
 }
 
 /// Keys in which the runs of one cell may differ: the seed, and keys that change no result.
@@ -212,8 +227,7 @@ pub fn pivot(c: &Collection, spec: &TableSpec) -> Result<Pivot, InputError> {
         }
     }
 
-    let mut notes =
-        Notes { sources: c.sources.iter().map(|p| p.display().to_string()).collect(), ..Default::default() };
+    let mut notes = Notes { sources: c.sources.iter().map(|p| shown_path(p)).collect(), ..Default::default() };
     let mut cells: Vec<Vec<Cell>> = Vec::new();
     for r in &row_values {
         let mut row_cells = Vec::new();
@@ -246,6 +260,7 @@ pub fn pivot(c: &Collection, spec: &TableSpec) -> Result<Pivot, InputError> {
                 if let Some(net) = run.get("run.feature_net") {
                     notes.feature_nets.insert(value_text(net));
                 }
+                *notes.revisions.entry(run.training_revision()).or_default() += 1;
             }
             for m in &spec.metrics {
                 let values: Vec<f64> = finished.iter().filter_map(|run| run.number(m)).collect();
@@ -256,7 +271,7 @@ pub fn pivot(c: &Collection, spec: &TableSpec) -> Result<Pivot, InputError> {
         }
         cells.push(row_cells);
     }
-    notes.broken = c.broken.iter().map(|b| format!("{} ({})", b.dir.display(), first_line(&b.why))).collect();
+    notes.broken = c.broken.iter().map(|b| format!("{} ({})", shown_path(&b.dir), first_line(&b.why))).collect();
     notes.fid_style = spec.metrics.iter().any(|m| format::info(m).fid_style);
 
     let formats: Vec<NumberFormat> = spec
@@ -390,6 +405,14 @@ impl Pivot {
                 "rFID and KID are FID-style scores on the features of {net}: they compare runs within vqlab and are not comparable with Inception-based scores."
             ));
         }
+        let mut sources: Vec<&str> = self.spec.metrics.iter().filter_map(|m| format::source(m)).collect();
+        sources.dedup();
+        if !sources.is_empty() {
+            lines.push(format!("{}.", sources.join("; ")));
+        }
+        if self.notes.revisions.len() > 1 {
+            lines.push(super::collect::revision_warning(&self.notes.revisions));
+        }
         if !self.notes.not_finished.is_empty() {
             let all = &self.notes.not_finished;
             let mut shown: Vec<String> = all.iter().take(12).cloned().collect();
@@ -431,8 +454,14 @@ impl Pivot {
         } else {
             format!("{} (commit {})", env!("CARGO_PKG_VERSION"), crate::GIT_COMMIT)
         };
+        let revisions: Vec<String> = self.notes.revisions.keys().map(|r| r.to_string()).collect();
+        let revision = match revisions.len() {
+            0 => String::new(),
+            1 => format!(", training revision {}", revisions[0]),
+            _ => format!(", training revisions {}", revisions.join(" and ")),
+        };
         lines.push(format!(
-            "{} runs from {}, trained by vqlab {}; table by vqlab {this}.",
+            "{} runs from {}, trained by vqlab {}{revision}; table by vqlab {this}.",
             self.notes.runs_used,
             self.notes.sources.join(", "),
             versions.join(", ")

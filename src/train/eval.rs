@@ -1,6 +1,7 @@
-//! Evaluation on the fixed eval subset: pixel metrics on [0, 1], code counts over every
-//! latent vector of the set, FID-style scores between the originals and their reconstructions;
-//! reconstruction grids of its first images.
+//! Evaluation of one image set (the validation split during training, the test split's eval
+//! subset at the end): pixel metrics on [0, 1], code counts over every latent vector of the
+//! set, FID-style scores between the originals and their reconstructions; reconstruction
+//! grids of a set's first images.
 
 use candle_core::{Device, Result};
 
@@ -14,25 +15,32 @@ use crate::model::VqModel;
 /// Seed of the KID subsets: every eval of every run uses the same subsets.
 const KID_SEED: u64 = 0x6b1d;
 
-/// What FID-style scores need that does not change during a run: the feature network, the
-/// features of the eval originals and their Gaussian, the KID subsets.
-pub struct FidContext {
-    pub net: FeatureNet,
+/// What FID-style scores of one image set need that does not change during a run: the
+/// features of its originals and their Gaussian, the KID subsets.
+pub struct FidReference {
     real: Vec<f32>,
     real_gaussian: Gaussian,
     subsets: Vec<(Vec<usize>, Vec<usize>)>,
 }
 
-impl FidContext {
-    /// None (with the reason) when the eval set is too small for a covariance.
-    pub fn new(net: FeatureNet, set: &ImageSet, cfg: &EvalConfig, device: &Device) -> anyhow::Result<Self> {
+impl FidReference {
+    /// `what` names the set and the key that sizes it in errors ("data.eval_images").
+    pub fn new(net: &FeatureNet, set: &ImageSet, cfg: &EvalConfig, key: &str, device: &Device) -> anyhow::Result<Self> {
         if set.len < 2 {
-            anyhow::bail!("eval.fid needs at least 2 eval images (data.eval_images = {})", set.len);
+            anyhow::bail!("eval.fid needs at least 2 images in the set that {key} sizes, found {}", set.len);
+        }
+        let size = cfg.kid_subset_size as usize;
+        if size >= set.len {
+            // The dataset had fewer images than the config asked for (validation caught the rest).
+            anyhow::bail!(
+                "eval.kid_subset_size = {size} is not smaller than the {} images of the set that {key} sizes: every KID subset would be the whole set and its std 0; lower eval.kid_subset_size",
+                set.len
+            );
         }
         let real = net.features_of(set, cfg.batch_size, device)?;
         let real_gaussian = gaussian(&real, set.len, FEATURE_DIM);
-        let subsets = kid_subsets(set.len, set.len, cfg.kid_subsets as usize, cfg.kid_subset_size as usize, KID_SEED);
-        Ok(FidContext { net, real, real_gaussian, subsets })
+        let subsets = kid_subsets(set.len, set.len, cfg.kid_subsets as usize, size, KID_SEED);
+        Ok(FidReference { real, real_gaussian, subsets })
     }
 }
 
@@ -60,7 +68,7 @@ pub fn evaluate(
     set: &ImageSet,
     batch_size: usize,
     device: &Device,
-    fid: Option<&FidContext>,
+    fid: Option<(&FeatureNet, &FidReference)>,
 ) -> Result<EvalResult> {
     let k = model.quantizer.codebook_size;
     let mut counts = vec![0u64; k];
@@ -72,8 +80,8 @@ pub fn evaluate(
         let x = set.batch(chunk, device)?;
         let r = model.reconstruct(&x, false)?;
         let x_hat = r.x_hat.clamp(0.0, 1.0)?;
-        if let Some(ctx) = fid {
-            fake.extend(ctx.net.features_vec(&x_hat)?);
+        if let Some((net, _)) = fid {
+            fake.extend(net.features_vec(&x_hat)?);
         }
         let err = (x_hat - &x)?.sqr()?;
         let per_image = err.flatten_from(1)?.mean(1)?.to_dtype(candle_core::DType::F64)?.to_vec1::<f64>()?;
@@ -86,7 +94,7 @@ pub fn evaluate(
         }
     }
     let n = set.len.max(1) as f64;
-    let fid = fid.map(|ctx| {
+    let fid = fid.map(|(_, ctx)| {
         let rfid = frechet_distance(&ctx.real_gaussian, &gaussian(&fake, set.len, FEATURE_DIM));
         let (kid, kid_std) = kid(&ctx.real, &fake, FEATURE_DIM, &ctx.subsets);
         FidScores { rfid, kid, kid_std }

@@ -13,10 +13,10 @@ use std::time::Instant;
 use anyhow::Context;
 use candle_core::Device;
 
-use crate::config::{self, CodebookInit, DeviceKind, ExperimentConfig, Variant};
+use crate::config::{self, CodebookInit, DeviceKind, ExperimentConfig, Variant, TRAINING_REVISION};
 use crate::data::{self, BatchOrder};
 use crate::fsutil::write_atomic;
-use crate::metrics::features;
+use crate::metrics::features::{self, FeatureNet};
 use crate::metrics::sink::SamplesSink;
 use crate::metrics::tensorboard::TensorBoardSink;
 use crate::metrics::{MetricsLog, RunStart, Sink, SinkSet};
@@ -30,7 +30,10 @@ pub const SAMPLES_DIR: &str = "samples";
 /// The sweep cell of a run (its swept keys and their values), written by the scheduler.
 pub const CELL_FILE: &str = "cell.json";
 
-/// The eval metrics of DESIGN.md §5, in table order.
+/// The eval metrics of DESIGN.md §5, in table order. `eval/*` are measured on the test
+/// split's eval subset with the weights of the last step; the same measures exist as `val/*`
+/// (the validation split, at every eval step) and `best/*` (the test split, with the weights
+/// of the best checkpoint).
 pub const EVAL_METRICS: [&str; 8] = [
     "eval/rec_mse",
     "eval/psnr",
@@ -101,6 +104,7 @@ pub fn bench(cfg: &ExperimentConfig, warmup: u64, steps: u64) -> anyhow::Result<
     }
     let device = select_device(cfg.hardware.device)?;
     let splits = data::load(&cfg.data)?;
+    let data_variance = splits.train.pixel_variance();
     let model = VqModel::new(cfg, &device)?;
     let (mut opt_g, mut opt_d) = optimizers(cfg, &model)?;
     let mut order = BatchOrder::new(splits.train.len, cfg.train.batch_size, cfg.train.seed);
@@ -115,8 +119,8 @@ pub fn bench(cfg: &ExperimentConfig, warmup: u64, steps: u64) -> anyhow::Result<
         let t0 = Instant::now();
         let x = splits.train.batch(&order.indices(step), &device)?;
         let losses = match &mut opt_d {
-            None => step::vqvae_step(cfg, &model, &mut opt_g, &x, step, false)?,
-            Some(opt_d) => step::vqgan_step(cfg, &model, &mut opt_g, opt_d, &x, step, false)?,
+            None => step::vqvae_step(cfg, &model, &mut opt_g, &x, data_variance, step, false)?,
+            Some(opt_d) => step::vqgan_step(cfg, &model, &mut opt_g, opt_d, &x, data_variance, step, false)?,
         };
         // A device finishes its queued work before the step counts as done.
         losses[0].1.to_dtype(candle_core::DType::F32)?.to_scalar::<f32>()?;
@@ -149,9 +153,9 @@ fn optimizers(cfg: &ExperimentConfig, model: &VqModel) -> candle_core::Result<(A
         .filter(|(k, _)| !k.starts_with("disc."))
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
-    let opt_g = Adam::new(g_vars, cfg.train.lr, cfg.train.betas)?;
+    let opt_g = Adam::new(g_vars, cfg.train.lr, cfg.adam_betas())?;
     let opt_d = match cfg.model.variant {
-        Variant::Vqgan => Some(Adam::new(model.params.vars_with_prefix("disc."), cfg.train.lr, cfg.train.betas)?),
+        Variant::Vqgan => Some(Adam::new(model.params.vars_with_prefix("disc."), cfg.train.lr, cfg.adam_betas())?),
         Variant::Vqvae => None,
     };
     Ok((opt_g, opt_d))
@@ -221,6 +225,15 @@ fn fail_before_start(run_dir: &Path, status: &mut RunStatus, reason: String) -> 
     Ok(Outcome::Failed(reason))
 }
 
+/// The feature network of the FID-style scores and the reference statistics of the two sets
+/// it scores reconstructions of.
+struct Fid {
+    net: FeatureNet,
+    /// None without a validation split.
+    val: Option<eval::FidReference>,
+    test: eval::FidReference,
+}
+
 struct Trainer<'a> {
     cfg: &'a ExperimentConfig,
     run_dir: &'a Path,
@@ -229,8 +242,12 @@ struct Trainer<'a> {
     opt_g: Adam,
     opt_d: Option<Adam>,
     sinks: SinkSet,
-    fid: Option<eval::FidContext>,
+    fid: Option<Fid>,
+    /// The best checkpoint so far: the lowest val/rec_mse and its step (0 = none yet).
     best_rec_mse: f64,
+    best_step: u64,
+    /// Variance of the training pixels (what `loss.recon = "mse_var"` divides by).
+    data_variance: f64,
     /// Seconds spent in training steps (logging included, eval and checkpoints not).
     train_seconds: f64,
     /// The last step reached, for the end-of-run record.
@@ -259,6 +276,16 @@ impl<'a> Trainer<'a> {
         for note in &splits.notes {
             tracing::warn!("{note}");
         }
+        if splits.val.len == 0 {
+            tracing::warn!(
+                "no validation split (data.val_images = 0): no best checkpoint; the eval metrics are those of the last step"
+            );
+        } else {
+            tracing::info!(
+                "validation split: the last {} images of the training split (not trained on); checkpoint selection reads it, never the test split",
+                splits.val.len
+            );
+        }
         let model = VqModel::new(cfg, device)?;
         let (opt_g, opt_d) = optimizers(cfg, &model)?;
         let (ckpt, notes) = checkpoint::load_latest(run_dir, device);
@@ -281,6 +308,8 @@ impl<'a> Trainer<'a> {
             sinks: SinkSet::default(),
             fid: None,
             best_rec_mse: f64::INFINITY,
+            best_step: 0,
+            data_variance: splits.train.pixel_variance(),
             train_seconds: 0.0,
             step_reached: 0,
         };
@@ -303,7 +332,12 @@ impl<'a> Trainer<'a> {
             let t0 = Instant::now();
             let net = features::feature_net(&cfg.data, &features::cache_dir_for(run_dir), device)
                 .context("preparing the FID feature network (eval.fid = true)")?;
-            trainer.fid = Some(eval::FidContext::new(net, &splits.eval, &cfg.eval, device)?);
+            let val = match splits.val.len {
+                0 => None,
+                _ => Some(eval::FidReference::new(&net, &splits.val, &cfg.eval, "data.val_images", device)?),
+            };
+            let test = eval::FidReference::new(&net, &splits.eval, &cfg.eval, "data.eval_images", device)?;
+            trainer.fid = Some(Fid { net, val, test });
             tracing::info!("FID-style scores ready ({:.1}s)", t0.elapsed().as_secs_f64());
         }
         let counts = trainer.model.parameter_counts();
@@ -350,9 +384,12 @@ impl<'a> Trainer<'a> {
             self.sinks.remember(&name, v);
         }
         let cfg = self.cfg;
-        let mut metrics: Vec<String> = EVAL_METRICS[..5].iter().map(|s| s.to_string()).collect();
-        if cfg.eval.fid {
-            metrics.extend(EVAL_METRICS[5..].iter().map(|s| s.to_string()));
+        let measured = if cfg.eval.fid { &EVAL_METRICS[..] } else { &EVAL_METRICS[..5] };
+        let mut metrics: Vec<String> = measured.iter().map(|s| s.to_string()).collect();
+        if cfg.data.val_images() > 0 {
+            for prefix in ["val/", "best/"] {
+                metrics.extend(measured.iter().map(|m| m.replacen("eval/", prefix, 1)));
+            }
         }
         metrics.push("train/img_per_s".into());
         let run = RunStart {
@@ -384,8 +421,9 @@ impl<'a> Trainer<'a> {
             }
         }
         let vectors = candle_core::Tensor::cat(&parts, 0)?;
-        let centroids = crate::model::quantizer::kmeans(&vectors, k, 10, cfg.train.seed)?;
-        self.model.quantizer.set_codebook(&centroids)?;
+        let (centroids, counts) = crate::model::quantizer::kmeans(&vectors, k, 10, cfg.train.seed)?;
+        // One batch's worth of latent vectors: the scale of the counts the EMA averages.
+        self.model.quantizer.seed_from_kmeans(&centroids, &counts, parts[0].dim(0)?)?;
         tracing::info!("k-means codebook init from {rows} encoder outputs ({:.1}s)", t0.elapsed().as_secs_f64());
         Ok(())
     }
@@ -402,6 +440,7 @@ impl<'a> Trainer<'a> {
             o.load_state("opt_d", &c.tensors, c.counters.get("opt_d_t").copied().unwrap_or(0))?;
         }
         self.best_rec_mse = c.counters.get("best_rec_mse_bits").map(|b| f64::from_bits(*b)).unwrap_or(f64::INFINITY);
+        self.best_step = c.counters.get("best_step").copied().unwrap_or(0);
         Ok(())
     }
 
@@ -412,6 +451,7 @@ impl<'a> Trainer<'a> {
         let mut counters = BTreeMap::from([
             ("opt_g_t".to_string(), self.opt_g.t),
             ("best_rec_mse_bits".to_string(), self.best_rec_mse.to_bits()),
+            ("best_step".to_string(), self.best_step),
         ]);
         if let Some(o) = &self.opt_d {
             tensors.extend(o.state("opt_d"));
@@ -445,9 +485,10 @@ impl<'a> Trainer<'a> {
             let eval = done % t.eval_every == 0 || last;
             let x = splits.train.batch(&order.indices(step), self.device)?;
             images_since_log += order.batch_size();
+            let dv = self.data_variance;
             let losses = match &mut self.opt_d {
-                None => step::vqvae_step(cfg, &self.model, &mut self.opt_g, &x, step, log)?,
-                Some(opt_d) => step::vqgan_step(cfg, &self.model, &mut self.opt_g, opt_d, &x, step, log)?,
+                None => step::vqvae_step(cfg, &self.model, &mut self.opt_g, &x, dv, step, log)?,
+                Some(opt_d) => step::vqgan_step(cfg, &self.model, &mut self.opt_g, opt_d, &x, dv, step, log)?,
             };
             self.step_reached = done;
             if log || ckpt {
@@ -482,10 +523,15 @@ impl<'a> Trainer<'a> {
                 let t_pause = Instant::now();
                 let mut stop = None;
                 if eval {
-                    let values = self.evaluate(done, splits)?;
+                    let values = self.evaluate_val(done, splits)?;
                     stop = cfg.train.early_stop.iter().find_map(|rule| {
                         values.iter().find(|(n, _)| *n == rule.metric).and_then(|(_, v)| rule.fires(done, *v))
                     });
+                }
+                // The test split is measured once, at the end (before the final checkpoint, so
+                // that a resume past it finds the numbers recorded).
+                if last || stop.is_some() {
+                    self.evaluate_test(done, splits)?;
                 }
                 if ckpt || stop.is_some() {
                     checkpoint::save_last(self.run_dir, &self.snapshot(done))?;
@@ -506,53 +552,132 @@ impl<'a> Trainer<'a> {
         Ok(Ending::Completed)
     }
 
-    /// Evaluate and record; returns the eval metrics.
-    fn evaluate(&mut self, step: u64, splits: &data::Splits) -> anyhow::Result<Vec<(&'static str, f64)>> {
-        let t0 = Instant::now();
-        let r = eval::evaluate(&self.model, &splits.eval, self.cfg.eval.batch_size, self.device, self.fid.as_ref())?;
+    /// Measure the model on the validation split or on the test split's eval subset: the
+    /// eval measures (suffixes of [`EVAL_METRICS`]) and the code counts.
+    fn measure(
+        &self,
+        splits: &data::Splits,
+        test: bool,
+        step: u64,
+    ) -> anyhow::Result<(Vec<(&'static str, f64)>, Vec<u64>)> {
+        let set = if test { &splits.eval } else { &splits.val };
+        let fid = self.fid.as_ref().and_then(|f| {
+            let reference = if test { Some(&f.test) } else { f.val.as_ref() };
+            Some((&f.net, reference?))
+        });
+        let r = eval::evaluate(&self.model, set, self.cfg.eval.batch_size, self.device, fid)?;
         let mut values = vec![
-            ("eval/rec_mse", r.rec_mse),
-            ("eval/psnr", r.psnr),
-            ("eval/perplexity", r.codes.perplexity),
-            ("eval/usage", r.codes.usage),
-            ("eval/dead_codes", r.codes.dead_codes as f64),
+            ("rec_mse", r.rec_mse),
+            ("psnr", r.psnr),
+            ("perplexity", r.codes.perplexity),
+            ("usage", r.codes.usage),
+            ("dead_codes", r.codes.dead_codes as f64),
         ];
         if let Some(f) = r.fid {
-            values.extend([("eval/rfid", f.rfid), ("eval/kid", f.kid), ("eval/kid_std", f.kid_std)]);
+            values.extend([("rfid", f.rfid), ("kid", f.kid), ("kid_std", f.kid_std)]);
         }
-        for &(name, v) in &values {
-            if !v.is_finite() {
-                anyhow::bail!("non-finite {name} at step {step}");
-            }
-            self.sinks.scalar(step, name, v)?;
+        if let Some((name, _)) = values.iter().find(|(_, v)| !v.is_finite()) {
+            anyhow::bail!("non-finite {name} at step {step}");
         }
-        self.sinks.histogram(step, "eval/code_usage", &r.counts)?;
-        let fid_text =
-            r.fid.map(|f| format!(" rfid {:.3} kid {:.4}±{:.4}", f.rfid, f.kid, f.kid_std)).unwrap_or_default();
+        Ok((values, r.counts))
+    }
+
+    /// Record measures under `split/` and log them; returns the full names.
+    fn record(
+        &mut self,
+        step: u64,
+        split: &str,
+        values: &[(&'static str, f64)],
+        counts: Option<&[u64]>,
+        what: &str,
+    ) -> anyhow::Result<Vec<(String, f64)>> {
+        let named: Vec<(String, f64)> = values.iter().map(|(m, v)| (format!("{split}/{m}"), *v)).collect();
+        for (name, v) in &named {
+            self.sinks.scalar(step, name, *v)?;
+        }
+        if let Some(counts) = counts {
+            self.sinks.histogram(step, &format!("{split}/code_usage"), counts)?;
+        }
+        let get = |m: &str| values.iter().find(|(n, _)| *n == m).map(|(_, v)| *v);
+        let fid_text = match (get("rfid"), get("kid"), get("kid_std")) {
+            (Some(f), Some(k), Some(ks)) => format!(" rfid {f:.3} kid {k:.4}±{ks:.4}"),
+            _ => String::new(),
+        };
         tracing::info!(
-            "eval at step {step}: rec_mse {:.5} psnr {:.2} dB perplexity {:.1} usage {:.3} dead {}{fid_text} ({:.1}s)",
-            r.rec_mse,
-            r.psnr,
-            r.codes.perplexity,
-            r.codes.usage,
-            r.codes.dead_codes,
-            t0.elapsed().as_secs_f64()
+            "{what} at step {step}: rec_mse {:.5} psnr {:.2} dB perplexity {:.1} usage {:.3} dead {}{fid_text}",
+            get("rec_mse").unwrap_or(f64::NAN),
+            get("psnr").unwrap_or(f64::NAN),
+            get("perplexity").unwrap_or(f64::NAN),
+            get("usage").unwrap_or(f64::NAN),
+            get("dead_codes").unwrap_or(f64::NAN),
         );
+        Ok(named)
+    }
+
+    /// The eval of an eval step: the validation split (`val/*`), the best checkpoint by its
+    /// rec MSE, and a reconstruction grid of the first test images (a picture for people;
+    /// nothing selects on it). Returns the validation metrics (none without a validation
+    /// split), which early-stop rules read.
+    fn evaluate_val(&mut self, step: u64, splits: &data::Splits) -> anyhow::Result<Vec<(String, f64)>> {
+        let t0 = Instant::now();
+        let mut named = Vec::new();
+        if splits.val.len > 0 {
+            let (values, counts) = self.measure(splits, false, step)?;
+            named = self.record(step, "val", &values, Some(&counts), "validation eval")?;
+            let rec_mse = values[0].1;
+            if rec_mse < self.best_rec_mse {
+                self.best_rec_mse = rec_mse;
+                self.best_step = step;
+                let weights = Checkpoint {
+                    step,
+                    tensors: self.model.params.tensors().into_iter().map(|(k, v)| (format!("model.{k}"), v)).collect(),
+                    counters: BTreeMap::new(),
+                };
+                checkpoint::save_best(self.run_dir, &weights, "val/rec_mse", rec_mse)?;
+            }
+        }
         let grid =
             eval::reconstruction_grid(&self.model, &splits.eval, self.cfg.eval.sample_images as usize, self.device)?;
         let mut png = Vec::new();
         grid.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)?;
         self.sinks.image(step, "eval/reconstructions", &png, grid.width(), grid.height())?;
-        if r.rec_mse < self.best_rec_mse {
-            self.best_rec_mse = r.rec_mse;
-            let weights = Checkpoint {
-                step,
-                tensors: self.model.params.tensors().into_iter().map(|(k, v)| (format!("model.{k}"), v)).collect(),
-                counters: BTreeMap::new(),
+        tracing::debug!("eval step {step} took {:.1}s", t0.elapsed().as_secs_f64());
+        Ok(named)
+    }
+
+    /// The final eval on the test split: `eval/*` with the weights of this (last) step, and
+    /// `best/*` with the weights of the best checkpoint (the same numbers when the best is
+    /// this step).
+    fn evaluate_test(&mut self, step: u64, splits: &data::Splits) -> anyhow::Result<()> {
+        let t0 = Instant::now();
+        let (values, counts) = self.measure(splits, true, step)?;
+        self.record(step, "eval", &values, Some(&counts), "test eval (last step)")?;
+        if self.best_step > 0 {
+            let best_values = if self.best_step == step {
+                values
+            } else {
+                let path = checkpoint::dir(self.run_dir).join(checkpoint::BEST);
+                let best = checkpoint::read(&path, self.device).context("reading the best checkpoint")?;
+                let weights: BTreeMap<String, _> = best
+                    .tensors
+                    .iter()
+                    .filter_map(|(k, v)| Some((k.strip_prefix("model.")?.to_string(), v.clone())))
+                    .collect();
+                // Var::set writes in place: keep a copy of the last step's weights to go back to.
+                let mut current = BTreeMap::new();
+                for (k, v) in self.model.params.tensors() {
+                    current.insert(k, v.copy()?);
+                }
+                self.model.params.load(&weights)?;
+                let measured = self.measure(splits, true, step);
+                self.model.params.load(&current)?;
+                measured?.0
             };
-            checkpoint::save_best(self.run_dir, &weights, "eval/rec_mse", r.rec_mse)?;
+            let what = format!("test eval (best checkpoint, step {})", self.best_step);
+            self.record(step, "best", &best_values, None, &what)?;
         }
-        Ok(values)
+        tracing::info!("test eval took {:.1}s", t0.elapsed().as_secs_f64());
+        Ok(())
     }
 
     /// `summary.json`: every resolved config key, flattened, plus the final eval metrics.
@@ -568,15 +693,43 @@ impl<'a> Trainer<'a> {
         summary.insert("run.train_seconds".into(), self.train_seconds.into());
         summary.insert("run.vqlab_version".into(), env!("CARGO_PKG_VERSION").into());
         summary.insert("run.vqlab_commit".into(), crate::GIT_COMMIT.into());
-        if let Some(ctx) = &self.fid {
-            summary.insert("run.feature_net".into(), ctx.net.description.clone().into());
-            if let Some(info) = &ctx.net.info {
+        summary.insert("run.training_revision".into(), TRAINING_REVISION.into());
+        // Where each group of numbers comes from: split, images and checkpoint.
+        let (n_eval, n_val) = (splits.eval.len, splits.val.len);
+        summary.insert("run.last_step".into(), self.step_reached.into());
+        summary.insert(
+            "run.source.eval".into(),
+            format!("test split (first {n_eval} test images), weights of the last step ({})", self.step_reached).into(),
+        );
+        if n_val > 0 {
+            summary.insert(
+                "run.source.val".into(),
+                format!("validation split (last {n_val} training images, not trained on), weights of the last step")
+                    .into(),
+            );
+        }
+        if self.best_step > 0 {
+            summary.insert("run.best_step".into(), self.best_step.into());
+            summary.insert("run.best_rule".into(), "lowest val/rec_mse".into());
+            summary.insert(
+                "run.source.best".into(),
+                format!(
+                    "test split (first {n_eval} test images), weights of the best checkpoint (lowest val/rec_mse, step {})",
+                    self.best_step
+                )
+                .into(),
+            );
+        }
+        if let Some(fid) = &self.fid {
+            summary.insert("run.feature_net".into(), fid.net.description.clone().into());
+            if let Some(info) = &fid.net.info {
                 summary.insert("run.feature_net_test_accuracy".into(), info.test_accuracy.into());
             }
         }
-        for name in EVAL_METRICS.iter().chain(["train/img_per_s"].iter()) {
-            if let Some(v) = self.sinks.last(name) {
-                summary.insert(name.to_string(), v.into());
+        let names = EVAL_METRICS.iter().flat_map(|m| ["eval/", "val/", "best/"].map(|p| m.replacen("eval/", p, 1)));
+        for name in names.chain(["train/img_per_s".to_string()]) {
+            if let Some(v) = self.sinks.last(&name) {
+                summary.insert(name, v.into());
             }
         }
         let mut bytes = serde_json::to_vec_pretty(&summary)?;

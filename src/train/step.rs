@@ -10,11 +10,14 @@ use crate::model::VqModel;
 /// Named scalar tensors of one step (read on the host only at log steps).
 pub type StepLosses = Vec<(&'static str, Tensor)>;
 
-pub fn recon_loss(x_hat: &Tensor, x: &Tensor, kind: ReconLoss) -> Result<Tensor> {
+/// The reconstruction loss; `data_variance` (the training pixels' variance) is what
+/// `mse_var` divides by, as Sonnet's VQ-VAE example does, and is unused otherwise.
+pub fn recon_loss(x_hat: &Tensor, x: &Tensor, kind: ReconLoss, data_variance: f64) -> Result<Tensor> {
     let diff = (x_hat - x)?;
     match kind {
         ReconLoss::L1 => diff.abs()?.mean_all(),
         ReconLoss::Mse | ReconLoss::Auto => diff.sqr()?.mean_all(),
+        ReconLoss::MseVar => diff.sqr()?.mean_all()? / data_variance,
     }
 }
 
@@ -51,11 +54,12 @@ pub fn vqvae_step(
     model: &VqModel,
     opt: &mut Adam,
     x: &Tensor,
+    data_variance: f64,
     step: u64,
     log: bool,
 ) -> Result<StepLosses> {
     let r = model.reconstruct(x, true)?;
-    let rec = recon_loss(&r.x_hat, x, cfg.loss.recon)?;
+    let rec = recon_loss(&r.x_hat, x, cfg.loss.recon, data_variance)?;
     let loss = (&rec + quantizer_loss(cfg, model, &r.quantized)?)?;
     let grads = loss.backward()?;
     opt.step(from_store(&grads))?;
@@ -110,6 +114,7 @@ pub fn vqgan_step(
     opt_g: &mut Adam,
     opt_d: &mut Adam,
     x: &Tensor,
+    data_variance: f64,
     step: u64,
     log: bool,
 ) -> Result<StepLosses> {
@@ -120,7 +125,7 @@ pub fn vqgan_step(
     let zero = Tensor::zeros((), DType::F32, x.device())?;
     let (mut out, quantized, rec): (StepLosses, _, _) = if step < cfg.loss.disc_start {
         let r = model.reconstruct(x, true)?;
-        let rec = recon_loss(&r.x_hat, x, cfg.loss.recon)?;
+        let rec = recon_loss(&r.x_hat, x, cfg.loss.recon, data_variance)?;
         let ae_loss = (&rec + quantizer_loss(cfg, model, &r.quantized)?)?;
         let grads = ae_loss.backward()?;
         opt_g.step(from_store(&grads))?;
@@ -137,7 +142,7 @@ pub fn vqgan_step(
         let h = model.decoder.forward_to_last(&quantized.z_q)?;
         let h_leaf = Var::from_tensor(&h.detach())?;
         let x_hat = (model.decoder.last_layer(h_leaf.as_tensor())? + 0.5)?;
-        let rec = recon_loss(&x_hat, x, cfg.loss.recon)?;
+        let rec = recon_loss(&x_hat, x, cfg.loss.recon, data_variance)?;
         // Real logits first: ActNorm initialises from the first batch it sees, which must be real.
         let logits_real = disc.forward(x)?;
         let g_loss = disc.forward_frozen(&x_hat)?.mean_all()?.neg()?;
@@ -210,7 +215,7 @@ mod tests {
     fn vqgan_step_two_passes(cfg: &ExperimentConfig, model: &VqModel, opt_g: &mut Adam, opt_d: &mut Adam, x: &Tensor) {
         let disc = model.discriminator.as_ref().unwrap();
         let r = model.reconstruct(x, true).unwrap();
-        let rec = recon_loss(&r.x_hat, x, cfg.loss.recon).unwrap();
+        let rec = recon_loss(&r.x_hat, x, cfg.loss.recon, 1.0).unwrap();
         let ae_loss = (&rec + quantizer_loss(cfg, model, &r.quantized).unwrap()).unwrap();
         let logits_real = disc.forward(x).unwrap();
         let g_loss = disc.forward(&r.x_hat).unwrap().mean_all().unwrap().neg().unwrap();
@@ -255,8 +260,8 @@ mod tests {
                 .iter()
                 .filter(|(k, _)| !k.starts_with("disc."))
                 .map(|(k, v)| (k.clone(), v.clone()));
-            let opt_g = Adam::new(g.collect(), cfg.train.lr, cfg.train.betas).unwrap();
-            let opt_d = Adam::new(model.params.vars_with_prefix("disc."), cfg.train.lr, cfg.train.betas).unwrap();
+            let opt_g = Adam::new(g.collect(), cfg.train.lr, cfg.adam_betas()).unwrap();
+            let opt_d = Adam::new(model.params.vars_with_prefix("disc."), cfg.train.lr, cfg.adam_betas()).unwrap();
             (model, opt_g, opt_d)
         };
         let (a, mut a_g, mut a_d) = make();
@@ -266,7 +271,7 @@ mod tests {
         for step in 0..3 {
             let pixels: Vec<f32> = (0..4 * 16 * 16).map(|_| rng.random_range(0.0f32..1.0)).collect();
             let x = Tensor::from_vec(pixels, (4, 1, 16, 16), &dev).unwrap();
-            vqgan_step(&cfg, &a, &mut a_g, &mut a_d, &x, step, false).unwrap();
+            vqgan_step(&cfg, &a, &mut a_g, &mut a_d, &x, 1.0, step, false).unwrap();
             vqgan_step_two_passes(&cfg, &b, &mut b_g, &mut b_d, &x);
         }
         let (pa, pb) = (a.params.tensors(), b.params.tensors());
@@ -351,8 +356,11 @@ mod tests {
     #[test]
     fn recon_losses() {
         let (a, b) = (t(&[0.0, 1.0, 0.5]), t(&[0.5, 0.0, 0.5]));
-        let mse = recon_loss(&a, &b, ReconLoss::Mse).unwrap().to_scalar::<f32>().unwrap();
+        let mse = recon_loss(&a, &b, ReconLoss::Mse, 0.3).unwrap().to_scalar::<f32>().unwrap();
         assert!((mse - (0.25 + 1.0) / 3.0).abs() < 1e-6, "{mse}");
-        assert_eq!(recon_loss(&a, &b, ReconLoss::L1).unwrap().to_scalar::<f32>().unwrap(), 0.5);
+        assert_eq!(recon_loss(&a, &b, ReconLoss::L1, 0.3).unwrap().to_scalar::<f32>().unwrap(), 0.5);
+        // Sonnet's variance-normalised MSE: (1.25 / 3) / 0.25.
+        let v = recon_loss(&a, &b, ReconLoss::MseVar, 0.25).unwrap().to_scalar::<f32>().unwrap();
+        assert!((v - 1.25 / 3.0 / 0.25).abs() < 1e-6, "{v}");
     }
 }

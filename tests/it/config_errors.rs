@@ -18,6 +18,33 @@ fn rejected(text: &str, args: &[&str]) -> String {
 }
 
 #[test]
+fn kid_subsets_as_large_as_the_eval_set_are_rejected() {
+    // torch-fidelity's default subset size (1000) against 200 eval images: every subset would
+    // be the whole set and the KID std 0.
+    let err = rejected("[data]\ndataset = \"synthetic\"\neval_images = 200\n[eval]\nfid = true\n", &[]);
+    assert!(err.contains("key `eval.kid_subset_size`"), "{err}");
+    assert!(err.contains("data.eval_images = 200"), "{err}");
+    // Equal sizes are rejected too; the validation split is held to the same rule.
+    let err = rejected("[data]\ndataset = \"synthetic\"\neval_images = 500\n[eval]\nkid_subset_size = 500\n", &[]);
+    assert!(err.contains("key `eval.kid_subset_size`") && err.contains("data.eval_images = 500"), "{err}");
+    let err = rejected("[data]\ndataset = \"synthetic\"\nval_images = 300\neval_images = 2000\n", &[]);
+    assert!(err.contains("key `eval.kid_subset_size`") && err.contains("data.val_images = 300"), "{err}");
+    // Without FID-style scores there is no KID to check.
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "exp.toml", "[data]\ndataset = \"synthetic\"\neval_images = 200\n[eval]\nfid = false\n");
+    assert_eq!(vqlab(dir.path(), &["plan", "exp.toml"]).status.code(), Some(0));
+}
+
+#[test]
+fn early_stop_without_a_validation_split_is_rejected() {
+    let err = rejected(
+        "[data]\ndataset = \"synthetic\"\nval_images = 0\n[eval]\nfid = false\n[train]\nearly_stop = [{ metric = \"val/usage\", below = 0.1 }]\n",
+        &[],
+    );
+    assert!(err.contains("key `train.early_stop`") && err.contains("data.val_images = 0"), "{err}");
+}
+
+#[test]
 fn zip_lists_of_unequal_length() {
     let err =
         rejected("[sweep]\nzip = { \"quantizer.codebook_size\" = [64, 128, 256], \"train.lr\" = [1e-3, 2e-4] }\n", &[]);

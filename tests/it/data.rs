@@ -6,8 +6,56 @@ use vqlab::config::{DataConfig, DatasetKind};
 
 const FASHION: &str = "/usr/share/datasets/fashion-mnist";
 
+/// A data config without a validation split: the loaders' splits as the files hold them.
 fn cfg(dataset: DatasetKind, path: &Path, image_size: u32, channels: u32, eval_images: usize) -> DataConfig {
-    DataConfig { dataset, path: path.display().to_string(), image_size, channels, train_images: 0, eval_images }
+    DataConfig {
+        dataset,
+        path: path.display().to_string(),
+        image_size,
+        channels,
+        train_images: 0,
+        val_images: Some(0),
+        eval_images,
+    }
+}
+
+#[test]
+fn the_validation_split_is_the_end_of_the_training_file_and_is_not_trained_on() {
+    if !Path::new(FASHION).is_dir() {
+        assert!(std::env::var_os("CI").is_none(), "CI must install Debian's dataset-fashion-mnist");
+        eprintln!("skipped: {FASHION} not installed");
+        return;
+    }
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/oracles/idx_first.py");
+    let out = std::process::Command::new("python3")
+        .args([script, FASHION, "0,54999,55000,59700,59999"])
+        .output()
+        .expect("python3 runs");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let oracle: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let image = |i: &str| -> Vec<u8> {
+        oracle["train_at"][i]["image"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u8).collect()
+    };
+    // The dataset's default: 5,000 validation images, the last of the 60,000 training images.
+    let mut c = cfg(DatasetKind::FashionMnist, Path::new(FASHION), 28, 1, 100);
+    c.val_images = None;
+    let splits = vqlab::data::load(&c).unwrap();
+    assert_eq!((splits.train.len, splits.val.len, splits.eval.len), (55_000, 5_000, 100));
+    assert_eq!(splits.train.image(0), &image("0")[..]);
+    assert_eq!(splits.train.image(54_999), &image("54999")[..], "the last image trained on");
+    assert_eq!(splits.val.image(0), &image("55000")[..], "the first validation image");
+    assert_eq!(splits.val.image(4_999), &image("59999")[..]);
+    assert_eq!(splits.val.labels.as_ref().unwrap()[0] as u64, oracle["train_at"]["55000"]["label"].as_u64().unwrap());
+    // train_images takes from what the validation split leaves.
+    c.train_images = 1000;
+    c.val_images = Some(300);
+    let splits = vqlab::data::load(&c).unwrap();
+    assert_eq!((splits.train.len, splits.val.len), (1000, 300));
+    assert_eq!(splits.val.image(0), &image("59700")[..]);
+    // A validation split as large as the training split is bad input naming the key.
+    c.val_images = Some(60_000);
+    let err = vqlab::data::load(&c).unwrap_err().to_string();
+    assert!(err.contains("data.val_images"), "{err}");
 }
 
 #[test]

@@ -8,6 +8,7 @@ mod hardening;
 mod learning;
 mod metrics;
 mod plan;
+mod reference;
 mod report;
 mod sched;
 mod sinks;

@@ -368,3 +368,47 @@ window.addEventListener('load', () => {
         .unwrap();
     assert!(dir.join("compare.png").is_file(), "{}", stderr(&shot));
 }
+
+#[test]
+fn a_table_that_mixes_training_revisions_warns_and_says_so() {
+    // A copy of the shared sweep where one finished run looks like the first milestone's: its
+    // summary has no training revision (revision 1) and the betas it trained with.
+    let dir = workdir();
+    let copy = dir.join("mixed");
+    for entry in walkdir::WalkDir::new(sweep()).into_iter().filter_map(|e| e.ok()) {
+        let rel = entry.path().strip_prefix(sweep()).unwrap();
+        let to = copy.join(rel);
+        if entry.file_type().is_dir() {
+            std::fs::create_dir_all(&to).unwrap();
+        } else {
+            std::fs::copy(entry.path(), &to).unwrap();
+        }
+    }
+    let old = run_dirs(&copy).into_iter().find(|r| status(r)["state"] == "done").unwrap();
+    let path = old.join("summary.json");
+    let mut summary: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    assert_eq!(summary.remove("run.training_revision"), Some(serde_json::json!(vqlab::config::TRAINING_REVISION)));
+    std::fs::write(&path, serde_json::to_vec(&summary).unwrap()).unwrap();
+    let table_of = |source: &str, more: &[&str]| {
+        let mut args = vec!["report", source, "--rows", "quantizer.codebook_size", "--cols", "model.variant"];
+        args.extend_from_slice(&["--metrics", "eval/rec_mse"]);
+        args.extend_from_slice(more);
+        let out = vqlab(&dir, &args);
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        (stderr(&out), stdout(&out))
+    };
+    let (err, table) = table_of("mixed", &[]);
+    let rev = vqlab::config::TRAINING_REVISION;
+    assert!(err.contains(&format!("mix training revisions (1 run of revision 1, 7 runs of revision {rev})")), "{err}");
+    assert!(table.contains(&format!("training revisions 1 and {rev}")), "{table}");
+    assert!(table.contains("eval/…: the test split's eval subset"), "the footnote names the split: {table}");
+    // Filtering to one revision leaves a clean table.
+    let (err, _) = table_of("mixed", &["--where", &format!("run.training_revision={rev}")]);
+    assert!(!err.contains("mix training revisions"), "{err}");
+    // The footnote names the sweep as given (relative), also when given as an absolute path
+    // under the working directory.
+    let abs = copy.to_str().unwrap().to_string();
+    let (_, table) = table_of(&abs, &[]);
+    assert!(table.contains("runs from mixed,") && !table.contains(&abs), "{table}");
+}

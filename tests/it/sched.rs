@@ -263,7 +263,7 @@ fn a_codebook_health_rule_stops_a_run_early() {
     // Usage is at most 1, so `below = 1.01` fires at the first eval at or after step 6.
     let exp = tiny_experiment("early", "").replace(
         "checkpoint_every = 6",
-        "checkpoint_every = 6\nearly_stop = [{ metric = \"eval/usage\", below = 1.01, after_step = 6 }]",
+        "checkpoint_every = 6\nearly_stop = [{ metric = \"val/usage\", below = 1.01, after_step = 6 }]",
     );
     write(dir.path(), "exp.toml", &exp);
     let out = vqlab(dir.path(), &["run", "exp.toml"]);
@@ -272,8 +272,11 @@ fn a_codebook_health_rule_stops_a_run_early() {
     let st = status(run);
     assert_eq!(st["state"], "stopped_early");
     assert_eq!(st["step"], 6);
-    assert!(st["reason"].as_str().unwrap().contains("eval/usage"), "{st}");
-    assert!(run.join("summary.json").is_file());
+    assert!(st["reason"].as_str().unwrap().contains("val/usage"), "{st}");
+    // A run that stops early is still measured once on the test split, at its last step.
+    let summary: serde_json::Value = serde_json::from_slice(&std::fs::read(run.join("summary.json")).unwrap()).unwrap();
+    assert!(summary["eval/rec_mse"].is_number() && summary["val/usage"].is_number(), "{summary}");
+    assert_eq!(summary["run.last_step"], 6);
     // It counts as finished: nothing to do the next time.
     let out = vqlab(dir.path(), &["run", "exp.toml"]);
     assert_eq!(out.status.code(), Some(0));
@@ -287,4 +290,14 @@ fn a_codebook_health_rule_stops_a_run_early() {
     let out = vqlab(dir.path(), &["run", "bad.toml"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("train.early_stop"), "{}", stderr(&out));
+    // A rule on a test-split metric would select on the test set: bad input, with the fix.
+    let test_rule = tiny_experiment("early3", "").replace(
+        "checkpoint_every = 6",
+        "checkpoint_every = 6\nearly_stop = [{ metric = \"eval/usage\", below = 0.1 }]",
+    );
+    write(dir.path(), "test_rule.toml", &test_rule);
+    let out = vqlab(dir.path(), &["run", "test_rule.toml"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert!(err.contains("train.early_stop") && err.contains("test split") && err.contains("use val/usage"), "{err}");
 }

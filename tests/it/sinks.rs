@@ -65,9 +65,11 @@ fn tensorboard_and_pyarrow_read_every_run_of_a_four_run_sweep() {
     files.push(sweep.join("results.parquet"));
     let pq = parquet(&files);
 
-    // The experiment file says: 12 steps, train metrics every 3, eval every 6 and at the end.
+    // The experiment file says: 12 steps, train metrics every 3, eval every 6 and at the end:
+    // the validation split at every eval step, the test split (last and best weights) once.
     let train_steps = vec![3i64, 6, 9, 12];
     let eval_steps = vec![6i64, 12];
+    let final_step = vec![12i64];
     let mut all_counts = Vec::new();
     let mut count_rows = Vec::new();
     for run in &runs {
@@ -77,6 +79,7 @@ fn tensorboard_and_pyarrow_read_every_run_of_a_four_run_sweep() {
         let k = cfg["quantizer"]["codebook_size"].as_integer().unwrap();
         let side = cfg["data"]["image_size"].as_integer().unwrap();
         let eval_images = cfg["data"]["eval_images"].as_integer().unwrap();
+        let val_images = cfg["data"]["val_images"].as_integer().unwrap();
         let r = &tb["runs"][name];
         assert!(r.is_object(), "TensorBoard found no run {name}: {tb}");
 
@@ -92,9 +95,15 @@ fn tensorboard_and_pyarrow_read_every_run_of_a_four_run_sweep() {
         if variant == "vqgan" {
             expected.extend(GAN_METRICS.iter().map(|m| format!("train/{m}")));
         }
-        expected.extend(EVAL_METRICS.iter().map(|m| format!("eval/{m}")));
+        for split in ["val", "eval", "best"] {
+            expected.extend(EVAL_METRICS.iter().map(|m| format!("{split}/{m}")));
+        }
         for tag in &expected {
-            let want_steps = if tag.starts_with("train/") { &train_steps } else { &eval_steps };
+            let want_steps = match tag.split('/').next() {
+                Some("train") => &train_steps,
+                Some("val") => &eval_steps,
+                _ => &final_step,
+            };
             let pq_series = series.get(tag).unwrap_or_else(|| panic!("{name}: metrics.parquet lacks {tag}"));
             let tb_series: Vec<(i64, f64)> = r["scalars"][tag]
                 .as_array()
@@ -114,16 +123,18 @@ fn tensorboard_and_pyarrow_read_every_run_of_a_four_run_sweep() {
         let images = r["images"]["eval/reconstructions"].as_array().expect("reconstruction images");
         assert_eq!(images.iter().map(|i| i[0].as_i64().unwrap()).collect::<Vec<_>>(), eval_steps);
         assert!(images.iter().all(|i| i[1].as_i64().unwrap() > 0 && i[3].as_i64().unwrap() > 100));
-        let hist = r["histograms"]["eval/code_usage"].as_array().expect("code-usage histogram");
-        assert_eq!(hist.iter().map(|h| h[0].as_i64().unwrap()).collect::<Vec<_>>(), eval_steps);
-        // Every latent vector of the eval set is counted: eval_images × (side / 4)² positions.
-        let latents = eval_images * (side / 4) * (side / 4);
-        for h in hist {
-            assert_eq!(h[1].as_f64().unwrap(), latents as f64, "{name}: histogram total");
-            let counts: Vec<u64> = h[2].as_array().unwrap().iter().map(|c| c.as_f64().unwrap() as u64).collect();
-            assert_eq!(counts.len() as i64, k, "one bucket per code");
-            count_rows.push((name.to_string(), h[0].as_i64().unwrap()));
-            all_counts.push(counts);
+        // Every latent vector of the set is counted: images × (side / 4)² positions.
+        for (split, steps, images) in [("val", &eval_steps, val_images), ("eval", &final_step, eval_images)] {
+            let hist = r["histograms"][format!("{split}/code_usage")].as_array().expect("code-usage histogram");
+            assert_eq!(&hist.iter().map(|h| h[0].as_i64().unwrap()).collect::<Vec<_>>(), steps);
+            let latents = images * (side / 4) * (side / 4);
+            for h in hist {
+                assert_eq!(h[1].as_f64().unwrap(), latents as f64, "{name}: {split} histogram total");
+                let counts: Vec<u64> = h[2].as_array().unwrap().iter().map(|c| c.as_f64().unwrap() as u64).collect();
+                assert_eq!(counts.len() as i64, k, "one bucket per code");
+                count_rows.push((name.to_string(), split, h[0].as_i64().unwrap()));
+                all_counts.push(counts);
+            }
         }
         // The resolved config as text.
         let text = r["text"]["config"].as_str().expect("config text");
@@ -148,14 +159,14 @@ fn tensorboard_and_pyarrow_read_every_run_of_a_four_run_sweep() {
     let counts_file = dir.path().join("counts.json");
     std::fs::write(&counts_file, serde_json::to_string(&all_counts).unwrap()).unwrap();
     let np = oracle("codebook_stats.py", &[counts_file.as_os_str()]);
-    for (i, (name, step)) in count_rows.iter().enumerate() {
+    for (i, (name, split, step)) in count_rows.iter().enumerate() {
         let prow = &pq[sweep.join(name).join("metrics.parquet").to_str().unwrap()];
         let value = |metric: &str| {
             prow["rows"]
                 .as_array()
                 .unwrap()
                 .iter()
-                .find(|r| r["split"] == "eval" && r["metric"] == metric && r["step"].as_i64() == Some(*step))
+                .find(|r| r["split"] == *split && r["metric"] == metric && r["step"].as_i64() == Some(*step))
                 .and_then(|r| r["value"].as_f64())
                 .unwrap()
         };
@@ -380,10 +391,12 @@ fn an_unlabelled_image_folder_says_its_scores_use_an_untrained_network() {
         });
         img.save(images.join(format!("{i:02}.png"))).unwrap();
     }
-    let exp = tiny_experiment_fid("flat", "").replace(
-        "dataset = \"synthetic\"\ntrain_images = 256\neval_images = 64",
-        &format!("dataset = \"folder\"\npath = \"{}\"\nimage_size = 16\neval_images = 16", images.display()),
-    );
+    let exp = tiny_experiment_fid("flat", "")
+        .replace(
+            "dataset = \"synthetic\"\ntrain_images = 256\neval_images = 64",
+            &format!("dataset = \"folder\"\npath = \"{}\"\nimage_size = 16\neval_images = 16", images.display()),
+        )
+        .replace("kid_subset_size = 32", "kid_subset_size = 3");
     assert!(exp.contains("folder"), "{exp}");
     write(dir.path(), "exp.toml", &exp);
     let out = vqlab(dir.path(), &["run", "exp.toml"]);

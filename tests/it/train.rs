@@ -206,6 +206,8 @@ fn quickstart_file_runs_on_real_data_shortened() {
             "--set",
             "data.eval_images=200",
             "--set",
+            "eval.kid_subset_size=100",
+            "--set",
             "train.log_every=4",
             "--set",
             "train.eval_every=8",
