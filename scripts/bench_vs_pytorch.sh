@@ -14,8 +14,8 @@
 #   VARIANTS=vqvae RUN_CHECK=0 bash scripts/bench_vs_pytorch.sh
 #
 # PyTorch (with numpy, and pyarrow to read the run's Parquet) comes from pip into a virtual
-# environment under ~/.cache (CPU wheels when download.pytorch.org is reachable, else PyPI's);
-# set TORCH_PYTHON to use another interpreter that already has torch and pyarrow.
+# environment under ~/.cache (scripts/torch_venv.sh); set TORCH_PYTHON to use another
+# interpreter that already has torch and pyarrow.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${ROUNDS:-5}
@@ -27,18 +27,7 @@ RUN_CHECK=${RUN_CHECK:-1}
 RUN_STEPS=${RUN_STEPS:-200}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/vqlab-target}
 
-if [ -z "${TORCH_PYTHON:-}" ]; then
-  VENV=${VQLAB_BENCH_VENV:-$HOME/.cache/vqlab-bench-venv}
-  if ! "$VENV/bin/python" -c 'import torch, numpy, pyarrow' 2>/dev/null; then
-    echo "installing PyTorch, numpy and pyarrow into $VENV (once)" >&2
-    python3 -m venv "$VENV"
-    "$VENV/bin/pip" install --quiet --upgrade pip
-    "$VENV/bin/pip" install --quiet torch --index-url https://download.pytorch.org/whl/cpu 2>/dev/null \
-      || "$VENV/bin/pip" install --quiet torch
-    "$VENV/bin/pip" install --quiet numpy pyarrow
-  fi
-  TORCH_PYTHON="$VENV/bin/python"
-fi
+source scripts/torch_venv.sh
 # Checked before the rounds, not after them: the run check reads metrics.parquet with pyarrow.
 if [ "$RUN_CHECK" = 1 ] && ! "$TORCH_PYTHON" -c 'import pyarrow' 2>/dev/null; then
   echo "error: $TORCH_PYTHON has no pyarrow, which the run check needs (pip install pyarrow, or RUN_CHECK=0)" >&2

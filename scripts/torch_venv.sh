@@ -1,0 +1,14 @@
+# Sourced by the scripts that compare vqlab with PyTorch: sets TORCH_PYTHON to an interpreter
+# that has torch, numpy and pyarrow, creating a virtual environment under ~/.cache once
+# (VQLAB_BENCH_VENV moves it). Set TORCH_PYTHON beforehand to use an interpreter of your own;
+# set PIP_INDEX_URL for another package index (PyTorch's CPU-only wheels, for example).
+if [ -z "${TORCH_PYTHON:-}" ]; then
+  VENV=${VQLAB_BENCH_VENV:-$HOME/.cache/vqlab-bench-venv}
+  if ! "$VENV/bin/python" -c 'import torch, numpy, pyarrow' 2>/dev/null; then
+    echo "installing PyTorch, numpy and pyarrow into $VENV (once)" >&2
+    python3 -m venv "$VENV"
+    "$VENV/bin/pip" install --quiet --upgrade pip
+    "$VENV/bin/pip" install --quiet torch numpy pyarrow
+  fi
+  TORCH_PYTHON="$VENV/bin/python"
+fi
