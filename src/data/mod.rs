@@ -155,7 +155,9 @@ impl Splits {
     /// A fingerprint of the pixels and labels (keys caches such as the FID feature network).
     pub fn fingerprint(&self) -> String {
         let mut h = Sha256::new();
-        for set in [&self.train, &self.val, &self.eval] {
+        // An empty validation split adds nothing, so that splits without one (the feature
+        // network's training data) keep the fingerprints, and caches, they had before.
+        for set in [&self.train, &self.val, &self.eval].into_iter().filter(|s| s.len > 0) {
             h.update((set.len as u64).to_le_bytes());
             h.update((set.channels as u64).to_le_bytes());
             h.update((set.side as u64).to_le_bytes());
