@@ -8,7 +8,7 @@ use tracing_subscriber::fmt::writer::MakeWriterExt;
 use tracing_subscriber::EnvFilter;
 
 use crate::cli::{Cli, Command, ExperimentArgs};
-use crate::config::{self, ExperimentConfig, LauncherKind, Sweep};
+use crate::config::{self, LauncherKind, Sweep};
 use crate::error::InputError;
 use crate::sched::local::{self, LocalOptions, LOG_FILE, WORKER_ENV};
 use crate::sched::lock::SweepLock;
@@ -222,7 +222,8 @@ fn cmd_run(exp: &ExperimentArgs, runs_dir: &Path, flags: RunFlags) -> anyhow::Re
     let sweep_dir = runs_dir.join(&sweep.name);
     if flags.dry_run && !slurm {
         print!("{}", plan_table(&sweep, &sweep_dir));
-        let plan = crate::sched::devices::plan(&sweep.base.hardware, sweep.runs.len(), flags.max_parallel);
+        let demands = vec![crate::sched::devices::Demand { memory_mib: 0, alone: false }; sweep.runs.len()];
+        let plan = crate::sched::devices::plan(&sweep.base.hardware, &demands, flags.max_parallel);
         println!("slots: {}", plan.description);
         println!("dry run: nothing created or trained");
         return Ok(0);
@@ -514,7 +515,7 @@ fn cmd_describe(exp: &ExperimentArgs) -> anyhow::Result<u8> {
         let mut row = vec![config::short_description(c)];
         row.extend(counts.iter().map(|(_, n)| n.to_string()));
         row.push(total.to_string());
-        row.push(format!("{:.0} MiB", estimate_training_memory(c, total) / (1024.0 * 1024.0)));
+        row.push(format!("{:.0} MiB", crate::model::memory::training_bytes(c, total) / (1024.0 * 1024.0)));
         rows.push(row);
     }
     print!(
@@ -523,46 +524,4 @@ fn cmd_describe(exp: &ExperimentArgs) -> anyhow::Result<u8> {
     );
     println!("\n## Model\n\n```mermaid\n{}```", crate::model::mermaid(first));
     Ok(0)
-}
-
-/// A rough training-memory estimate in bytes: weights, gradients and two Adam moments, plus
-/// stored activations (each layer output and its ReLU) and the N×K distance matrix, ×2 for
-/// their gradients.
-fn estimate_training_memory(c: &ExperimentConfig, params: usize) -> f64 {
-    let s = c.data.image_size as f64;
-    let h = c.model.hidden_channels as f64;
-    let r = c.model.res_channels as f64;
-    let n = c.model.downsample as i32;
-    let lat = (s / 2f64.powi(n)).powi(2);
-    let mut per_image = 0.0;
-    let mut side = s;
-    for i in 0..n {
-        side /= 2.0;
-        let ch = if i + 1 == n { h } else { h / 2.0 };
-        per_image += 2.0 * 2.0 * ch * side * side; // encoder stage + mirrored decoder stage
-    }
-    per_image += 2.0 * lat * (h * 2.0 + c.model.res_blocks as f64 * (2.0 * r + 2.0 * h)); // conv3/conv_in + residual stacks
-    per_image += lat * (c.quantizer.embed_dim as f64 * 4.0 + c.quantizer.codebook_size as f64 * 2.0);
-    if c.model.variant == crate::config::Variant::Vqgan {
-        // Three discriminator passes a step (fake for G, real and fake for D), two tensors a layer.
-        let layers = if c.loss.disc_layers == 0 {
-            crate::model::discriminator::auto_layers(s as usize)
-        } else {
-            c.loss.disc_layers as usize
-        };
-        let ndf = c.loss.disc_channels as f64;
-        let mut side = s / 2.0;
-        let mut disc = ndf * side * side;
-        for i in 1..=layers {
-            if i < layers {
-                side /= 2.0;
-            } else {
-                side -= 1.0;
-            }
-            disc += ndf * 2f64.powi(i as i32).min(8.0) * side * side;
-        }
-        per_image += 3.0 * 2.0 * disc;
-    }
-    let batch = c.train.batch_size as f64;
-    4.0 * (params as f64 * 4.0 + 2.0 * per_image * batch)
 }

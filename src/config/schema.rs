@@ -403,13 +403,27 @@ pub enum GpuAll {
     All,
 }
 
+/// How many runs share one GPU: a fixed number, or `"auto"`: as many as fit in its memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum RunsPerGpu {
+    Count(u32),
+    Auto(AutoKeyword),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AutoKeyword {
+    Auto,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HardwareConfig {
     pub device: DeviceKind,
     pub gpus: GpuSelection,
-    /// Pack several small runs on one GPU.
-    pub runs_per_gpu: u32,
+    /// Runs packed on one GPU: a number, or "auto" (by measured or estimated memory).
+    pub runs_per_gpu: RunsPerGpu,
     /// Concurrent runs on CPU.
     pub cpu_slots: u32,
     /// 0 = cores / concurrent runs.
@@ -421,7 +435,7 @@ impl Default for HardwareConfig {
         Self {
             device: DeviceKind::Auto,
             gpus: GpuSelection::Named(GpuAll::All),
-            runs_per_gpu: 1,
+            runs_per_gpu: RunsPerGpu::Count(1),
             cpu_slots: 1,
             threads_per_run: 0,
         }

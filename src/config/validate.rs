@@ -245,7 +245,7 @@ pub fn validate(cfg: &ExperimentConfig, origin: &dyn Fn(&str) -> String) -> Resu
 
     // Hardware and launcher.
     let h = &cfg.hardware;
-    if h.runs_per_gpu == 0 {
+    if h.runs_per_gpu == RunsPerGpu::Count(0) {
         bad("hardware.runs_per_gpu", "expected at least 1, found 0".into());
     }
     if h.cpu_slots == 0 {

@@ -5,6 +5,7 @@
 pub mod autoencoder;
 pub mod discriminator;
 pub mod layers;
+pub mod memory;
 pub mod params;
 pub mod quantizer;
 

@@ -15,7 +15,7 @@ use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
 use anyhow::Context;
 
-use super::devices::{self, Slot};
+use super::devices::{self, Demand, Slot};
 use super::signals;
 use super::state::{RunState, RunStatus, CONFIG_FILE};
 use crate::config::{self, PlannedRun, Sweep};
@@ -131,8 +131,50 @@ pub fn next_step(dir: &Path, max_attempts: u32) -> anyhow::Result<Next> {
 struct Running {
     child: Child,
     run: usize,
-    slot: usize,
+    slot: Slot,
     bar: Option<ProgressBar>,
+}
+
+/// Test hook: the memory (MiB) every run is estimated at, instead of `model::memory`'s estimate.
+pub const FAKE_RUN_MEMORY_ENV: &str = "VQLAB_FAKE_RUN_MEMORY_MIB";
+
+/// A failure reason that says the device ran out of memory (CUDA's and candle's wordings).
+pub fn is_out_of_memory(reason: &str) -> bool {
+    let r = reason.to_ascii_lowercase();
+    r.contains("out of memory") || r.contains("out_of_memory")
+}
+
+/// What each run asks of a slot: its measured peak from an earlier attempt, else the training
+/// memory estimate (computed only when GPUs are packed by memory, once per distinct model);
+/// alone after an out-of-memory failure.
+fn demands(sweep: &Sweep, dirs: &[PathBuf], runs: &[usize]) -> anyhow::Result<Vec<Demand>> {
+    let by_memory = matches!(sweep.base.hardware.runs_per_gpu, crate::config::RunsPerGpu::Auto(_));
+    let fake = std::env::var(FAKE_RUN_MEMORY_ENV).ok().and_then(|m| m.parse::<u64>().ok());
+    let mut estimates: std::collections::HashMap<String, u64> = std::collections::HashMap::new();
+    let mut out = Vec::with_capacity(runs.len());
+    for &r in runs {
+        let status = RunStatus::read_or_pending(&dirs[r])?;
+        let memory_mib = match (status.peak_memory_mib, fake) {
+            (Some(m), _) => m,
+            (None, Some(f)) => f,
+            (None, None) if by_memory => {
+                let c = &sweep.runs[r].config;
+                let key =
+                    format!("{:?}{:?}{:?}{:?}", c.model, c.quantizer, c.loss, (c.data.image_size, c.train.batch_size));
+                match estimates.get(&key) {
+                    Some(m) => *m,
+                    None => {
+                        let m = (crate::model::memory::estimate_bytes(c)? / (1024.0 * 1024.0)).ceil() as u64;
+                        estimates.insert(key, m);
+                        m
+                    }
+                }
+            }
+            (None, None) => 0,
+        };
+        out.push(Demand { memory_mib, alone: status.gpu_alone });
+    }
+    Ok(out)
 }
 
 /// Train the sweep's unfinished runs on the given slots, the next run starting the moment a
@@ -157,7 +199,13 @@ pub fn run_sweep(sweep_dir: &Path, sweep: &Sweep, opts: &LocalOptions) -> anyhow
     if done > 0 {
         tracing::info!("{done} of {total} runs already done: skipped");
     }
-    let plan = devices::plan(&sweep.base.hardware, queue.len(), opts.max_parallel);
+    let queued: Vec<usize> = queue.iter().copied().collect();
+    let mut demand: Vec<Demand> = vec![Demand { memory_mib: 0, alone: false }; total];
+    for (r, d) in queued.iter().zip(demands(sweep, &dirs, &queued)?) {
+        demand[*r] = d;
+    }
+    let mut plan =
+        devices::plan(&sweep.base.hardware, &queued.iter().map(|r| demand[*r]).collect::<Vec<_>>(), opts.max_parallel);
     for w in &plan.warnings {
         tracing::warn!("{w}");
     }
@@ -166,7 +214,6 @@ pub fn run_sweep(sweep_dir: &Path, sweep: &Sweep, opts: &LocalOptions) -> anyhow
     }
     tracing::info!("{} runs to train on {}", queue.len(), plan.description);
     let progress = Progress::new(total, done, failed, queue.len());
-    let mut free: Vec<usize> = (0..plan.slots.len()).rev().collect();
     let mut running: Vec<Running> = Vec::new();
     let mut stopping = false;
     let mut killed = false;
@@ -186,16 +233,27 @@ pub fn run_sweep(sweep_dir: &Path, sweep: &Sweep, opts: &LocalOptions) -> anyhow
                 signals::send(r.child.id(), libc::SIGKILL);
             }
         }
-        while !stopping && !free.is_empty() && !queue.is_empty() {
-            let slot = free.pop().expect("a free slot");
-            let run = queue.pop_front().expect("a queued run");
-            let child = spawn_worker(&exe, &dirs[run], &plan.slots[slot], plan.threads_per_run)?;
+        // Start queued runs, in order, while one fits: a run that needs a whole GPU waits
+        // for one, and smaller runs behind it may start meanwhile.
+        while !stopping {
+            let Some((pos, slot)) =
+                queue.iter().enumerate().find_map(|(pos, &r)| plan.pool.acquire(demand[r]).map(|s| (pos, s)))
+            else {
+                break;
+            };
+            let run = queue.remove(pos).expect("a queued run");
+            let sharing = plan.pool.sharing(&slot);
+            let child = spawn_worker(&exe, &dirs[run], &slot, plan.threads_per_run, sharing)?;
             let bar = progress.add_run(&sweep.runs[run].dir_name, sweep.runs[run].config.train.steps);
+            let memory = match demand[run] {
+                Demand { memory_mib: 0, .. } => String::new(),
+                d => format!(", {} MiB{}", d.memory_mib, if d.alone { ", alone" } else { "" }),
+            };
             progress.println(&format!(
-                "[{}/{total}] {}: training on {} ({})",
+                "[{}/{total}] {}: training on {} ({}{memory})",
                 run + 1,
                 sweep.runs[run].dir_name,
-                plan.slots[slot].label(),
+                slot.label(),
                 config::short_description(&sweep.runs[run].config)
             ));
             running.push(Running { child, run, slot, bar });
@@ -220,9 +278,24 @@ pub fn run_sweep(sweep_dir: &Path, sweep: &Sweep, opts: &LocalOptions) -> anyhow
                 continue;
             };
             let r = running.swap_remove(i);
-            free.push(r.slot);
+            plan.pool.release(&r.slot);
             let name = &sweep.runs[r.run].dir_name;
-            let status = settle(&dirs[r.run], exit)?;
+            let mut status = settle(&dirs[r.run], exit)?;
+            if status.state == RunState::Failed
+                && is_out_of_memory(&status.reason)
+                && matches!(r.slot, Slot::Gpu { .. })
+            {
+                // Retried alone on a GPU (recorded, so a later scheduler does the same), packed
+                // by what it measured if it got that far.
+                if !status.gpu_alone {
+                    status.gpu_alone = true;
+                    status.write(&dirs[r.run])?;
+                }
+                demand[r.run] =
+                    Demand { memory_mib: status.peak_memory_mib.unwrap_or(demand[r.run].memory_mib), alone: true };
+            } else if let Some(m) = status.peak_memory_mib {
+                demand[r.run].memory_mib = m;
+            }
             refresh_results(sweep_dir);
             if let Some(bar) = &r.bar {
                 bar.finish_and_clear();
@@ -281,7 +354,7 @@ pub fn run_sweep(sweep_dir: &Path, sweep: &Sweep, opts: &LocalOptions) -> anyhow
 /// Start `vqlab train RUN_DIR` on a slot: its device and thread count in its environment,
 /// its output appended to train.log, and SIGTERM when the scheduler dies (so an orphaned
 /// worker checkpoints and stops instead of racing the next scheduler).
-fn spawn_worker(exe: &Path, dir: &Path, slot: &Slot, threads: usize) -> anyhow::Result<Child> {
+fn spawn_worker(exe: &Path, dir: &Path, slot: &Slot, threads: usize, sharing: usize) -> anyhow::Result<Child> {
     use std::os::unix::process::CommandExt;
     let log_path = dir.join(LOG_FILE);
     let log = OpenOptions::new()
@@ -296,6 +369,7 @@ fn spawn_worker(exe: &Path, dir: &Path, slot: &Slot, threads: usize) -> anyhow::
         .env(super::state::SLOT_ENV, slot.label())
         .env("CUDA_VISIBLE_DEVICES", slot.cuda_visible_devices())
         .env("RAYON_NUM_THREADS", threads.to_string())
+        .env(super::state::GPU_SHARING_ENV, sharing.to_string())
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)

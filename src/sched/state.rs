@@ -12,6 +12,15 @@ pub const STATUS_FILE: &str = "status.json";
 pub const CONFIG_FILE: &str = "config.toml";
 /// Set by a scheduler in a worker's environment: the slot it runs on.
 pub const SLOT_ENV: &str = "VQLAB_SLOT";
+/// Set by a scheduler in a worker's environment: how many other runs were on its GPU when it
+/// started.
+pub const GPU_SHARING_ENV: &str = "VQLAB_GPU_SHARING";
+/// Test hook: a run whose dir name contains this fails out of memory whenever it starts on a
+/// GPU that other runs share (what a CUDA out-of-memory error looks like to the scheduler),
+/// so the retry-alone path runs on machines without a GPU.
+pub const FAKE_OOM_ENV: &str = "VQLAB_FAKE_OOM_RUN";
+/// Test hook: the peak device memory (MiB) a worker reports instead of measuring it.
+pub const FAKE_DEVICE_MEMORY_ENV: &str = "VQLAB_FAKE_DEVICE_MEMORY_MIB";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -77,6 +86,14 @@ pub struct RunStatus {
     pub progress_step: u64,
     #[serde(default)]
     pub loss: Option<f64>,
+    /// Peak memory of the run's device over its first steps, MiB: the GPU memory of the
+    /// worker's process, or its peak resident memory on the CPU. `runs_per_gpu = "auto"`
+    /// packs a retry or a resume by it instead of the estimate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peak_memory_mib: Option<u64>,
+    /// The run failed out of memory beside other runs: its retries get a GPU to themselves.
+    #[serde(default)]
+    pub gpu_alone: bool,
 }
 
 impl RunStatus {
@@ -99,6 +116,8 @@ impl RunStatus {
             end_time: 0.0,
             progress_step: 0,
             loss: None,
+            peak_memory_mib: None,
+            gpu_alone: false,
         }
     }
 

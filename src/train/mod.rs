@@ -80,6 +80,41 @@ pub fn device_name(d: &Device) -> String {
     }
 }
 
+/// Memory the run's process holds on its device, MiB: its GPU memory as `nvidia-smi` lists it
+/// for this process (allocator caches included), or its peak resident memory on the CPU
+/// (VmHWM). None when it cannot be read. `VQLAB_FAKE_DEVICE_MEMORY_MIB` replaces it (tests).
+pub fn device_memory_mib(d: &Device) -> Option<u64> {
+    if let Some(m) = std::env::var(crate::sched::state::FAKE_DEVICE_MEMORY_ENV).ok().and_then(|m| m.parse().ok()) {
+        return Some(m);
+    }
+    match d {
+        Device::Cuda(_) => {
+            let out = std::process::Command::new("nvidia-smi")
+                .args(["--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"])
+                .stderr(std::process::Stdio::null())
+                .output()
+                .ok()?;
+            let me = std::process::id().to_string();
+            String::from_utf8_lossy(&out.stdout).lines().find_map(|l| {
+                let (pid, mib) = l.split_once(',')?;
+                (pid.trim() == me).then(|| mib.trim().parse().ok()).flatten()
+            })
+        }
+        _ => {
+            let status = std::fs::read_to_string("/proc/self/status").ok()?;
+            let kib: u64 = status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))?
+                .trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse()
+                .ok()?;
+            Some(kib.div_ceil(1024))
+        }
+    }
+}
+
 /// What `vqlab bench` measured.
 #[derive(Debug, serde::Serialize)]
 pub struct BenchResult {
@@ -216,6 +251,20 @@ pub fn train_run(run_dir: &Path) -> anyhow::Result<Outcome> {
     Ok(outcome)
 }
 
+/// The test hook `VQLAB_FAKE_OOM_RUN`: fail as CUDA does when this run starts on a shared GPU.
+fn fake_out_of_memory(run_dir: &Path) -> anyhow::Result<()> {
+    use crate::sched::state::{FAKE_OOM_ENV, GPU_SHARING_ENV};
+    let Ok(pattern) = std::env::var(FAKE_OOM_ENV) else { return Ok(()) };
+    let name = run_dir.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+    let sharing: usize = std::env::var(GPU_SHARING_ENV).ok().and_then(|s| s.parse().ok()).unwrap_or(0);
+    if !pattern.is_empty() && name.contains(&pattern) && sharing > 0 {
+        anyhow::bail!(
+            "CUDA_ERROR_OUT_OF_MEMORY: out of memory ({FAKE_OOM_ENV} test hook; {sharing} other runs on the GPU)"
+        );
+    }
+    Ok(())
+}
+
 /// Record an attempt that failed before training could start.
 fn fail_before_start(run_dir: &Path, status: &mut RunStatus, reason: String) -> anyhow::Result<Outcome> {
     tracing::error!("run failed: {reason}");
@@ -252,6 +301,8 @@ struct Trainer<'a> {
     train_seconds: f64,
     /// The last step reached, for the end-of-run record.
     step_reached: u64,
+    /// The largest device memory measured at the probe steps (MiB).
+    peak_memory_mib: Option<u64>,
 }
 
 impl<'a> Trainer<'a> {
@@ -261,6 +312,7 @@ impl<'a> Trainer<'a> {
         device: &'a Device,
         status: &mut RunStatus,
     ) -> anyhow::Result<Ending> {
+        fake_out_of_memory(run_dir)?;
         let t_load = Instant::now();
         let splits = data::load(&cfg.data)?;
         tracing::info!(
@@ -312,6 +364,7 @@ impl<'a> Trainer<'a> {
             data_variance: splits.train.pixel_variance(),
             train_seconds: 0.0,
             step_reached: 0,
+            peak_memory_mib: status.peak_memory_mib,
         };
         let start = match ckpt {
             Some(c) => {
@@ -463,6 +516,12 @@ impl<'a> Trainer<'a> {
     fn train_from(&mut self, start: u64, splits: &data::Splits, status: &mut RunStatus) -> anyhow::Result<Ending> {
         let cfg = self.cfg;
         let t = &cfg.train;
+        // Device memory is read after the first steps, and for VQ-GAN again once the
+        // discriminator trains too: what a scheduler packing GPUs by memory needs to know.
+        let mut probes = vec![t.steps.min(5)];
+        if cfg.model.variant == Variant::Vqgan && cfg.loss.disc_start + 5 <= t.steps {
+            probes.push(cfg.loss.disc_start + 5);
+        }
         let mut order = BatchOrder::new(splits.train.len, t.batch_size, t.seed);
         // img/s over the steps since the last log, without the eval and checkpoint time.
         let mut since_log = Instant::now();
@@ -491,6 +550,15 @@ impl<'a> Trainer<'a> {
                 Some(opt_d) => step::vqgan_step(cfg, &self.model, &mut self.opt_g, opt_d, &x, dv, step, log)?,
             };
             self.step_reached = done;
+            if probes.contains(&done) {
+                if let Some(m) = device_memory_mib(self.device) {
+                    let peak = self.peak_memory_mib.map_or(m, |p| p.max(m));
+                    self.peak_memory_mib = Some(peak);
+                    status.peak_memory_mib = Some(peak);
+                    status.write(self.run_dir)?;
+                    tracing::info!("device memory after step {done}: {m} MiB");
+                }
+            }
             if log || ckpt {
                 // The only host synchronisation of a training step, at log and checkpoint steps.
                 let mut values = Vec::with_capacity(losses.len());
@@ -694,6 +762,9 @@ impl<'a> Trainer<'a> {
         summary.insert("run.vqlab_version".into(), env!("CARGO_PKG_VERSION").into());
         summary.insert("run.vqlab_commit".into(), crate::GIT_COMMIT.into());
         summary.insert("run.training_revision".into(), TRAINING_REVISION.into());
+        if let Some(m) = self.peak_memory_mib {
+            summary.insert("run.peak_memory_mib".into(), m.into());
+        }
         // Where each group of numbers comes from: split, images and checkpoint.
         let (n_eval, n_val) = (splits.eval.len, splits.val.len);
         summary.insert("run.last_step".into(), self.step_reached.into());

@@ -67,6 +67,58 @@ fn sixteen_runs_on_four_fake_gpus_two_per_gpu() {
 }
 
 #[test]
+fn auto_packs_runs_by_memory_and_retries_an_out_of_memory_run_alone() {
+    // Two fake 10 GiB GPUs (a 9216 MiB budget each) and runs estimated at 3 GiB: three fit on
+    // each. The run of seed 5, the sixth to start, shares its GPU and fails out of memory
+    // (the test hook); its retry waits for an empty GPU.
+    let dir = tempfile::tempdir().unwrap();
+    let exp = tiny_experiment("packed", "[hardware]\nruns_per_gpu = \"auto\"\n[sweep]\nseeds = [0, 1, 2, 3, 4, 5]")
+        .replace("steps = 12", "steps = 30");
+    write(dir.path(), "exp.toml", &exp);
+    let envs = [
+        ("VQLAB_FAKE_GPUS", "2"),
+        ("VQLAB_FAKE_GPU_MEMORY_MIB", "10240"),
+        ("VQLAB_FAKE_RUN_MEMORY_MIB", "3072"),
+        ("VQLAB_FAKE_DEVICE_MEMORY_MIB", "2900"),
+        ("VQLAB_FAKE_OOM_RUN", "-s5-"),
+    ];
+    let out = spawn(dir.path(), &["run", "exp.toml"], &envs).wait_with_output().unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(err.contains("packed by memory") && err.contains("6 of these runs fit at once"), "{err}");
+    let mut per_gpu: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
+    for r in run_dirs(&dir.path().join("runs/packed")) {
+        let st = status(&r);
+        assert_eq!(st["state"], "done", "{st}");
+        let slot = st["slot"].as_str().unwrap().to_string();
+        let (gpu, lane) = slot.trim_start_matches("gpu").split_once('.').unwrap();
+        assert!(lane.parse::<u32>().unwrap() < 3, "at most three runs on a GPU: {slot}");
+        // The measured peak is recorded for the next scheduler to pack by.
+        assert_eq!(st["peak_memory_mib"], 2900, "{st}");
+        let summary: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(r.join("summary.json")).unwrap()).unwrap();
+        assert_eq!(summary["run.peak_memory_mib"], 2900);
+        let name = r.file_name().unwrap().to_str().unwrap().to_string();
+        if name.contains("-s5-") {
+            assert_eq!((st["attempts"].as_u64(), st["failures"].as_u64()), (Some(2), Some(1)), "{st}");
+            assert_eq!(st["gpu_alone"], true, "the out-of-memory retry is recorded: {st}");
+            assert!(err.contains(&format!("{name}: failed (attempt 1")) && err.contains("out of memory"), "{err}");
+            assert!(err.contains(", alone)"), "the retry started alone: {err}");
+        } else {
+            assert_eq!((st["attempts"].as_u64(), st["gpu_alone"].as_bool()), (Some(1), Some(false)), "{st}");
+        }
+        per_gpu
+            .entry(gpu.to_string())
+            .or_default()
+            .push((st["start_time"].as_f64().unwrap(), st["end_time"].as_f64().unwrap()));
+    }
+    assert_eq!(per_gpu.len(), 2, "{per_gpu:?}");
+    for (gpu, ivs) in &per_gpu {
+        assert!(max_overlap(ivs) <= 3, "GPU {gpu} held {} runs at once", max_overlap(ivs));
+    }
+}
+
+#[test]
 fn a_second_scheduler_on_a_busy_sweep_is_exit_2_and_a_stale_lock_is_taken_over() {
     let dir = tempfile::tempdir().unwrap();
     let exp = tiny_experiment("busy", "").replace("steps = 12", "steps = 200");
