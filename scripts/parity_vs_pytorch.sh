@@ -28,26 +28,34 @@ echo "work dir: $WORK" >&2
 seeds_toml="[$(echo $SEEDS | sed 's/ /, /g')]"
 
 "$VQLAB" run experiments/parity.toml --runs-dir "$WORK/runs" --set "sweep.seeds=$seeds_toml" --set "data.path=\"$DATA\"" >&2
+touch "$WORK/torch.jsonl"
 for seed in $SEEDS; do
   for spec in "vq 256" "ema 512"; do
     set -- $spec
+    # Like vqlab's runs, a PyTorch run already in the work dir is not trained again.
+    if grep -q "\"kind\": \"$1\", \"k\": $2, \"seed\": $seed," "$WORK/torch.jsonl"; then
+      continue
+    fi
     echo "PyTorch: $1 K=$2 seed $seed" >&2
     "$TORCH_PYTHON" scripts/parity/torch_vqvae.py --data "$DATA" --kind "$1" --k "$2" --seed "$seed" \
       --threads "$(nproc)" >> "$WORK/torch.jsonl"
   done
 done
 
-python3 - "$WORK" <<'PY'
+python3 - "$WORK" "$SEEDS" <<'PY'
 import glob, json, math, statistics, sys
 work = sys.argv[1]
+seeds = set(sys.argv[2].split())
 vqlab = {}
 for f in glob.glob(f"{work}/runs/parity/*/summary.json"):
     s = json.load(open(f))
-    vqlab.setdefault(s["quantizer.kind"], []).append(s)
+    if str(s["train.seed"]) in seeds:
+        vqlab.setdefault(s["quantizer.kind"], []).append(s)
 torch = {}
 for line in open(f"{work}/torch.jsonl"):
     r = json.loads(line)
-    torch.setdefault(r["kind"], []).append(r)
+    if str(r["seed"]) in seeds:
+        torch.setdefault(r["kind"], []).append(r)
 
 def stat(xs):
     return statistics.mean(xs), (statistics.stdev(xs) if len(xs) > 1 else float("nan"))
