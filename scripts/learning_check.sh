@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Train experiments/learning_check.toml (4 runs, ~15 minutes on 2 CPU cores) and check the
+# Train experiments/learning_check.toml (4 runs, ~3 minutes on 2 CPU cores) and check the
 # learning bar of issue "Models and training" against the runs' summary.json files.
 #   bash scripts/learning_check.sh [RUNS_DIR]
 set -euo pipefail

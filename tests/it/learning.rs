@@ -1,4 +1,4 @@
-//! The learning bar on real Fashion-MNIST (experiments/learning_check.toml, ~13 minutes on 2
+//! The learning bar on real Fashion-MNIST (experiments/learning_check.toml, ~3 minutes on 2
 //! cores): plain VQ reaches a reconstruction bound; EMA with k-means init and dead-code
 //! restarts uses (nearly) all codes; at K = 1024 it beats a random init on usage.
 //! `VQLAB_QUICK_TESTS=1` skips it locally; CI always runs it.
