@@ -11,7 +11,8 @@
 #   than its ptxas writes PTX that ptxas rejects, and PTX newer than the driver will not load.
 # - No wheel carries the driver's libcuda, and cuBLAS's is hundreds of MB. The link uses
 #   stubs instead, as the toolkit's own lib/stubs do: one empty function per name that cudarc
-#   declares, in libraries with the real SONAMEs. At run time the binary finds the real
+#   declares, in libraries with the real SONAMEs, put beside the wheel's libcudart (only the
+#   link sees them; nothing loads them at run time). At run time the binary finds the real
 #   libraries (the driver's libcuda, cuBLAS/cuRAND/NVRTC of the GPU machine's Python
 #   environment); dist/cuda/env.sh points LD_LIBRARY_PATH at them.
 # - CUDA_COMPUTE_CAP (default 90: H100/H200) picks the PTX target of candle's kernels. PTX
@@ -60,22 +61,25 @@ fi
 #    cudarc declares; libcudart.so for the linker, next to the wheel's libcudart.so.<major>.
 cudarc=$(cargo metadata --locked --format-version 1 --features cuda 2>/dev/null \
   | python3 -c "import json,sys; print(next(p['manifest_path'] for p in json.load(sys.stdin)['packages'] if p['name']=='cudarc').rsplit('/',1)[0])")
-stubs="$cu/lib/stubs"
-mkdir -p "$stubs"
+# The stubs go next to libcudart in $CUDA_ROOT/lib, the one directory the link searches (what
+# cudarc's build script passes on); their sources stay in the cache.
+stubs="$cu/lib"
+src_dir="$CACHE/stubs-src"
+mkdir -p "$src_dir"
 for spec in "driver cuda 1" "nvrtc nvrtc $major" "curand curand 10" "cublas cublas $major" "cublaslt cublasLt $major"; do
   set -- $spec
   src="$cudarc/src/$1/sys/mod.rs"
   names=$(grep -oE '^pub unsafe fn [A-Za-z0-9_]+' "$src" | awk '{print $4}' | sort -u)
   [ -n "$names" ] || { echo "error: no functions found in $src" >&2; exit 1; }
-  c="$stubs/lib$2.c"
+  c="$src_dir/lib$2.c"
   printf 'void %s(void) {}\n' $names > "$c"
   gcc -shared -fPIC -o "$stubs/lib$2.so" -Wl,-soname,"lib$2.so.$3" "$c"
   echo "stub lib$2.so (SONAME lib$2.so.$3): $(echo "$names" | wc -l) functions" >&2
 done
 ln -sf "$(ls "$cu"/lib/libcudart.so.$major* | head -1)" "$cu/lib/libcudart.so"
 
-# 3. Build (cudarc's build script finds the stubs under $CUDA_ROOT/lib/stubs; RUSTFLAGS stay
-#    as they are, or every crate would be rebuilt), keep the binary, restore the CPU binary.
+# 3. Build (RUSTFLAGS stay as they are, or every crate would be rebuilt), keep the binary,
+#    restore the CPU binary.
 cargo build --release --locked --features cuda
 mkdir -p "$OUT"
 strip -o "$OUT/vqlab" "$CARGO_TARGET_DIR/release/vqlab"
@@ -110,12 +114,14 @@ done
 export LD_LIBRARY_PATH="${_vqlab_dirs#:}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 unset _vqlab_dirs
 EOF
-xz -6 -T0 -f -k "$OUT/vqlab"
+stripped=$(stat -c %s "$OUT/vqlab")
+# Only the archive stays: dist/cuda/ is what travels to a GPU machine (64 MiB at most).
+xz -6 -T0 -f "$OUT/vqlab"
 cat > "$OUT/BUILD.txt" <<EOF
 vqlab $(git describe --always --dirty 2>/dev/null) built with --features cuda
 CUDA $CUDA (PyPI wheels), compute capability $CUDA_COMPUTE_CAP, $(date -u +%Y-%m-%dT%H:%M:%SZ)
 needs: $needed
 EOF
 size=$(stat -c %s "$OUT/vqlab.xz")
-echo "packed $OUT/vqlab.xz: $((size / 1024 / 1024)) MiB ($(stat -c %s "$OUT/vqlab") bytes stripped), needs $needed; $(( $(date +%s) - t0 )) s" >&2
+echo "packed $OUT/vqlab.xz: $((size / 1024 / 1024)) MiB ($stripped bytes stripped), needs $needed; $(( $(date +%s) - t0 )) s" >&2
 [ "$size" -le $((40 * 1024 * 1024)) ] || { echo "error: $OUT/vqlab.xz is over 40 MiB" >&2; exit 1; }

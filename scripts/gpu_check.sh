@@ -92,15 +92,22 @@ done
 
 # c. Four runs packed by memory, and one of them alone.
 log "c. 4 runs with runs_per_gpu = \"auto\", and one alone"
+# bench_step.toml says hardware.device = "cpu"; the packed sweep needs the GPUs (dry: a fake one,
+# seen by the scheduler, the workers training on the CPU).
 pack_env=()
-[ "$mode" = dry ] && pack_env=(VQLAB_FAKE_GPUS=1 VQLAB_FAKE_GPU_MEMORY_MIB=16384)
+pack_device=cuda
+if [ "$mode" = dry ]; then
+  pack_env=(VQLAB_FAKE_GPUS=1 VQLAB_FAKE_GPU_MEMORY_MIB=16384)
+  pack_device=auto
+fi
 s=$(date +%s.%N)
 env "${pack_env[@]}" "$VQLAB" run "$exp" --runs-dir "$WORK/packed" "${run_sets[@]}" --set eval.fid=false \
-  --set hardware.runs_per_gpu='"auto"' --set 'sweep.seeds=[0, 1, 2, 3]' > "$OUT/c-packed.txt" 2>&1 || fail "the packed sweep"
+  --set hardware.device="$pack_device" --set hardware.runs_per_gpu='"auto"' --set 'sweep.seeds=[0, 1, 2, 3]' \
+  > "$OUT/c-packed.txt" 2>&1 || fail "the packed sweep"
 packed_wall=$(python3 -c "import time; print(time.time() - $s)")
 s=$(date +%s.%N)
-"$VQLAB" run "$exp" --runs-dir "$WORK/alone" "${run_sets[@]}" --set eval.fid=false > "$OUT/c-alone.txt" 2>&1 \
-  || fail "the run alone"
+env "${pack_env[@]}" "$VQLAB" run "$exp" --runs-dir "$WORK/alone" "${run_sets[@]}" --set eval.fid=false \
+  --set hardware.device="$pack_device" > "$OUT/c-alone.txt" 2>&1 || fail "the run alone"
 alone_wall=$(python3 -c "import time; print(time.time() - $s)")
 for d in "$WORK"/packed/bench-step/* "$WORK"/alone/bench-step/*; do
   [ -f "$d/status.json" ] && cp "$d/status.json" "$OUT/c-$(basename "$(dirname "$(dirname "$d")")")-$(basename "$d").status.json"
