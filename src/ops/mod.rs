@@ -1,5 +1,6 @@
-//! Fast CPU building blocks as candle custom ops (convolutions with fused bias and relus, an
-//! in-place Adam update), with candle's own ops as the fallback on other devices.
+//! Fast CPU building blocks as candle custom ops (convolutions with fused bias and relus, the
+//! nearest-code search, ActNorm + LeakyReLU), with candle's own ops as the fallback on other
+//! devices (and with `VQLAB_REFERENCE_OPS=1`).
 
 pub mod conv;
 pub mod kernels;

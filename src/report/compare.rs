@@ -130,6 +130,10 @@ pub fn page(c: &Collection) -> anyhow::Result<String> {
         .filter(|m| runs.iter().any(|r| r.number(m).is_some()))
         .collect();
     html.push_str("<h2>Final metrics</h2>\n");
+    html.push_str(
+        "<p>eval/…: the test split's eval subset, weights of the last step (measured once, at the end); \
+         train/…: the last logged interval.</p>\n",
+    );
     if metrics.is_empty() {
         html.push_str("<p>No run has final metrics yet.</p>\n");
     } else {
@@ -209,7 +213,9 @@ pub fn page(c: &Collection) -> anyhow::Result<String> {
     }
 
     // Curves.
-    html.push_str("<h2>Training curves</h2>\n<div class=\"curves\">\n");
+    html.push_str(
+        "<h2>Training curves</h2>\n<p>val/…: the validation split (held out of the training split) at every eval step.</p>\n<div class=\"curves\">\n",
+    );
     let mut curves = 0;
     // Each run's metrics.parquet is read once for all the figures.
     let logged: Vec<(&Run, super::collect::Curves)> =
