@@ -41,6 +41,14 @@ pub struct Cli {
     pub command: Command,
 }
 
+impl Cli {
+    /// Commands that only print what they find (plan, status, report, describe, …), as
+    /// opposed to the scheduler and the worker, which manage runs.
+    pub fn only_prints(&self) -> bool {
+        !matches!(self.command, Command::Run { .. } | Command::Train { .. })
+    }
+}
+
 /// Overrides of an experiment file, shared by the commands that read one.
 #[derive(Debug, Args, Clone, Default)]
 pub struct ExperimentArgs {

@@ -25,6 +25,16 @@ fn main() -> ExitCode {
     unsafe {
         libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
     }
+    // A closed stdout (`vqlab plan BIG.toml | head -1`) ends a command that only prints the
+    // way it ends any Unix filter: quietly, by the default SIGPIPE action (status 141), not
+    // with a "failed printing to stdout" panic. The scheduler and the worker keep Rust's
+    // ignored SIGPIPE, so a closed pipe never kills a sweep half-way.
+    if cli.only_prints() {
+        // SAFETY: restoring a signal's default disposition has no preconditions.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     vqlab::ops::tune_allocator();
     match vqlab::app::run(cli) {
         Ok(code) => ExitCode::from(code),

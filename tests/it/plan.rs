@@ -2,7 +2,7 @@
 
 use std::collections::BTreeSet;
 
-use crate::common::{stderr, stdout, vqlab, write};
+use crate::common::{stderr, stdout, tiny_experiment, vqlab, write};
 
 const GRID: &str = r#"[experiment]
 name = "ids"
@@ -121,4 +121,28 @@ fn describe_counts_parameters_by_hand() {
     assert_eq!(&cells[1..5], &["1070", "6", "613", "0"], "{row}");
     assert_eq!(cells[5], "1689");
     assert!(text.contains("```mermaid\nflowchart LR"), "{text}");
+}
+
+#[test]
+fn a_closed_stdout_ends_plan_quietly() {
+    // `vqlab plan BIG.toml | head -1`: the reader goes away after one line.
+    use std::io::BufRead;
+    use std::os::unix::process::ExitStatusExt;
+    let dir = tempfile::tempdir().unwrap();
+    let seeds: Vec<String> = (0..3000).map(|s| s.to_string()).collect();
+    write(dir.path(), "big.toml", &tiny_experiment("big", &format!("[sweep]\nseeds = [{}]", seeds.join(", "))));
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_vqlab"))
+        .args(["plan", "big.toml"])
+        .current_dir(dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut first).unwrap();
+    assert!(!first.is_empty());
+    let out = child.wait_with_output().unwrap();
+    let err = stderr(&out);
+    assert!(out.status.code() == Some(0) || out.status.signal() == Some(libc::SIGPIPE), "{:?}", out.status);
+    assert!(!err.contains("panic") && !err.contains("Broken pipe"), "{err}");
 }
