@@ -142,23 +142,19 @@ pub struct Demand {
 }
 
 /// One device of a pool: a GPU or the CPU, its capacity in the pool's unit (MiB when packing
-/// by memory, runs otherwise) and what each busy lane holds.
+/// by memory, runs otherwise) and what each busy lane holds. A run that must be alone, or
+/// needs more than the capacity, is booked at the whole capacity, so nothing joins it.
 #[derive(Debug, Clone)]
 struct PoolDevice {
     gpu: Option<u32>,
     capacity: u64,
     /// Lane i holds `Some(units)` while a run is on it.
     lanes: Vec<Option<u64>>,
-    /// A run that must be alone holds the device.
-    exclusive: bool,
 }
 
 impl PoolDevice {
     fn used(&self) -> u64 {
         self.lanes.iter().flatten().sum()
-    }
-    fn busy(&self) -> bool {
-        self.lanes.iter().any(Option::is_some)
     }
 }
 
@@ -180,23 +176,22 @@ impl SlotPool {
             return None;
         }
         let units = if self.by_memory { demand.memory_mib.max(1) } else { 1 };
-        let by_memory = self.by_memory;
+        // The units a run holds on a device: all of them when it must be alone there.
+        let booked = |dev: &PoolDevice| {
+            if (demand.alone && dev.gpu.is_some()) || units > dev.capacity {
+                dev.capacity
+            } else {
+                units
+            }
+        };
         let device = self
             .devices
             .iter_mut()
             .enumerate()
-            .filter(|(_, dev)| !dev.exclusive)
-            .filter(|(_, dev)| {
-                let alone = demand.alone && dev.gpu.is_some();
-                if alone || (by_memory && units > dev.capacity) {
-                    !dev.busy()
-                } else {
-                    dev.used() + units <= dev.capacity
-                }
-            })
+            .filter(|(_, dev)| dev.used() + booked(dev) <= dev.capacity)
             .max_by_key(|(i, dev)| (dev.capacity.saturating_sub(dev.used()), std::cmp::Reverse(*i)))
             .map(|(_, dev)| dev)?;
-        device.exclusive = (demand.alone && device.gpu.is_some()) || (by_memory && units > device.capacity);
+        let units = booked(device);
         let lane = match device.lanes.iter().position(Option::is_none) {
             Some(l) => l,
             None => {
@@ -221,7 +216,6 @@ impl SlotPool {
             if let Some(l) = dev.lanes.get_mut(lane as usize) {
                 *l = None;
             }
-            dev.exclusive = false;
         }
     }
 
@@ -279,7 +273,7 @@ pub fn plan(hw: &HardwareConfig, demands: &[Demand], max_parallel: usize) -> Pla
 fn pool_for(gpus: &[Gpu], hw: &HardwareConfig, max_running: usize, warnings: &mut Vec<String>) -> SlotPool {
     let mut by_memory = false;
     let devices: Vec<PoolDevice> = if gpus.is_empty() {
-        vec![PoolDevice { gpu: None, capacity: hw.cpu_slots.max(1) as u64, lanes: Vec::new(), exclusive: false }]
+        vec![PoolDevice { gpu: None, capacity: hw.cpu_slots.max(1) as u64, lanes: Vec::new() }]
     } else {
         let per_gpu = match hw.runs_per_gpu {
             RunsPerGpu::Count(n) => n.max(1) as u64,
@@ -298,7 +292,6 @@ fn pool_for(gpus: &[Gpu], hw: &HardwareConfig, max_running: usize, warnings: &mu
                 gpu: Some(g.index),
                 capacity: if by_memory { (g.memory_mib as f64 * MEMORY_BUDGET) as u64 } else { per_gpu },
                 lanes: Vec::new(),
-                exclusive: false,
             })
             .collect()
     };

@@ -144,14 +144,14 @@ pub fn is_out_of_memory(reason: &str) -> bool {
     r.contains("out of memory") || r.contains("out_of_memory")
 }
 
-/// What each run asks of a slot: its measured peak from an earlier attempt, else the training
-/// memory estimate (computed only when GPUs are packed by memory, once per distinct model);
-/// alone after an out-of-memory failure.
+/// What each run asks of a slot, indexed by run (runs not in `runs` ask nothing): its measured
+/// peak from an earlier attempt, else the training memory estimate (computed only when GPUs
+/// are packed by memory, once per distinct model); alone after an out-of-memory failure.
 fn demands(sweep: &Sweep, dirs: &[PathBuf], runs: &[usize]) -> anyhow::Result<Vec<Demand>> {
     let by_memory = matches!(sweep.base.hardware.runs_per_gpu, crate::config::RunsPerGpu::Auto(_));
     let fake = std::env::var(FAKE_RUN_MEMORY_ENV).ok().and_then(|m| m.parse::<u64>().ok());
     let mut estimates: std::collections::HashMap<String, u64> = std::collections::HashMap::new();
-    let mut out = Vec::with_capacity(runs.len());
+    let mut out = vec![Demand { memory_mib: 0, alone: false }; dirs.len()];
     for &r in runs {
         let status = RunStatus::read_or_pending(&dirs[r])?;
         let memory_mib = match (status.peak_memory_mib, fake) {
@@ -172,7 +172,7 @@ fn demands(sweep: &Sweep, dirs: &[PathBuf], runs: &[usize]) -> anyhow::Result<Ve
             }
             (None, None) => 0,
         };
-        out.push(Demand { memory_mib, alone: status.gpu_alone });
+        out[r] = Demand { memory_mib, alone: status.gpu_alone };
     }
     Ok(out)
 }
@@ -200,10 +200,7 @@ pub fn run_sweep(sweep_dir: &Path, sweep: &Sweep, opts: &LocalOptions) -> anyhow
         tracing::info!("{done} of {total} runs already done: skipped");
     }
     let queued: Vec<usize> = queue.iter().copied().collect();
-    let mut demand: Vec<Demand> = vec![Demand { memory_mib: 0, alone: false }; total];
-    for (r, d) in queued.iter().zip(demands(sweep, &dirs, &queued)?) {
-        demand[*r] = d;
-    }
+    let mut demand = demands(sweep, &dirs, &queued)?;
     let mut plan =
         devices::plan(&sweep.base.hardware, &queued.iter().map(|r| demand[*r]).collect::<Vec<_>>(), opts.max_parallel);
     for w in &plan.warnings {
@@ -241,6 +238,7 @@ pub fn run_sweep(sweep_dir: &Path, sweep: &Sweep, opts: &LocalOptions) -> anyhow
             else {
                 break;
             };
+            // `pos` was just found by iterating this queue, so it is in range.
             let run = queue.remove(pos).expect("a queued run");
             let sharing = plan.pool.sharing(&slot);
             let child = spawn_worker(&exe, &dirs[run], &slot, plan.threads_per_run, sharing)?;
@@ -281,20 +279,20 @@ pub fn run_sweep(sweep_dir: &Path, sweep: &Sweep, opts: &LocalOptions) -> anyhow
             plan.pool.release(&r.slot);
             let name = &sweep.runs[r.run].dir_name;
             let mut status = settle(&dirs[r.run], exit)?;
+            // A retry or resume is packed by what the run measured, if it got that far.
+            if let Some(m) = status.peak_memory_mib {
+                demand[r.run].memory_mib = m;
+            }
             if status.state == RunState::Failed
                 && is_out_of_memory(&status.reason)
                 && matches!(r.slot, Slot::Gpu { .. })
             {
-                // Retried alone on a GPU (recorded, so a later scheduler does the same), packed
-                // by what it measured if it got that far.
+                // Retried alone on a GPU (recorded, so a later scheduler does the same).
+                demand[r.run].alone = true;
                 if !status.gpu_alone {
                     status.gpu_alone = true;
                     status.write(&dirs[r.run])?;
                 }
-                demand[r.run] =
-                    Demand { memory_mib: status.peak_memory_mib.unwrap_or(demand[r.run].memory_mib), alone: true };
-            } else if let Some(m) = status.peak_memory_mib {
-                demand[r.run].memory_mib = m;
             }
             refresh_results(sweep_dir);
             if let Some(bar) = &r.bar {

@@ -692,7 +692,7 @@ impl<'a> Trainer<'a> {
         if splits.val.len > 0 {
             let (values, counts) = self.measure(splits, false, step)?;
             named = self.record(step, "val", &values, Some(&counts), "validation eval")?;
-            let rec_mse = values[0].1;
+            let rec_mse = values.iter().find(|(m, _)| *m == "rec_mse").map_or(f64::INFINITY, |(_, v)| *v);
             if rec_mse < self.best_rec_mse {
                 self.best_rec_mse = rec_mse;
                 self.best_step = step;
