@@ -12,4 +12,5 @@ if [ -z "${SLURM_CONF:-}" ] && [ "$(id -u)" -eq 0 ] && command -v slurmctld >/de
   started_slurm=1
 fi
 trap 'if [ "$started_slurm" = 1 ]; then bash scripts/slurm_local.sh stop; fi' EXIT
-cargo test --release --locked "$@"
+# VQLAB_TEST_PROFILE=ci runs the same tests in the overflow-checked profile (.ci/run does).
+cargo test --locked --profile "${VQLAB_TEST_PROFILE:-release}" "$@"

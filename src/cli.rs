@@ -19,6 +19,17 @@ pub enum ReportFormat {
     Parquet,
 }
 
+/// What `vqlab docs` prints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DocsTopic {
+    /// Every experiment key with its default and meaning.
+    Keys,
+    /// Every metric: name, splits, direction, unit, what it needs, definition.
+    Metrics,
+    /// The fields of a run's status file.
+    Status,
+}
+
 /// The x axis of `vqlab plot`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum XScaleArg {
@@ -205,5 +216,11 @@ pub enum Command {
     Describe {
         #[command(flatten)]
         exp: ExperimentArgs,
+    },
+    /// Reference tables generated from the code (Markdown): the experiment keys, the metrics,
+    /// the status file's fields. The README and docs/design.md hold these tables verbatim.
+    Docs {
+        #[arg(value_enum)]
+        topic: DocsTopic,
     },
 }

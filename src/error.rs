@@ -43,11 +43,44 @@ impl InputError {
     }
 }
 
-/// Exit code for an error chain: 2 if any link is an [`InputError`], else 1.
-pub fn exit_code_for(err: &anyhow::Error) -> u8 {
+/// How a command ended, as the process exit status says it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitStatus {
+    /// 0: everything asked for was done.
+    Success,
+    /// 1: some run failed (or an error that is not the input's fault).
+    Failed,
+    /// 2: bad usage or bad input.
+    BadInput,
+    /// 130: stopped by SIGINT/SIGTERM; the runs resume on the next `vqlab run`.
+    Interrupted,
+}
+
+impl ExitStatus {
+    pub fn code(self) -> u8 {
+        match self {
+            ExitStatus::Success => 0,
+            ExitStatus::Failed => 1,
+            ExitStatus::BadInput => 2,
+            ExitStatus::Interrupted => 130,
+        }
+    }
+
+    /// Success unless some of the runs failed.
+    pub fn from_failures(failed: usize) -> Self {
+        if failed > 0 {
+            ExitStatus::Failed
+        } else {
+            ExitStatus::Success
+        }
+    }
+}
+
+/// The exit status of an error chain: bad input if any link is an [`InputError`], else failed.
+pub fn exit_status_for(err: &anyhow::Error) -> ExitStatus {
     if err.chain().any(|e| e.downcast_ref::<InputError>().is_some()) {
-        2
+        ExitStatus::BadInput
     } else {
-        1
+        ExitStatus::Failed
     }
 }

@@ -37,10 +37,10 @@ fn main() -> ExitCode {
     }
     vqlab::ops::tune_allocator();
     match vqlab::app::run(cli) {
-        Ok(code) => ExitCode::from(code),
+        Ok(status) => ExitCode::from(status.code()),
         Err(err) => {
             eprintln!("error: {err:#}");
-            ExitCode::from(vqlab::error::exit_code_for(&err))
+            ExitCode::from(vqlab::error::exit_status_for(&err).code())
         }
     }
 }

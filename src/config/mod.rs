@@ -1,6 +1,7 @@
 //! Experiment files: the schema, layered loading with figment, validation and resolution,
 //! sweep expansion and run ids. Nothing here touches the runs dir or a dataset.
 
+pub mod keys;
 pub mod load;
 pub mod schema;
 pub mod sweep;

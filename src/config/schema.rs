@@ -1,4 +1,4 @@
-//! The experiment-file schema (DESIGN.md §3): every section as a serde struct with
+//! The experiment-file schema (docs/design.md, "Experiment file"): every section as a serde struct with
 //! `deny_unknown_fields` and defaults chosen for small-image VQ research.
 //!
 //! This module only describes shapes and defaults; loading lives in `load`, checks of
@@ -332,18 +332,23 @@ pub struct EarlyStopRule {
 }
 
 impl EarlyStopRule {
-    /// The reason to stop, when the rule fires for this value at this step.
-    pub fn fires(&self, step: u64, value: f64) -> Option<String> {
-        if step < self.after_step {
-            return None;
-        }
-        if let Some(b) = self.below.filter(|b| value < *b) {
-            return Some(format!("{} = {value:.6} < {b} at step {step} (train.early_stop)", self.metric));
-        }
-        if let Some(a) = self.above.filter(|a| value > *a) {
-            return Some(format!("{} = {value:.6} > {a} at step {step} (train.early_stop)", self.metric));
-        }
-        None
+    /// The typed rule: its metric looked up in [`crate::metric`] and its one bound. Err says
+    /// what is wrong (validation reports it under `train.early_stop`).
+    pub fn rule(&self) -> Result<crate::metric::StopRule, String> {
+        use crate::metric::{Bound, MetricName, Split};
+        let metric = MetricName::parse(&self.metric).filter(|m| m.split == Split::Val).ok_or_else(|| {
+            format!(
+                "metric {:?} is not a validation metric (expected one of {})",
+                self.metric,
+                crate::metric::names(Split::Val, true, false).join(", ")
+            )
+        })?;
+        let bound = match (self.below, self.above) {
+            (Some(b), None) => Bound::Below(b),
+            (None, Some(a)) => Bound::Above(a),
+            _ => return Err("expected exactly one of `below` or `above`".into()),
+        };
+        Ok(crate::metric::StopRule { metric, bound, after_step: self.after_step })
     }
 }
 

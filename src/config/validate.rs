@@ -177,30 +177,26 @@ pub fn validate(cfg: &ExperimentConfig, origin: &dyn Fn(&str) -> String) -> Resu
 
     // Early stop reads the validation split: a rule on a test-split metric would select on
     // the test set.
-    let val_names: Vec<String> = crate::train::EVAL_METRICS.iter().map(|m| m.replacen("eval/", "val/", 1)).collect();
     for (i, rule) in t.early_stop.iter().enumerate() {
-        if let Some(name) = rule.metric.strip_prefix("eval/").filter(|n| val_names.contains(&format!("val/{n}"))) {
+        use crate::metric::{MetricName, Split};
+        let on_test = MetricName::parse(&rule.metric).filter(|m| matches!(m.split, Split::Eval | Split::Best));
+        if let Some(m) = on_test {
             bad(
                 "train.early_stop",
                 format!(
-                    "rule {i}: {} is measured on the test split, and stopping on it would select on the test set; use val/{name} (the validation split, data.val_images)",
-                    rule.metric
-                ),
-            );
-        } else if !val_names.contains(&rule.metric) {
-            bad(
-                "train.early_stop",
-                format!(
-                    "rule {i}: metric {:?} is not a validation metric (expected one of {})",
+                    "rule {i}: {} is measured on the test split, and stopping on it would select on the test set; use {} (the validation split, data.val_images)",
                     rule.metric,
-                    val_names.join(", ")
+                    m.metric.at(Split::Val)
                 ),
             );
-        } else if (rule.metric.starts_with("val/rfid") || rule.metric.starts_with("val/kid")) && !cfg.eval.fid {
-            bad("train.early_stop", format!("rule {i}: {} needs eval.fid = true", rule.metric));
+            continue;
         }
-        if rule.below.is_some() == rule.above.is_some() {
-            bad("train.early_stop", format!("rule {i}: expected exactly one of `below` or `above`"));
+        match rule.rule() {
+            Err(why) => bad("train.early_stop", format!("rule {i}: {why}")),
+            Ok(r) if r.metric.metric.needs.fid && !cfg.eval.fid => {
+                bad("train.early_stop", format!("rule {i}: {} needs eval.fid = true", rule.metric))
+            }
+            Ok(_) => {}
         }
     }
 

@@ -17,7 +17,7 @@
 //! and renamed into place, metadata first, so a reader never sees a torn entry.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 
 use anyhow::Context;
@@ -26,11 +26,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{DataConfig, DatasetKind};
 use crate::data::{self, BatchOrder, ImageSet, Splits};
-use crate::fsutil::{write_atomic, LockFile};
 use crate::model::layers::Conv2d;
 use crate::model::params::{torch_default, ParamStore};
-use crate::train::checkpoint::{self, Checkpoint};
-use crate::train::optim::Adam;
+use crate::nn::checkpoint::{self, Checkpoint};
+use crate::nn::optim::Adam;
+use crate::util::{write_atomic, LockFile};
 
 /// Bump when the architecture or its training recipe changes: old cache entries are ignored.
 pub const ARCH: &str = "conv32s2-conv64s2-fc128-v1";
@@ -175,7 +175,7 @@ pub fn feature_net(cfg: &DataConfig, cache_dir: &Path, device: &Device) -> anyho
     };
     let fingerprint = splits.fingerprint();
     let stem = format!("{}-{s}px{c}ch-{fingerprint}-{ARCH}", cfg.dataset.name());
-    let dir = cache_dir.join("features");
+    let dir = crate::rundir::RunDir::feature_cache(cache_dir);
     let weights = dir.join(format!("{stem}.safetensors"));
     let meta = dir.join(format!("{stem}.json"));
     if let Some(net) = try_load(&weights, &meta, c, s, classes, device) {
@@ -293,17 +293,4 @@ fn train(
     net.description = describe(&info);
     net.info = Some(info);
     Ok(net)
-}
-
-/// `<runs-dir>/.cache` for a run dir `<runs-dir>/<experiment>/<run>`; `VQLAB_CACHE_DIR`
-/// overrides it (a shared cache for several runs dirs).
-pub fn cache_dir_for(run_dir: &Path) -> PathBuf {
-    if let Some(d) = std::env::var_os("VQLAB_CACHE_DIR").filter(|d| !d.is_empty()) {
-        return PathBuf::from(d);
-    }
-    let abs = std::path::absolute(run_dir).unwrap_or_else(|_| run_dir.to_path_buf());
-    match abs.parent().and_then(Path::parent) {
-        Some(runs_dir) => runs_dir.join(".cache"),
-        None => abs.join(".cache"),
-    }
 }

@@ -3,12 +3,12 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::rundir::RunDir;
+
 use anyhow::Context;
 use polars::prelude::*;
 
-use crate::fsutil::write_atomic_with;
-
-pub const METRICS_FILE: &str = "metrics.parquet";
+use crate::util::write_atomic_with;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct MetricRow {
@@ -28,7 +28,7 @@ pub struct MetricsLog {
 impl MetricsLog {
     /// A log for a run dir; on resume, the rows up to `keep_until_step` are read back.
     pub fn open(run_dir: &Path, keep_until_step: Option<u64>) -> anyhow::Result<Self> {
-        let path = run_dir.join(METRICS_FILE);
+        let path = RunDir::new(run_dir).metrics_file();
         let mut log = MetricsLog { rows: Vec::new(), path };
         if let Some(limit) = keep_until_step {
             if log.path.exists() {
@@ -43,7 +43,7 @@ impl MetricsLog {
         let (split, metric) = name.split_once('/').unwrap_or(("train", name));
         self.rows.push(MetricRow {
             step: step as i64,
-            wall_time: crate::fsutil::unix_now(),
+            wall_time: crate::util::unix_now(),
             split: split.to_string(),
             metric: metric.to_string(),
             value,

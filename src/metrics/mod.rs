@@ -1,10 +1,10 @@
-//! Metric definitions (DESIGN.md §5) and the writers that record them. Names are the
-//! contract: `split/name` in TensorBoard, split + metric in Parquet.
+//! Measuring and recording metrics: codebook statistics, FID/KID and the feature network, and
+//! the sinks that write them (Parquet, TensorBoard, PNG). Their names, splits and directions
+//! are [`crate::metric`]'s: `split/name` in TensorBoard, split + metric in Parquet.
 
 pub mod features;
 pub mod fid;
 pub mod log;
-pub mod results;
 pub mod sink;
 pub mod tensorboard;
 

@@ -7,9 +7,9 @@
 //! run goes on.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use crate::fsutil::write_atomic;
+use crate::util::write_atomic;
 
 /// What a sink is told when a run (or a resumed attempt of it) starts.
 #[derive(Debug, Clone)]
@@ -124,18 +124,18 @@ impl SinkSet {
 
 /// Reconstruction grids as PNG files `samples/step_0001000.png`.
 pub struct SamplesSink {
-    dir: PathBuf,
+    run: crate::rundir::RunDir,
 }
 
 impl SamplesSink {
     pub fn new(run_dir: &Path) -> Self {
-        SamplesSink { dir: run_dir.join(crate::train::SAMPLES_DIR) }
+        SamplesSink { run: crate::rundir::RunDir::new(run_dir) }
     }
 }
 
 impl Sink for SamplesSink {
     fn name(&self) -> &'static str {
-        "samples"
+        "the reconstruction grids"
     }
 
     fn essential(&self) -> bool {
@@ -147,14 +147,14 @@ impl Sink for SamplesSink {
     }
 
     fn image(&mut self, step: u64, _tag: &str, png: &[u8], _: u32, _: u32) -> anyhow::Result<()> {
-        std::fs::create_dir_all(&self.dir)?;
-        write_atomic(&self.dir.join(format!("step_{step:07}.png")), png)
+        std::fs::create_dir_all(self.run.samples_dir())?;
+        write_atomic(&self.run.sample_file(step), png)
     }
 }
 
 impl Sink for super::MetricsLog {
     fn name(&self) -> &'static str {
-        "metrics.parquet"
+        "the Parquet metrics log"
     }
 
     fn essential(&self) -> bool {

@@ -32,7 +32,6 @@ use tensorboard_rs::summary_writer::FileWriter;
 
 use super::sink::{RunStart, Sink};
 
-pub const TB_DIR: &str = "tb";
 pub const EXPERIMENT_TAG: &str = "_hparams_/experiment";
 pub const SESSION_START_TAG: &str = "_hparams_/session_start_info";
 pub const SESSION_END_TAG: &str = "_hparams_/session_end_info";
@@ -53,7 +52,7 @@ fn panic_message(p: Box<dyn std::any::Any + Send>) -> String {
 impl TensorBoardSink {
     /// Open a new event file in `<run_dir>/tb/`.
     pub fn open(run_dir: &Path) -> anyhow::Result<Self> {
-        let dir = run_dir.join(TB_DIR);
+        let dir = crate::rundir::RunDir::new(run_dir).tensorboard_dir();
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         // tensorboard-rs creates its file on a thread that panics if it cannot: check first.
         let probe = dir.join(format!(".probe-{}", std::process::id()));
@@ -228,7 +227,7 @@ pub fn session_start_summary(run: &RunStart) -> anyhow::Result<Summary> {
 pub fn session_end_summary(success: bool) -> anyhow::Result<Summary> {
     let mut info = SessionEndInfo::new();
     info.set_status(if success { Status::STATUS_SUCCESS } else { Status::STATUS_FAILURE });
-    info.set_end_time_secs(crate::fsutil::unix_now());
+    info.set_end_time_secs(crate::util::unix_now());
     let mut data = HParamsPluginData::new();
     data.set_version(0);
     data.set_session_end_info(info);
@@ -256,7 +255,7 @@ impl Sink for TensorBoardSink {
         self.add(experiment_summary(run)?, 0)?;
         self.add(session_start_summary(run)?, 0)?;
         let text = format!(
-            "Resolved config (the run's `config.toml`):\n\n{}",
+            "Resolved config (the run's config file):\n\n{}",
             run.config_toml.lines().map(|l| format!("    {l}")).collect::<Vec<_>>().join("\n")
         );
         self.add(text_summary("config", &text)?, 0)?;
@@ -322,7 +321,11 @@ mod tests {
     #[test]
     fn an_unwritable_log_dir_is_an_error_not_a_panic() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join(TB_DIR), b"a file where the directory should be").unwrap();
+        std::fs::write(
+            crate::rundir::RunDir::new(dir.path()).tensorboard_dir(),
+            b"a file where the directory should be",
+        )
+        .unwrap();
         assert!(TensorBoardSink::open(dir.path()).is_err());
     }
 }

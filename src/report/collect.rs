@@ -1,7 +1,8 @@
 //! Finding and reading the runs behind a report: walk one or more sweep dirs (nested ones
-//! too, symlinks followed), read every run dir's `status.json` and, for finished runs,
-//! `summary.json` (rayon across runs). Unfinished and broken runs are kept and named, never
-//! dropped silently. `metrics.parquet` is read only when a figure needs a run's curves.
+//! too, symlinks followed) and read every run dir as a [`RunRecord`] (rayon across runs):
+//! its status and, for finished runs, its summary. Unfinished and broken runs are kept and
+//! named, never dropped silently. A run's metrics log is read only when a figure needs its
+//! curves.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -10,10 +11,8 @@ use rayon::prelude::*;
 use serde_json::{Map, Value};
 
 use crate::error::InputError;
-use crate::metrics::log::{read_rows, METRICS_FILE};
-use crate::sched::local::EXPERIMENT_FILE;
-use crate::sched::state::{RunState, RunStatus, CONFIG_FILE, STATUS_FILE};
-use crate::train::{flatten, SUMMARY_FILE};
+use crate::metrics::log::read_rows;
+use crate::rundir::{RunDir, RunRecord, RunState, SweepDir};
 
 /// One run dir as a report sees it.
 #[derive(Debug, Clone)]
@@ -83,7 +82,7 @@ impl Run {
     /// Every logged metric over steps (`split/metric` -> sorted (step, value)), from
     /// `metrics.parquet`; empty if the run logged nothing yet.
     pub fn curves(&self) -> anyhow::Result<Curves> {
-        let path = self.dir.join(METRICS_FILE);
+        let path = RunDir::new(&self.dir).metrics_file();
         let mut curves = Curves::new();
         if !path.is_file() {
             return Ok(curves);
@@ -101,15 +100,7 @@ impl Run {
 
     /// The reconstruction grid of the last eval step: (step, PNG path).
     pub fn last_sample(&self) -> Option<(u64, PathBuf)> {
-        let entries = std::fs::read_dir(self.dir.join("samples")).ok()?;
-        entries
-            .filter_map(|e| e.ok())
-            .filter_map(|e| {
-                let name = e.file_name().to_string_lossy().to_string();
-                let step = name.strip_prefix("step_")?.strip_suffix(".png")?.parse::<u64>().ok()?;
-                Some((step, e.path()))
-            })
-            .max_by_key(|(step, _)| *step)
+        RunDir::new(&self.dir).samples().pop()
     }
 }
 
@@ -258,7 +249,7 @@ pub fn value_text(v: &Value) -> String {
 }
 
 fn is_run_dir(dir: &Path) -> bool {
-    dir.join(CONFIG_FILE).is_file() || dir.join(STATUS_FILE).is_file()
+    RunDir::new(dir).looks_like_run()
 }
 
 /// The run dirs under `root` (itself, if it is one), without descending into run dirs or
@@ -295,44 +286,22 @@ fn run_dirs_under(root: &Path) -> anyhow::Result<Vec<PathBuf>> {
     Ok(found)
 }
 
-fn read_json_object(path: &Path) -> Result<Map<String, Value>, String> {
-    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    serde_json::from_slice(&bytes).map_err(|e| format!("{}: not a JSON object: {e}", path.display()))
-}
-
 fn read_run(dir: &Path) -> Result<Run, Broken> {
-    let broken = |why: String| Broken { dir: dir.to_path_buf(), why };
-    let status = match RunStatus::read(dir) {
-        Ok(Some(s)) => s,
-        Ok(None) => RunStatus::pending(),
-        Err(e) => return Err(broken(format!("{e:#}"))),
-    };
-    let values = if status.state.is_finished() {
-        let mut summary =
-            read_json_object(&dir.join(SUMMARY_FILE)).map_err(|e| broken(format!("finished, but {e}")))?;
-        // Summaries from before training revisions were recorded are revision 1.
-        summary.entry("run.training_revision").or_insert(Value::from(1u64));
-        summary
-    } else {
-        let cfg = crate::config::load_run_config(&dir.join(CONFIG_FILE)).map_err(|e| broken(e.to_string()))?;
-        let mut flat = Map::new();
-        flatten("", &serde_json::to_value(&cfg).map_err(|e| broken(e.to_string()))?, &mut flat);
-        flat
-    };
+    let record = RunRecord::read(&RunDir::new(dir)).map_err(|why| Broken { dir: dir.to_path_buf(), why })?;
     Ok(Run {
         dir: dir.to_path_buf(),
-        name: dir.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default(),
-        state: status.state,
-        reason: status.reason,
-        attempts: status.attempts,
-        values,
-        vqlab_version: status.vqlab_version,
+        name: record.name,
+        state: record.status.state,
+        reason: record.status.reason,
+        attempts: record.status.attempts,
+        values: record.values,
+        vqlab_version: record.status.vqlab_version,
     })
 }
 
 /// Value lists of the sweep a run dir belongs to, from its sweep's `experiment.toml`.
 fn sweep_value_order(sweep_dir: &Path, order: &mut BTreeMap<String, Vec<Value>>) {
-    let Ok(text) = std::fs::read_to_string(sweep_dir.join(EXPERIMENT_FILE)) else { return };
+    let Ok(text) = std::fs::read_to_string(SweepDir::new(sweep_dir).experiment_file()) else { return };
     let Ok(doc) = text.parse::<toml::Table>() else { return };
     let Some(sweep) = doc.get("sweep").and_then(|s| s.as_table()) else { return };
     let mut add = |key: &str, values: &[toml::Value]| {
@@ -373,7 +342,11 @@ pub fn collect(roots: &[PathBuf]) -> anyhow::Result<Collection> {
         if found.is_empty() {
             return Err(InputError::file(
                 root,
-                "no run directories under it (a run dir holds config.toml and status.json; create them with `vqlab run`)",
+                format!(
+                    "no run directories under it (a run dir holds the {} and {} that `vqlab run` writes)",
+                    RunDir::CONFIG_FILE_NAME,
+                    RunDir::STATUS_FILE_NAME
+                ),
             )
             .into());
         }

@@ -13,23 +13,27 @@ use super::format::{self, html_escape as esc, Better, NumberFormat};
 use super::plot;
 use super::table::{pivot, TableSpec};
 use crate::error::InputError;
+use crate::metric::{self, Split};
 
-/// Columns of the final-metrics table besides the eval metrics.
-const EXTRA_TABLE_METRICS: [&str; 2] = ["train/img_per_s", "run.train_seconds"];
+/// Columns of the final-metrics table: the measures on the test split with the last weights,
+/// the training speed and the training time.
+fn table_metrics() -> Vec<String> {
+    let mut names: Vec<String> = metric::MEASURES.iter().map(|m| m.at(Split::Eval)).collect();
+    names.push(metric::IMG_PER_S.at(Split::Train));
+    names.push("run.train_seconds".into());
+    names
+}
 
-/// Curves drawn (those at least one run logged).
-const CURVE_METRICS: [&str; 10] = [
-    "train/rec_loss",
-    "val/rec_mse",
-    "val/psnr",
-    "val/perplexity",
-    "val/usage",
-    "val/rfid",
-    "train/commit_loss",
-    "train/g_loss",
-    "train/d_loss",
-    "train/adaptive_weight",
-];
+/// Curves drawn (those at least one run logged): training losses and the validation measures
+/// checkpoint selection reads.
+fn curve_metrics() -> Vec<String> {
+    let val = [&metric::REC_MSE, &metric::PSNR, &metric::PERPLEXITY, &metric::USAGE, &metric::RFID];
+    let train = [&metric::COMMIT_LOSS, &metric::G_LOSS, &metric::D_LOSS, &metric::ADAPTIVE_WEIGHT];
+    let mut names = vec![metric::REC_LOSS.at(Split::Train)];
+    names.extend(val.iter().map(|m| m.at(Split::Val)));
+    names.extend(train.iter().map(|m| m.at(Split::Train)));
+    names
+}
 
 const STYLE: &str = r#"
 body { font-family: -apple-system, "Segoe UI", "DejaVu Sans", sans-serif; margin: 24px auto; max-width: 1400px; color: #222; padding: 0 16px; }
@@ -75,7 +79,7 @@ pub fn page(c: &Collection) -> anyhow::Result<String> {
         html,
         "<p class=\"meta\">From {} · generated {} by vqlab {}{commit}</p>",
         esc(&c.sources.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")),
-        crate::fsutil::timestamp_now(),
+        crate::util::timestamp_now(),
         env!("CARGO_PKG_VERSION"),
     );
     let unfinished: Vec<&Run> = c.unfinished().collect();
@@ -123,12 +127,8 @@ pub fn page(c: &Collection) -> anyhow::Result<String> {
     html.push_str("</table></details>\n");
 
     // Final metrics.
-    let metrics: Vec<&str> = crate::train::EVAL_METRICS
-        .iter()
-        .chain(EXTRA_TABLE_METRICS.iter())
-        .copied()
-        .filter(|m| runs.iter().any(|r| r.number(m).is_some()))
-        .collect();
+    let metrics: Vec<String> =
+        table_metrics().into_iter().filter(|m| runs.iter().any(|r| r.number(m).is_some())).collect();
     html.push_str("<h2>Final metrics</h2>\n");
     html.push_str(
         "<p>eval/…: the test split's eval subset, weights of the last step (measured once, at the end); \
@@ -217,10 +217,11 @@ pub fn page(c: &Collection) -> anyhow::Result<String> {
         "<h2>Training curves</h2>\n<p>val/…: the validation split (held out of the training split) at every eval step.</p>\n<div class=\"curves\">\n",
     );
     let mut curves = 0;
-    // Each run's metrics.parquet is read once for all the figures.
+    // Each run's metrics log is read once for all the figures.
     let logged: Vec<(&Run, super::collect::Curves)> =
         runs.iter().map(|r| Ok((*r, r.curves()?))).collect::<anyhow::Result<_>>()?;
-    for m in CURVE_METRICS {
+    for m in curve_metrics() {
+        let m = m.as_str();
         let chart = match plot::curves_chart_of(c, &logged, m, None) {
             Ok(chart) => chart,
             Err(_) => continue,

@@ -2,12 +2,8 @@
 //! many significant digits a table shows. One place, so tables, figures and the comparison
 //! page agree.
 
-/// Which way a metric improves.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Better {
-    Lower,
-    Higher,
-}
+pub use crate::metric::Better;
+use crate::metric::{MetricName, Split};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct MetricInfo {
@@ -20,53 +16,30 @@ pub struct MetricInfo {
     pub fid_style: bool,
 }
 
-/// The metric's direction, label and digits. Unknown names get their own name, no
-/// direction (never bold), 3 digits.
+/// The metric's direction, label and digits, from [`crate::metric`]. Unknown names get their
+/// own name, no direction (never bold), 3 digits.
 pub fn info(metric: &str) -> MetricInfo {
-    // The same measures on the validation split and with the best checkpoint's weights.
-    if let Some(rest) = metric.strip_prefix("val/") {
-        let base = info(&format!("eval/{rest}"));
-        if base.better.is_some() || rest == "kid_std" {
-            return MetricInfo { label: format!("val {}", base.label), ..base };
-        }
+    if metric == "run.train_seconds" {
+        return MetricInfo { better: Some(Better::Lower), label: "train time (s)".into(), digits: 3, fid_style: false };
     }
-    if let Some(rest) = metric.strip_prefix("best/") {
-        let base = info(&format!("eval/{rest}"));
-        if base.better.is_some() || rest == "kid_std" {
-            return MetricInfo { label: format!("{} (best ckpt)", base.label), ..base };
-        }
-    }
-    let m = |better, label: &str, digits, fid_style| MetricInfo { better, label: label.to_string(), digits, fid_style };
-    use Better::*;
-    match metric {
-        "eval/rec_mse" => m(Some(Lower), "rec. MSE", 3, false),
-        "eval/psnr" => m(Some(Higher), "PSNR (dB)", 4, false),
-        "eval/perplexity" => m(Some(Higher), "perplexity", 4, false),
-        "eval/usage" => m(Some(Higher), "usage", 3, false),
-        "eval/dead_codes" => m(Some(Lower), "dead codes", 3, false),
-        "eval/rfid" => m(Some(Lower), "rFID", 3, true),
-        "eval/kid" => m(Some(Lower), "KID", 3, true),
-        "eval/kid_std" => m(None, "KID std", 2, true),
-        "train/img_per_s" => m(Some(Higher), "img/s", 3, false),
-        "run.train_seconds" => m(Some(Lower), "train time (s)", 3, false),
-        "train/perplexity" => m(Some(Higher), "batch perplexity", 4, false),
-        "train/usage" => m(Some(Higher), "batch usage", 3, false),
-        "train/adaptive_weight" | "train/d_real" | "train/d_fake" => m(None, metric, 3, false),
-        other if other.starts_with("train/") && other.ends_with("_loss") => m(Some(Lower), other, 3, false),
-        other => m(None, other, 3, false),
-    }
+    let Some(name) = MetricName::parse(metric) else {
+        return MetricInfo { better: None, label: metric.to_string(), digits: 3, fid_style: false };
+    };
+    let m = name.metric;
+    let label = match name.split {
+        Split::Val => format!("val {}", m.label),
+        Split::Best => format!("{} (best ckpt)", m.label),
+        Split::Train | Split::Eval => m.label.to_string(),
+    };
+    MetricInfo { better: m.better, label, digits: m.digits, fid_style: m.needs.fid }
 }
 
 /// Where a metric's numbers come from (split and weights), for table footnotes; None for
 /// metrics that are not eval measures.
 pub fn source(metric: &str) -> Option<&'static str> {
-    match metric.split_once('/')?.0 {
-        "eval" => Some("eval/…: the test split's eval subset (data.eval_images), weights of the last step"),
-        "best" => Some("best/…: the test split's eval subset, weights of the checkpoint with the lowest val/rec_mse"),
-        "val" => Some(
-            "val/…: the validation split (data.val_images, held out of the training split), weights of the last step",
-        ),
-        _ => None,
+    match MetricName::parse(metric)?.split {
+        Split::Train => None,
+        split => Some(split.source()),
     }
 }
 

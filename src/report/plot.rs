@@ -14,7 +14,7 @@ use super::collect::{differing_keys, run_label, value_text, Collection, Curves, 
 use super::format::{self, Better};
 use super::table::{pivot, TableSpec};
 use crate::error::InputError;
-use crate::fsutil::write_atomic;
+use crate::util::write_atomic;
 
 /// One plotted point: y with its error bar (y itself when there is one run).
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -16,26 +16,25 @@ use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use anyhow::Context;
 
 use super::devices::{self, Demand, Slot};
-use super::signals;
-use super::state::{RunState, RunStatus, CONFIG_FILE};
 use crate::config::{self, PlannedRun, Sweep};
 use crate::error::InputError;
-use crate::fsutil::{timestamp_now, write_atomic};
+use crate::rundir::{RunDir, RunState, RunStatus, SweepDir, SLOT_ENV};
+use crate::util::process as signals;
+use crate::util::{timestamp_now, write_atomic};
 
-pub const EXPERIMENT_FILE: &str = "experiment.toml";
-pub const LOG_FILE: &str = "train.log";
 /// Set in a worker's environment by the launcher: the worker's stderr already is train.log.
 pub const WORKER_ENV: &str = "VQLAB_WORKER";
 
 /// The state of a planned run as its directory says (pending when it has none).
 pub fn planned_state(sweep_dir: &Path, run: &PlannedRun) -> RunStatus {
-    RunStatus::read_or_pending(&sweep_dir.join(&run.dir_name)).unwrap_or_else(|_| RunStatus::pending())
+    SweepDir::new(sweep_dir).run(&run.dir_name).read_status_or_pending().unwrap_or_else(|_| RunStatus::pending())
 }
 
 /// Create the sweep dir, its provenance file, and a directory with `config.toml` and
 /// `status.json` for every run that does not have one yet.
 pub fn prepare(runs_dir: &Path, sweep: &Sweep, provenance: &str) -> anyhow::Result<PathBuf> {
-    let sweep_dir = runs_dir.join(&sweep.name);
+    let layout = SweepDir::of(runs_dir, &sweep.name);
+    let sweep_dir = layout.path().to_path_buf();
     std::fs::create_dir_all(&sweep_dir).with_context(|| format!("creating sweep directory {}", sweep_dir.display()))?;
     let mut text = String::new();
     for line in provenance.lines() {
@@ -43,16 +42,16 @@ pub fn prepare(runs_dir: &Path, sweep: &Sweep, provenance: &str) -> anyhow::Resu
     }
     text.push_str(&format!("# written {} by vqlab {}\n\n", timestamp_now(), env!("CARGO_PKG_VERSION")));
     text.push_str(&config::to_toml(&sweep.base));
-    crate::fsutil::remove_stale_temps(&sweep_dir);
-    write_atomic(&sweep_dir.join(EXPERIMENT_FILE), text.as_bytes())?;
+    crate::util::remove_stale_temps(&sweep_dir);
+    write_atomic(&layout.experiment_file(), text.as_bytes())?;
     for run in &sweep.runs {
-        let dir = sweep_dir.join(&run.dir_name);
-        crate::fsutil::refuse_symlinked_dir(&dir)?;
-        crate::fsutil::remove_stale_temps(&dir);
-        let cfg_path = dir.join(CONFIG_FILE);
-        let cell_path = dir.join(crate::train::CELL_FILE);
-        if cfg_path.exists() && !cell_path.exists() {
-            write_cell(&cell_path, run)?;
+        let run_dir = layout.run(&run.dir_name);
+        let dir = run_dir.path();
+        crate::util::refuse_symlinked_dir(dir)?;
+        crate::util::remove_stale_temps(dir);
+        let cfg_path = run_dir.config_file();
+        if cfg_path.exists() && !run_dir.cell_file().exists() {
+            run_dir.write_cell(&run.cell)?;
         }
         if cfg_path.exists() {
             // Same directory name means same id; check the file was not edited into another run.
@@ -66,31 +65,19 @@ pub fn prepare(runs_dir: &Path, sweep: &Sweep, provenance: &str) -> anyhow::Resu
             }
             continue;
         }
-        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        let body = format!(
-            "# Resolved config of run {} — the only input of `vqlab train {}`.\n\n{}",
-            run.id,
-            dir.display(),
-            config::to_toml(&run.config)
-        );
-        write_atomic(&cfg_path, body.as_bytes())?;
-        write_cell(&cell_path, run)?;
-        RunStatus::pending().write(&dir)?;
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        run_dir.write_config(&run.id, &run.config)?;
+        run_dir.write_cell(&run.cell)?;
+        run_dir.write_status(&RunStatus::pending())?;
     }
     Ok(sweep_dir)
 }
 
-/// `cell.json`: the keys this run's sweep varies and their values in this run.
-fn write_cell(path: &Path, run: &PlannedRun) -> anyhow::Result<()> {
-    let mut bytes = serde_json::to_vec_pretty(&run.cell)?;
-    bytes.push(b'\n');
-    write_atomic(path, &bytes)
-}
-
 /// Refresh the sweep's results.parquet; a failure is logged, not fatal to the sweep.
 pub fn refresh_results(sweep_dir: &Path) {
-    if let Err(e) = crate::metrics::results::write_results(sweep_dir) {
-        tracing::warn!("could not refresh {}: {e:#}", sweep_dir.join(crate::metrics::results::RESULTS_FILE).display());
+    let layout = SweepDir::new(sweep_dir);
+    if let Err(e) = layout.write_results() {
+        tracing::warn!("could not refresh {}: {e:#}", layout.results_file().display());
     }
 }
 
@@ -114,18 +101,47 @@ pub enum Next {
 /// this host is waited for; one whose worker is gone resumes like an interrupted one.
 pub fn next_step(dir: &Path, max_attempts: u32) -> anyhow::Result<Next> {
     let mut status = RunStatus::read_or_pending(dir)?;
-    if status.state == RunState::Running && status.host == super::state::hostname() && signals::alive(status.pid) {
+    if status.worker_alive() {
         tracing::warn!("{}: its worker (pid {}) is still running; waiting for it to stop", dir.display(), status.pid);
         while signals::alive(status.pid) && signals::received() == 0 {
             std::thread::sleep(Duration::from_millis(200));
         }
         status = RunStatus::read_or_pending(dir)?;
     }
-    Ok(match status.state {
+    Ok(decide(&status, max_attempts))
+}
+
+/// What a run's status asks for: nothing once finished, nothing more once its failures used
+/// up `launcher.max_attempts`, training otherwise (pending, interrupted, failed with
+/// attempts left, or running with its worker gone).
+pub fn decide(status: &RunStatus, max_attempts: u32) -> Next {
+    match status.state {
         s if s.is_finished() => Next::Skip,
         RunState::Failed if status.failures >= max_attempts => Next::GaveUp,
         _ => Next::Train,
-    })
+    }
+}
+
+/// The runs of a sweep that still need training, by index, as [`decide`] tells from their run
+/// dirs. With `wait_for_live_workers`, a run whose worker is still alive on this host is waited
+/// for first ([`next_step`]); without, its status is read as it is (a dry run waits for nothing).
+/// The Slurm dry run and the real submit both select with this.
+pub fn runs_to_train(sweep_dir: &Path, sweep: &Sweep, wait_for_live_workers: bool) -> anyhow::Result<Vec<usize>> {
+    let max_attempts = sweep.base.launcher.max_attempts;
+    let layout = SweepDir::new(sweep_dir);
+    let mut train = Vec::new();
+    for (i, r) in sweep.runs.iter().enumerate() {
+        let dir = layout.run(&r.dir_name);
+        let next = if wait_for_live_workers {
+            next_step(dir.path(), max_attempts)?
+        } else {
+            decide(&dir.read_status_or_pending().unwrap_or_else(|_| RunStatus::pending()), max_attempts)
+        };
+        if matches!(next, Next::Train) {
+            train.push(i);
+        }
+    }
+    Ok(train)
 }
 
 struct Running {
@@ -320,7 +336,7 @@ pub fn run_sweep(sweep_dir: &Path, sweep: &Sweep, opts: &LocalOptions) -> anyhow
                         status.failures,
                         opts.max_attempts,
                         status.reason,
-                        dirs[r.run].join(LOG_FILE).display(),
+                        RunDir::new(&dirs[r.run]).log_file().display(),
                         if retry { "; retrying" } else { "" }
                     ));
                     if retry {
@@ -354,7 +370,7 @@ pub fn run_sweep(sweep_dir: &Path, sweep: &Sweep, opts: &LocalOptions) -> anyhow
 /// worker checkpoints and stops instead of racing the next scheduler).
 fn spawn_worker(exe: &Path, dir: &Path, slot: &Slot, threads: usize, sharing: usize) -> anyhow::Result<Child> {
     use std::os::unix::process::CommandExt;
-    let log_path = dir.join(LOG_FILE);
+    let log_path = RunDir::new(dir).log_file();
     let log = OpenOptions::new()
         .create(true)
         .append(true)
@@ -364,10 +380,10 @@ fn spawn_worker(exe: &Path, dir: &Path, slot: &Slot, threads: usize, sharing: us
     cmd.arg("train")
         .arg(dir)
         .env(WORKER_ENV, "1")
-        .env(super::state::SLOT_ENV, slot.label())
+        .env(SLOT_ENV, slot.label())
         .env("CUDA_VISIBLE_DEVICES", slot.cuda_visible_devices())
         .env("RAYON_NUM_THREADS", threads.to_string())
-        .env(super::state::GPU_SHARING_ENV, sharing.to_string())
+        .env(crate::train::GPU_SHARING_ENV, sharing.to_string())
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)
@@ -398,7 +414,7 @@ fn settle(dir: &Path, exit: std::process::ExitStatus) -> anyhow::Result<RunStatu
         } else {
             status.mark_finished(
                 RunState::Failed,
-                format!("worker died ({how}) at step {}; see {}", status.step, dir.join(LOG_FILE).display()),
+                format!("worker died ({how}) at step {}; see {}", status.step, RunDir::new(dir).log_file().display()),
             );
         }
         status.write(dir)?;
@@ -467,16 +483,4 @@ impl Progress {
             o.finish_and_clear();
         }
     }
-}
-
-/// The run directories of a sweep dir (those with a status.json), sorted by name.
-pub fn run_dirs(sweep_dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
-    let mut dirs: Vec<PathBuf> = std::fs::read_dir(sweep_dir)
-        .with_context(|| format!("reading {}", sweep_dir.display()))?
-        .filter_map(|e| e.ok())
-        .map(|e| e.path())
-        .filter(|p| p.join(super::state::STATUS_FILE).is_file())
-        .collect();
-    dirs.sort();
-    Ok(dirs)
 }

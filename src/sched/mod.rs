@@ -1,11 +1,6 @@
-//! Scheduling: devices and slots, run state on disk, the sweep lock, signals, and the
-//! launchers (local child processes over the machine's slots, or a Slurm job array).
+//! Scheduling: devices and slots, and the launchers (local child processes over the machine's
+//! slots, or a Slurm job array). Run state lives in the run dirs ([`crate::rundir`]).
 
 pub mod devices;
 pub mod local;
-pub mod lock;
-pub mod signals;
 pub mod slurm;
-pub mod state;
-
-pub use state::{RunState, RunStatus};

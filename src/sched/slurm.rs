@@ -15,14 +15,11 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
 
-use super::state::{RunState, RunStatus};
 use crate::config::{SlurmConfig, Sweep};
-use crate::error::InputError;
-use crate::fsutil::{timestamp_now, write_atomic};
-
-pub const SLURM_DIR: &str = ".slurm";
-pub const JOB_FILE: &str = "job.json";
-pub const SCRIPT_FILE: &str = "array.sbatch";
+use crate::error::{ExitStatus, InputError};
+use crate::rundir::{RunDir, RunState, RunStatus, SweepDir};
+use crate::util::process as signals;
+use crate::util::{timestamp_now, write_atomic};
 
 /// What was submitted (`<sweep>/.slurm/job.json`): array task i trains `runs[i]`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -50,7 +47,7 @@ pub fn render_script(
     sb(format!("--job-name=vqlab-{sweep_name}"));
     let throttle = if max_parallel > 0 { format!("%{max_parallel}") } else { String::new() };
     sb(format!("--array=0-{}{throttle}", run_dirs.len().saturating_sub(1)));
-    sb(format!("--output={}/{SLURM_DIR}/%A_%a.out", sweep_dir.display()));
+    sb(format!("--output={}", SweepDir::new(sweep_dir).slurm_task_log_pattern().display()));
     sb("--open-mode=append".into());
     sb("--requeue".into());
     sb("--signal=B:USR1@120".into());
@@ -92,7 +89,7 @@ child=0
 # Time limit ahead (USR1): checkpoint, stop and requeue. Preemption or requeue (TERM): stop.
 trap 'requeue=1; kill -TERM "$child" 2>/dev/null' USR1
 trap 'kill -TERM "$child" 2>/dev/null' TERM
-{exe} train "$RUN" >>"$RUN/train.log" 2>&1 &
+{exe} train "$RUN" >>"$RUN/{log}" 2>&1 &
 child=$!
 wait "$child"
 rc=$?
@@ -106,13 +103,14 @@ if [ "$requeue" = 1 ]; then
 fi
 exit "$rc"
 "#,
-        exe = quote(&exe.display().to_string())
+        exe = quote(&exe.display().to_string()),
+        log = RunDir::log_file_name(),
     ));
     s
 }
 
 fn job_path(sweep_dir: &Path) -> PathBuf {
-    sweep_dir.join(SLURM_DIR).join(JOB_FILE)
+    SweepDir::new(sweep_dir).slurm_job_file()
 }
 
 pub fn read_job(sweep_dir: &Path) -> Option<Job> {
@@ -164,8 +162,9 @@ pub struct SlurmOptions {
     pub dry_run: bool,
 }
 
-/// Submit the runs that still need training as one job array. Returns the exit code.
-pub fn submit(sweep_dir: &Path, sweep: &Sweep, train: &[usize], opts: &SlurmOptions) -> anyhow::Result<u8> {
+/// Submit the runs `train` (by index; [`super::local::runs_to_train`] selects them) as one job
+/// array, or with `dry_run` print its script.
+pub fn submit(sweep_dir: &Path, sweep: &Sweep, train: &[usize], opts: &SlurmOptions) -> anyhow::Result<ExitStatus> {
     let cfg = &sweep.base.launcher.slurm;
     let max_parallel = if opts.max_parallel > 0 { opts.max_parallel } else { cfg.max_parallel as usize };
     let abs_sweep = std::path::absolute(sweep_dir)?;
@@ -175,11 +174,11 @@ pub fn submit(sweep_dir: &Path, sweep: &Sweep, train: &[usize], opts: &SlurmOpti
     if opts.dry_run {
         print!("{script}");
         println!("# dry run: {} run(s) would be submitted; nothing was", dirs.len());
-        return Ok(0);
+        return Ok(ExitStatus::Success);
     }
     if dirs.is_empty() {
         println!("every run of {} is done or out of attempts: nothing to submit", sweep.name);
-        return Ok(0);
+        return Ok(ExitStatus::Success);
     }
     if let Some(job) = read_job(sweep_dir) {
         if squeue(&job.job_id).map(|t| !t.is_empty()).unwrap_or(false) {
@@ -194,9 +193,9 @@ pub fn submit(sweep_dir: &Path, sweep: &Sweep, train: &[usize], opts: &SlurmOpti
             .into());
         }
     }
-    let slurm_dir = sweep_dir.join(SLURM_DIR);
-    std::fs::create_dir_all(&slurm_dir)?;
-    let script_path = slurm_dir.join(SCRIPT_FILE);
+    let layout = SweepDir::new(sweep_dir);
+    std::fs::create_dir_all(layout.slurm_dir())?;
+    let script_path = layout.slurm_script();
     write_atomic(&script_path, script.as_bytes())?;
     let out = Command::new("sbatch")
         .arg("--parsable")
@@ -223,13 +222,13 @@ pub fn submit(sweep_dir: &Path, sweep: &Sweep, train: &[usize], opts: &SlurmOpti
         sweep_dir.display()
     );
     if !opts.wait {
-        return Ok(0);
+        return Ok(ExitStatus::Success);
     }
     follow(sweep_dir, &job)
 }
 
 /// Follow a submitted array until Slurm has no task of it left, then tally the runs.
-pub fn follow(sweep_dir: &Path, job: &Job) -> anyhow::Result<u8> {
+pub fn follow(sweep_dir: &Path, job: &Job) -> anyhow::Result<ExitStatus> {
     let t0 = Instant::now();
     let mut last_line = String::new();
     loop {
@@ -260,11 +259,11 @@ pub fn follow(sweep_dir: &Path, job: &Job) -> anyhow::Result<u8> {
                         .unwrap_or(true)
                 })
                 .count();
-            return Ok(if failed > 0 { 1 } else { 0 });
+            return Ok(ExitStatus::from_failures(failed));
         }
-        if super::signals::received() > 0 {
+        if signals::received() > 0 {
             tracing::warn!("stopped following job {} (it keeps running in Slurm)", job.job_id);
-            return Ok(130);
+            return Ok(ExitStatus::Interrupted);
         }
         std::thread::sleep(Duration::from_secs(2));
     }

@@ -3,7 +3,6 @@
 
 pub mod checkpoint;
 pub mod eval;
-pub mod optim;
 pub mod step;
 
 use std::collections::BTreeMap;
@@ -15,35 +14,26 @@ use candle_core::Device;
 
 use crate::config::{self, CodebookInit, DeviceKind, ExperimentConfig, Variant, TRAINING_REVISION};
 use crate::data::{self, BatchOrder};
-use crate::fsutil::write_atomic;
+use crate::metric::{self, CheckpointRule, Metric, Split};
 use crate::metrics::features::{self, FeatureNet};
 use crate::metrics::sink::SamplesSink;
 use crate::metrics::tensorboard::TensorBoardSink;
 use crate::metrics::{MetricsLog, RunStart, Sink, SinkSet};
 use crate::model::VqModel;
-use crate::sched::state::{RunState, RunStatus, CONFIG_FILE};
+use crate::nn::optim::Adam;
+use crate::rundir::{RunDir, RunState, RunStatus};
+use crate::util::flatten;
 use checkpoint::Checkpoint;
-use optim::Adam;
 
-pub const SUMMARY_FILE: &str = "summary.json";
-pub const SAMPLES_DIR: &str = "samples";
-/// The sweep cell of a run (its swept keys and their values), written by the scheduler.
-pub const CELL_FILE: &str = "cell.json";
-
-/// The eval metrics of DESIGN.md §5, in table order. `eval/*` are measured on the test
-/// split's eval subset with the weights of the last step; the same measures exist as `val/*`
-/// (the validation split, at every eval step) and `best/*` (the test split, with the weights
-/// of the best checkpoint).
-pub const EVAL_METRICS: [&str; 8] = [
-    "eval/rec_mse",
-    "eval/psnr",
-    "eval/perplexity",
-    "eval/usage",
-    "eval/dead_codes",
-    "eval/rfid",
-    "eval/kid",
-    "eval/kid_std",
-];
+/// Set by a scheduler in a worker's environment: how many other runs were on its GPU when it
+/// started.
+pub const GPU_SHARING_ENV: &str = "VQLAB_GPU_SHARING";
+/// Test hook: a run whose dir name contains this fails out of memory whenever it starts on a
+/// GPU that other runs share (what a CUDA out-of-memory error looks like to the scheduler),
+/// so the retry-alone path runs on machines without a GPU.
+pub const FAKE_OOM_ENV: &str = "VQLAB_FAKE_OOM_RUN";
+/// Test hook: the peak device memory (MiB) a worker reports instead of measuring it.
+pub const FAKE_DEVICE_MEMORY_ENV: &str = "VQLAB_FAKE_DEVICE_MEMORY_MIB";
 
 /// How a training attempt ended (the process exit code follows from it).
 #[derive(Debug, Clone, PartialEq)]
@@ -84,7 +74,7 @@ pub fn device_name(d: &Device) -> String {
 /// for this process (allocator caches included), or its peak resident memory on the CPU
 /// (VmHWM). None when it cannot be read. `VQLAB_FAKE_DEVICE_MEMORY_MIB` replaces it (tests).
 pub fn device_memory_mib(d: &Device) -> Option<u64> {
-    if let Some(m) = std::env::var(crate::sched::state::FAKE_DEVICE_MEMORY_ENV).ok().and_then(|m| m.parse().ok()) {
+    if let Some(m) = std::env::var(FAKE_DEVICE_MEMORY_ENV).ok().and_then(|m| m.parse().ok()) {
         return Some(m);
     }
     match d {
@@ -200,8 +190,9 @@ fn optimizers(cfg: &ExperimentConfig, model: &VqModel) -> candle_core::Result<(A
 /// that prevent even recording a status (an unwritable run dir) are returned; everything
 /// else ends as a failed status with its reason.
 pub fn train_run(run_dir: &Path) -> anyhow::Result<Outcome> {
-    let mut status = RunStatus::read_or_pending(run_dir)?;
-    let cfg = match config::load_run_config(&run_dir.join(CONFIG_FILE)) {
+    let run = RunDir::new(run_dir);
+    let mut status = run.read_status_or_pending()?;
+    let cfg = match run.read_config() {
         Ok(cfg) => cfg,
         Err(e) => return fail_before_start(run_dir, &mut status, format!("invalid config: {e}")),
     };
@@ -213,14 +204,14 @@ pub fn train_run(run_dir: &Path) -> anyhow::Result<Outcome> {
         Ok(d) => d,
         Err(e) => return fail_before_start(run_dir, &mut status, format!("{e:#}")),
     };
-    for sub in [checkpoint::dir(run_dir), run_dir.join("samples"), run_dir.join("tb")] {
-        if let Err(e) = crate::fsutil::refuse_symlinked_dir(&sub) {
+    for sub in run.output_dirs() {
+        if let Err(e) = crate::util::refuse_symlinked_dir(&sub) {
             return fail_before_start(run_dir, &mut status, e.to_string());
         }
-        crate::fsutil::remove_stale_temps(&sub);
+        crate::util::remove_stale_temps(&sub);
     }
-    crate::fsutil::remove_stale_temps(run_dir);
-    crate::sched::signals::install();
+    crate::util::remove_stale_temps(run_dir);
+    crate::util::process::install();
     status.mark_running(&device_name(&device));
     status.write(run_dir)?;
     let result = Trainer::run(&cfg, run_dir, &device, &mut status);
@@ -253,7 +244,6 @@ pub fn train_run(run_dir: &Path) -> anyhow::Result<Outcome> {
 
 /// The test hook `VQLAB_FAKE_OOM_RUN`: fail as CUDA does when this run starts on a shared GPU.
 fn fake_out_of_memory(run_dir: &Path) -> anyhow::Result<()> {
-    use crate::sched::state::{FAKE_OOM_ENV, GPU_SHARING_ENV};
     let Ok(pattern) = std::env::var(FAKE_OOM_ENV) else { return Ok(()) };
     let name = run_dir.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
     let sharing: usize = std::env::var(GPU_SHARING_ENV).ok().and_then(|s| s.parse().ok()).unwrap_or(0);
@@ -286,14 +276,16 @@ struct Fid {
 struct Trainer<'a> {
     cfg: &'a ExperimentConfig,
     run_dir: &'a Path,
+    run: RunDir,
     device: &'a Device,
     model: VqModel,
     opt_g: Adam,
     opt_d: Option<Adam>,
     sinks: SinkSet,
     fid: Option<Fid>,
-    /// The best checkpoint so far: the lowest val/rec_mse and its step (0 = none yet).
-    best_rec_mse: f64,
+    /// How the best checkpoint is chosen, the best value so far and its step (0 = none yet).
+    best_rule: CheckpointRule,
+    best_value: Option<f64>,
     best_step: u64,
     /// Variance of the training pixels (what `loss.recon = "mse_var"` divides by).
     data_variance: f64,
@@ -340,26 +332,33 @@ impl<'a> Trainer<'a> {
         }
         let model = VqModel::new(cfg, device)?;
         let (opt_g, opt_d) = optimizers(cfg, &model)?;
-        let (ckpt, notes) = checkpoint::load_latest(run_dir, device);
+        let run = RunDir::new(run_dir);
+        let (ckpt, notes) = checkpoint::load_latest(&run, device);
         for n in &notes {
             tracing::warn!("{n}");
         }
         if !notes.is_empty() {
             match &ckpt {
-                Some(c) => tracing::warn!("falling back to {} at step {}", checkpoint::PREVIOUS, c.step),
+                Some(c) => tracing::warn!(
+                    "falling back to {} at step {}",
+                    run.previous_checkpoint().file_name().unwrap_or_default().to_string_lossy(),
+                    c.step
+                ),
                 None => tracing::warn!("no readable checkpoint left: starting afresh from step 0"),
             }
         }
         let mut trainer = Trainer {
             cfg,
             run_dir,
+            run,
             device,
             model,
             opt_g,
             opt_d,
             sinks: SinkSet::default(),
             fid: None,
-            best_rec_mse: f64::INFINITY,
+            best_rule: CheckpointRule::LOWEST_VAL_REC_MSE,
+            best_value: None,
             best_step: 0,
             data_variance: splits.train.pixel_variance(),
             train_seconds: 0.0,
@@ -383,7 +382,7 @@ impl<'a> Trainer<'a> {
         trainer.open_sinks(start)?;
         if cfg.eval.fid {
             let t0 = Instant::now();
-            let net = features::feature_net(&cfg.data, &features::cache_dir_for(run_dir), device)
+            let net = features::feature_net(&cfg.data, &trainer.run.cache_dir(), device)
                 .context("preparing the FID feature network (eval.fid = true)")?;
             let val = match splits.val.len {
                 0 => None,
@@ -437,20 +436,19 @@ impl<'a> Trainer<'a> {
             self.sinks.remember(&name, v);
         }
         let cfg = self.cfg;
-        let measured = if cfg.eval.fid { &EVAL_METRICS[..] } else { &EVAL_METRICS[..5] };
-        let mut metrics: Vec<String> = measured.iter().map(|s| s.to_string()).collect();
+        let mut metrics = metric::names(Split::Eval, cfg.eval.fid, false);
         if cfg.data.val_images() > 0 {
-            for prefix in ["val/", "best/"] {
-                metrics.extend(measured.iter().map(|m| m.replacen("eval/", prefix, 1)));
+            for split in [Split::Val, Split::Best] {
+                metrics.extend(metric::names(split, cfg.eval.fid, false));
             }
         }
-        metrics.push("train/img_per_s".into());
+        metrics.push(metric::IMG_PER_S.at(Split::Train));
         let run = RunStart {
             resume_step: start,
             hparams: hparams(cfg, self.run_dir)?,
             metrics,
             config_toml: config::to_toml(cfg),
-            start_time: crate::fsutil::unix_now(),
+            start_time: crate::util::unix_now(),
         };
         self.sinks.start(&run)
     }
@@ -492,7 +490,12 @@ impl<'a> Trainer<'a> {
         if let Some(o) = &mut self.opt_d {
             o.load_state("opt_d", &c.tensors, c.counters.get("opt_d_t").copied().unwrap_or(0))?;
         }
-        self.best_rec_mse = c.counters.get("best_rec_mse_bits").map(|b| f64::from_bits(*b)).unwrap_or(f64::INFINITY);
+        // (Checkpoints of revision 2 name the counter after the rule's metric, val/rec_mse.)
+        self.best_value = ["best_value_bits", "best_rec_mse_bits"]
+            .iter()
+            .find_map(|k| c.counters.get(*k))
+            .map(|b| f64::from_bits(*b))
+            .filter(|v| v.is_finite());
         self.best_step = c.counters.get("best_step").copied().unwrap_or(0);
         Ok(())
     }
@@ -503,7 +506,7 @@ impl<'a> Trainer<'a> {
         tensors.extend(self.opt_g.state("opt_g"));
         let mut counters = BTreeMap::from([
             ("opt_g_t".to_string(), self.opt_g.t),
-            ("best_rec_mse_bits".to_string(), self.best_rec_mse.to_bits()),
+            ("best_value_bits".to_string(), self.best_value.unwrap_or(f64::INFINITY).to_bits()),
             ("best_step".to_string(), self.best_step),
         ]);
         if let Some(o) = &self.opt_d {
@@ -530,9 +533,9 @@ impl<'a> Trainer<'a> {
         let mut loop_start = Instant::now();
         let mut saved = start;
         for step in start..t.steps {
-            if crate::sched::signals::received() > 0 {
+            if crate::util::process::received() > 0 {
                 if step > saved {
-                    checkpoint::save_last(self.run_dir, &self.snapshot(step))?;
+                    checkpoint::save_last(&self.run, &self.snapshot(step))?;
                     status.step = step;
                 }
                 return Ok(Ending::Interrupted(status.step));
@@ -565,18 +568,19 @@ impl<'a> Trainer<'a> {
                 for (name, tensor) in &losses {
                     let v = tensor.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
                     if !v.is_finite() {
-                        anyhow::bail!("non-finite {} at step {done}", name.trim_start_matches("train/"));
+                        anyhow::bail!("non-finite {} at step {done}", name.key);
                     }
                     values.push((*name, v));
                 }
                 if log {
                     let secs = (since_log.elapsed().as_secs_f64() - paused).max(1e-9);
                     let img_per_s = images_since_log as f64 / secs;
-                    for (name, v) in &values {
-                        self.sinks.scalar(done, name, *v)?;
+                    for (m, v) in &values {
+                        self.sinks.scalar(done, &m.at(Split::Train), *v)?;
                     }
-                    self.sinks.scalar(done, "train/img_per_s", img_per_s)?;
-                    let rec = values.iter().find(|(n, _)| *n == "train/rec_loss").map(|(_, v)| *v).unwrap_or(f64::NAN);
+                    self.sinks.scalar(done, &metric::IMG_PER_S.at(Split::Train), img_per_s)?;
+                    let rec =
+                        values.iter().find(|(m, _)| m.key == metric::REC_LOSS.key).map(|(_, v)| *v).unwrap_or(f64::NAN);
                     tracing::info!("step {done}/{} rec_loss {rec:.5} {img_per_s:.0} img/s", t.steps);
                     status.progress_step = done;
                     status.loss = Some(rec);
@@ -592,8 +596,10 @@ impl<'a> Trainer<'a> {
                 let mut stop = None;
                 if eval {
                     let values = self.evaluate_val(done, splits)?;
-                    stop = cfg.train.early_stop.iter().find_map(|rule| {
-                        values.iter().find(|(n, _)| *n == rule.metric).and_then(|(_, v)| rule.fires(done, *v))
+                    // Validation made the rules typed; one that is not (an edited config) never fires.
+                    stop = cfg.train.early_stop.iter().filter_map(|rule| rule.rule().ok()).find_map(|rule| {
+                        let name = rule.metric.to_string();
+                        values.iter().find(|(n, _)| *n == name).and_then(|(_, v)| rule.fires(done, *v))
                     });
                 }
                 // The test split is measured once, at the end (before the final checkpoint, so
@@ -602,7 +608,7 @@ impl<'a> Trainer<'a> {
                     self.evaluate_test(done, splits)?;
                 }
                 if ckpt || stop.is_some() {
-                    checkpoint::save_last(self.run_dir, &self.snapshot(done))?;
+                    checkpoint::save_last(&self.run, &self.snapshot(done))?;
                     self.sinks.checkpoint()?;
                     saved = done;
                     status.step = done;
@@ -621,31 +627,31 @@ impl<'a> Trainer<'a> {
     }
 
     /// Measure the model on the validation split or on the test split's eval subset: the
-    /// eval measures (suffixes of [`EVAL_METRICS`]) and the code counts.
+    /// measures of [`metric::MEASURES`] and the code counts.
     fn measure(
         &self,
         splits: &data::Splits,
         test: bool,
         step: u64,
-    ) -> anyhow::Result<(Vec<(&'static str, f64)>, Vec<u64>)> {
+    ) -> anyhow::Result<(Vec<(&'static Metric, f64)>, Vec<u64>)> {
         let set = if test { &splits.eval } else { &splits.val };
         let fid = self.fid.as_ref().and_then(|f| {
             let reference = if test { Some(&f.test) } else { f.val.as_ref() };
             Some((&f.net, reference?))
         });
         let r = eval::evaluate(&self.model, set, self.cfg.eval.batch_size, self.device, fid)?;
-        let mut values = vec![
-            ("rec_mse", r.rec_mse),
-            ("psnr", r.psnr),
-            ("perplexity", r.codes.perplexity),
-            ("usage", r.codes.usage),
-            ("dead_codes", r.codes.dead_codes as f64),
+        let mut values: Vec<(&'static Metric, f64)> = vec![
+            (&metric::REC_MSE, r.rec_mse),
+            (&metric::PSNR, r.psnr),
+            (&metric::PERPLEXITY, r.codes.perplexity),
+            (&metric::USAGE, r.codes.usage),
+            (&metric::DEAD_CODES, r.codes.dead_codes as f64),
         ];
         if let Some(f) = r.fid {
-            values.extend([("rfid", f.rfid), ("kid", f.kid), ("kid_std", f.kid_std)]);
+            values.extend([(&metric::RFID, f.rfid), (&metric::KID, f.kid), (&metric::KID_STD, f.kid_std)]);
         }
-        if let Some((name, _)) = values.iter().find(|(_, v)| !v.is_finite()) {
-            anyhow::bail!("non-finite {name} at step {step}");
+        if let Some((m, _)) = values.iter().find(|(_, v)| !v.is_finite()) {
+            anyhow::bail!("non-finite {} at step {step}", m.key);
         }
         Ok((values, r.counts))
     }
@@ -654,19 +660,19 @@ impl<'a> Trainer<'a> {
     fn record(
         &mut self,
         step: u64,
-        split: &str,
-        values: &[(&'static str, f64)],
+        split: Split,
+        values: &[(&'static Metric, f64)],
         counts: Option<&[u64]>,
         what: &str,
     ) -> anyhow::Result<Vec<(String, f64)>> {
-        let named: Vec<(String, f64)> = values.iter().map(|(m, v)| (format!("{split}/{m}"), *v)).collect();
+        let named: Vec<(String, f64)> = values.iter().map(|(m, v)| (m.at(split), *v)).collect();
         for (name, v) in &named {
             self.sinks.scalar(step, name, *v)?;
         }
         if let Some(counts) = counts {
-            self.sinks.histogram(step, &format!("{split}/code_usage"), counts)?;
+            self.sinks.histogram(step, &format!("{}/code_usage", split.prefix()), counts)?;
         }
-        let get = |m: &str| values.iter().find(|(n, _)| *n == m).map(|(_, v)| *v);
+        let get = |key: &str| values.iter().find(|(m, _)| m.key == key).map(|(_, v)| *v);
         let fid_text = match (get("rfid"), get("kid"), get("kid_std")) {
             (Some(f), Some(k), Some(ks)) => format!(" rfid {f:.3} kid {k:.4}±{ks:.4}"),
             _ => String::new(),
@@ -691,17 +697,18 @@ impl<'a> Trainer<'a> {
         let mut named = Vec::new();
         if splits.val.len > 0 {
             let (values, counts) = self.measure(splits, false, step)?;
-            named = self.record(step, "val", &values, Some(&counts), "validation eval")?;
-            let rec_mse = values.iter().find(|(m, _)| *m == "rec_mse").map_or(f64::INFINITY, |(_, v)| *v);
-            if rec_mse < self.best_rec_mse {
-                self.best_rec_mse = rec_mse;
+            named = self.record(step, Split::Val, &values, Some(&counts), "validation eval")?;
+            let rule = self.best_rule;
+            let value = values.iter().find(|(m, _)| m.key == rule.metric.metric.key).map(|(_, v)| *v);
+            if let Some(value) = value.filter(|v| rule.improves(*v, self.best_value)) {
+                self.best_value = Some(value);
                 self.best_step = step;
                 let weights = Checkpoint {
                     step,
                     tensors: self.model.params.tensors().into_iter().map(|(k, v)| (format!("model.{k}"), v)).collect(),
                     counters: BTreeMap::new(),
                 };
-                checkpoint::save_best(self.run_dir, &weights, "val/rec_mse", rec_mse)?;
+                checkpoint::save_best(&self.run, &weights, &rule.metric.to_string(), value)?;
             }
         }
         let grid =
@@ -719,13 +726,13 @@ impl<'a> Trainer<'a> {
     fn evaluate_test(&mut self, step: u64, splits: &data::Splits) -> anyhow::Result<()> {
         let t0 = Instant::now();
         let (values, counts) = self.measure(splits, true, step)?;
-        self.record(step, "eval", &values, Some(&counts), "test eval (last step)")?;
+        self.record(step, Split::Eval, &values, Some(&counts), "test eval (last step)")?;
         if self.best_step > 0 {
             let best_values = if self.best_step == step {
                 values
             } else {
-                let path = checkpoint::dir(self.run_dir).join(checkpoint::BEST);
-                let best = checkpoint::read(&path, self.device).context("reading the best checkpoint")?;
+                let best = checkpoint::read(&self.run.best_checkpoint(), self.device)
+                    .context("reading the best checkpoint")?;
                 let weights: BTreeMap<String, _> = best
                     .tensors
                     .iter()
@@ -742,7 +749,7 @@ impl<'a> Trainer<'a> {
                 measured?.0
             };
             let what = format!("test eval (best checkpoint, step {})", self.best_step);
-            self.record(step, "best", &best_values, None, &what)?;
+            self.record(step, Split::Best, &best_values, None, &what)?;
         }
         tracing::info!("test eval took {:.1}s", t0.elapsed().as_secs_f64());
         Ok(())
@@ -781,11 +788,12 @@ impl<'a> Trainer<'a> {
         }
         if self.best_step > 0 {
             summary.insert("run.best_step".into(), self.best_step.into());
-            summary.insert("run.best_rule".into(), "lowest val/rec_mse".into());
+            let rule = self.best_rule.describe();
+            summary.insert("run.best_rule".into(), rule.clone().into());
             summary.insert(
                 "run.source.best".into(),
                 format!(
-                    "test split (first {n_eval} test images), weights of the best checkpoint (lowest val/rec_mse, step {})",
+                    "test split (first {n_eval} test images), weights of the best checkpoint ({rule}, step {})",
                     self.best_step
                 )
                 .into(),
@@ -797,15 +805,13 @@ impl<'a> Trainer<'a> {
                 summary.insert("run.feature_net_test_accuracy".into(), info.test_accuracy.into());
             }
         }
-        let names = EVAL_METRICS.iter().flat_map(|m| ["eval/", "val/", "best/"].map(|p| m.replacen("eval/", p, 1)));
-        for name in names.chain(["train/img_per_s".to_string()]) {
+        let names = metric::MEASURES.iter().flat_map(|m| [Split::Eval, Split::Val, Split::Best].map(|s| m.at(s)));
+        for name in names.chain([metric::IMG_PER_S.at(Split::Train)]) {
             if let Some(v) = self.sinks.last(&name) {
                 summary.insert(name, v.into());
             }
         }
-        let mut bytes = serde_json::to_vec_pretty(&summary)?;
-        bytes.push(b'\n');
-        write_atomic(&self.run_dir.join(SUMMARY_FILE), &bytes)
+        self.run.write_summary(&summary)
     }
 }
 
@@ -819,25 +825,8 @@ pub fn hparams(
     let mut flat = serde_json::Map::new();
     flatten("", &serde_json::to_value(cfg)?, &mut flat);
     let mut keys: Vec<String> = vec!["model.variant".into(), "quantizer.codebook_size".into(), "train.seed".into()];
-    if let Ok(text) = std::fs::read(run_dir.join(CELL_FILE)) {
-        if let Ok(cell) = serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(&text) {
-            keys.extend(cell.keys().cloned());
-        }
+    if let Ok(Some(cell)) = RunDir::new(run_dir).read_cell() {
+        keys.extend(cell.keys().cloned());
     }
     Ok(keys.into_iter().filter_map(|k| Some((k.clone(), flat.get(&k)?.clone()))).collect())
-}
-
-/// Flatten nested objects into dotted keys; arrays stay values.
-pub fn flatten(prefix: &str, v: &serde_json::Value, out: &mut serde_json::Map<String, serde_json::Value>) {
-    match v {
-        serde_json::Value::Object(map) => {
-            for (k, v) in map {
-                let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
-                flatten(&key, v, out);
-            }
-        }
-        other => {
-            out.insert(prefix.to_string(), other.clone());
-        }
-    }
 }

@@ -3,12 +3,14 @@
 
 use candle_core::{backprop::GradStore, DType, Result, Tensor, Var};
 
-use super::optim::Adam;
 use crate::config::{DiscLoss, ExperimentConfig, QuantizerKind, ReconLoss};
+use crate::metric::{self, Metric};
 use crate::model::VqModel;
+use crate::nn::optim::Adam;
 
-/// Named scalar tensors of one step (read on the host only at log steps).
-pub type StepLosses = Vec<(&'static str, Tensor)>;
+/// The scalar tensors of one step, each under its metric of [`crate::metric::TRAIN`] (read on
+/// the host only at log steps).
+pub type StepLosses = Vec<(&'static Metric, Tensor)>;
 
 /// The reconstruction loss; `data_variance` (the training pixels' variance) is what
 /// `mse_var` divides by, as Sonnet's VQ-VAE example does, and is unused otherwise.
@@ -65,14 +67,14 @@ pub fn vqvae_step(
     opt.step(from_store(&grads))?;
     model.quantizer.restart_dead_codes(&r.quantized, cfg.train.seed, step)?;
     let mut out = vec![
-        ("train/rec_loss", rec),
-        ("train/codebook_loss", r.quantized.codebook_loss.clone()),
-        ("train/commit_loss", r.quantized.commit_loss.clone()),
+        (&metric::REC_LOSS, rec),
+        (&metric::CODEBOOK_LOSS, r.quantized.codebook_loss.clone()),
+        (&metric::COMMIT_LOSS, r.quantized.commit_loss.clone()),
     ];
     if log {
         let (perplexity, usage) = batch_code_stats(&r.quantized.code_counts(model.quantizer.codebook_size)?)?;
-        out.push(("train/perplexity", perplexity));
-        out.push(("train/usage", usage));
+        out.push((&metric::BATCH_PERPLEXITY, perplexity));
+        out.push((&metric::BATCH_USAGE, usage));
     }
     Ok(out)
 }
@@ -130,11 +132,11 @@ pub fn vqgan_step(
         let grads = ae_loss.backward()?;
         opt_g.step(from_store(&grads))?;
         let out = vec![
-            ("train/g_loss", zero.clone()),
-            ("train/d_loss", zero.clone()),
-            ("train/d_real", zero.clone()),
-            ("train/d_fake", zero.clone()),
-            ("train/adaptive_weight", zero.clone()),
+            (&metric::G_LOSS, zero.clone()),
+            (&metric::D_LOSS, zero.clone()),
+            (&metric::D_REAL, zero.clone()),
+            (&metric::D_FAKE, zero.clone()),
+            (&metric::ADAPTIVE_WEIGHT, zero.clone()),
         ];
         (out, r.quantized, rec)
     } else {
@@ -185,22 +187,22 @@ pub fn vqgan_step(
         let grads_d = d_loss.backward()?;
         opt_d.step(from_store(&grads_d))?;
         let out = vec![
-            ("train/g_loss", g_loss),
-            ("train/d_loss", d_loss),
-            ("train/d_real", logits_real.mean_all()?),
-            ("train/d_fake", logits_fake_d.mean_all()?),
-            ("train/adaptive_weight", d_weight),
+            (&metric::G_LOSS, g_loss),
+            (&metric::D_LOSS, d_loss),
+            (&metric::D_REAL, logits_real.mean_all()?),
+            (&metric::D_FAKE, logits_fake_d.mean_all()?),
+            (&metric::ADAPTIVE_WEIGHT, d_weight),
         ];
         (out, quantized, rec)
     };
     model.quantizer.restart_dead_codes(&quantized, cfg.train.seed, step)?;
-    out.push(("train/rec_loss", rec));
-    out.push(("train/codebook_loss", quantized.codebook_loss.clone()));
-    out.push(("train/commit_loss", quantized.commit_loss.clone()));
+    out.push((&metric::REC_LOSS, rec));
+    out.push((&metric::CODEBOOK_LOSS, quantized.codebook_loss.clone()));
+    out.push((&metric::COMMIT_LOSS, quantized.commit_loss.clone()));
     if log {
         let (perplexity, usage) = batch_code_stats(&quantized.code_counts(model.quantizer.codebook_size)?)?;
-        out.push(("train/perplexity", perplexity));
-        out.push(("train/usage", usage));
+        out.push((&metric::BATCH_PERPLEXITY, perplexity));
+        out.push((&metric::BATCH_USAGE, usage));
     }
     Ok(out)
 }

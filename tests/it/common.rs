@@ -127,3 +127,16 @@ pub fn wait_gone(pid: u32) {
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
 }
+
+/// The subcommands `vqlab --help` lists (without `help`).
+pub fn commands(dir: &Path) -> Vec<String> {
+    stdout(&vqlab(dir, &["--help"]))
+        .lines()
+        .skip_while(|l| !l.starts_with("Commands:"))
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|c| *c != "help")
+        .map(str::to_string)
+        .collect()
+}

@@ -19,7 +19,7 @@ use vqlab::error::InputError;
 /// Every dotted key of the default config, from the library's own schema.
 fn known_keys() -> Vec<String> {
     let mut flat = serde_json::Map::new();
-    vqlab::train::flatten("", &serde_json::to_value(vqlab::config::ExperimentConfig::default()).unwrap(), &mut flat);
+    vqlab::util::flatten("", &serde_json::to_value(vqlab::config::ExperimentConfig::default()).unwrap(), &mut flat);
     let mut keys: Vec<String> = flat.keys().cloned().collect();
     keys.extend(["sweep.grid", "sweep.zip", "sweep.seeds", "train.early_stop"].map(String::from));
     keys

@@ -3,8 +3,10 @@
 mod common;
 mod config_errors;
 mod data;
+mod docs;
 mod fuzz;
 mod hardening;
+mod layers;
 mod learning;
 mod metrics;
 mod plan;
@@ -13,4 +15,5 @@ mod report;
 mod sched;
 mod sinks;
 mod slurm;
+mod snapshots;
 mod train;

@@ -196,7 +196,7 @@ fn cosine_codebooks_start_at_unit_norm_and_an_adam_step_turns_them_by_about_lr()
         assert!((norm - 1.0).abs() < 1e-5, "initial code norm {norm}");
     }
     let vars: Vec<_> = model.params.vars().iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-    let mut opt = vqlab::train::optim::Adam::new(vars, cfg.train.lr, cfg.adam_betas()).unwrap();
+    let mut opt = vqlab::nn::optim::Adam::new(vars, cfg.train.lr, cfg.adam_betas()).unwrap();
     let pixels: Vec<f32> = (0..8 * 28 * 28).map(|i| ((i * 37 % 101) as f32) / 100.0).collect();
     let x = Tensor::from_vec(pixels, (8, 1, 28, 28), &Device::Cpu).unwrap();
     vqlab::train::step::vqvae_step(&cfg, &model, &mut opt, &x, 1.0, 0, false).unwrap();

@@ -134,7 +134,7 @@ fn a_second_scheduler_on_a_busy_sweep_is_exit_2_and_a_stale_lock_is_taken_over()
     assert_eq!(second.status.code(), Some(2), "{}", stderr(&second));
     let msg = stderr(&second);
     assert!(msg.contains("busy") && msg.contains(&format!("pid {}", first.id())), "{msg}");
-    assert!(msg.contains(&vqlab::sched::state::hostname()), "names the host: {msg}");
+    assert!(msg.contains(&vqlab::util::process::hostname()), "names the host: {msg}");
     // Stop the first one the way a terminal's Ctrl-C would.
     unsafe { libc::kill(first.id() as i32, libc::SIGINT) };
     let out = first.wait().unwrap();

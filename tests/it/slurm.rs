@@ -124,3 +124,76 @@ fn a_requeued_task_resumes_from_its_checkpoint() {
     assert!(log.contains("interrupted by a signal; checkpointed at step"), "{log}");
     assert!(log.contains("resuming from checkpoint at step"), "{log}");
 }
+
+/// The runs a Slurm batch script trains: the quoted paths of its RUNS array, by name.
+fn script_runs(script: &str) -> Vec<String> {
+    script
+        .lines()
+        .skip_while(|l| !l.starts_with("RUNS=("))
+        .skip(1)
+        .take_while(|l| !l.starts_with(')'))
+        .map(|l| l.trim().trim_matches('\'').rsplit('/').next().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn the_dry_run_and_the_submit_select_the_same_runs() {
+    // A stand-in `sbatch` on PATH (first without, so that `vqlab run` prepares the run dirs and
+    // then fails to submit); no Slurm cluster is needed.
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let exp = tiny_experiment("slurmsel", "[sweep.grid]\n\"quantizer.codebook_size\" = [8, 16, 32, 64]\n");
+    write(d, "exp.toml", &exp);
+    let bin = d.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let path = format!("{}:/usr/bin:/bin", bin.display());
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_vqlab"))
+            .args(args)
+            .current_dir(d)
+            .env("PATH", &path)
+            .env_remove("VQLAB_RUNS_DIR")
+            .output()
+            .unwrap()
+    };
+    let out = run(&["run", "exp.toml", "--launcher", "slurm"]);
+    assert!(!out.status.success(), "no sbatch yet: {}", stdout(&out));
+    let runs = run_dirs(&d.join("runs/slurmsel"));
+    assert_eq!(runs.len(), 4);
+    // done; failed with its attempts used up (launcher.max_attempts = 3); failed with one
+    // left; interrupted.
+    let states = [("done", 1, 0), ("failed", 3, 3), ("failed", 2, 2), ("interrupted", 1, 0)];
+    for (run, (state, attempts, failures)) in runs.iter().zip(states) {
+        let mut st = status(run);
+        st["state"] = state.into();
+        st["attempts"] = attempts.into();
+        st["failures"] = failures.into();
+        std::fs::write(run.join("status.json"), serde_json::to_vec_pretty(&st).unwrap()).unwrap();
+    }
+    std::fs::write(runs[0].join("summary.json"), b"{}").unwrap();
+    let names: Vec<String> = runs.iter().map(|r| r.file_name().unwrap().to_string_lossy().to_string()).collect();
+    let expected = vec![names[2].clone(), names[3].clone()];
+    // The script lists runs in sweep order; compare as sorted sets of names.
+    let sorted = |mut v: Vec<String>| {
+        v.sort();
+        v
+    };
+
+    let out = run(&["run", "exp.toml", "--launcher", "slurm", "--dry-run"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(sorted(script_runs(&stdout(&out))), expected, "{}", stdout(&out));
+
+    let sbatch = bin.join("sbatch");
+    std::fs::write(&sbatch, "#!/bin/sh\necho 4242\n").unwrap();
+    std::fs::set_permissions(&sbatch, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let out = run(&["run", "exp.toml", "--launcher", "slurm"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let job: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(d.join("runs/slurmsel/.slurm/job.json")).unwrap()).unwrap();
+    assert_eq!(job["job_id"], "4242");
+    let submitted: Vec<String> =
+        job["runs"].as_array().unwrap().iter().map(|r| r.as_str().unwrap().to_string()).collect();
+    assert_eq!(sorted(submitted.clone()), expected);
+    let script = std::fs::read_to_string(d.join("runs/slurmsel/.slurm/array.sbatch")).unwrap();
+    assert_eq!(script_runs(&script), submitted, "array task i trains job.json's runs[i]");
+}

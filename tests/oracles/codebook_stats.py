@@ -1,4 +1,4 @@
-"""Perplexity, usage and dead codes of code counts, with numpy (DESIGN.md §5).
+"""Perplexity, usage and dead codes of code counts, with numpy (docs/design.md, "Metrics").
 Reads JSON [[n_0, n_1, ...], ...] from argv[1]; prints [[perplexity, usage, dead], ...]."""
 import json
 import sys

@@ -1,6 +1,6 @@
-//! SIGINT / SIGTERM as a counter the scheduler and the workers poll: the first asks for a
-//! clean stop (workers checkpoint and end `interrupted`), the scheduler escalates to SIGKILL
-//! of its workers on the second.
+//! Processes: SIGINT / SIGTERM as a counter the scheduler and the workers poll (the first asks
+//! for a clean stop, workers checkpoint and end `interrupted`; the scheduler escalates to
+//! SIGKILL of its workers on the second), sending signals, liveness and the host name.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -40,4 +40,12 @@ pub fn alive(pid: u32) -> bool {
         Ok(stat) => stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next()) != Some("Z"),
         Err(_) => true,
     }
+}
+
+/// This host's name (from the kernel; `$HOSTNAME` or "unknown" when it cannot be read).
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .or_else(|_| std::env::var("HOSTNAME"))
+        .unwrap_or_else(|_| "unknown".into())
 }

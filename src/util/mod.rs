@@ -1,6 +1,9 @@
-//! Atomic file writes: every file another process may read is written to a temporary name in
-//! the same directory, synced, and renamed into place, so a killed process never leaves a
-//! half-written file behind.
+//! Generic helpers every layer may use, vqlab's bottom layer: atomic file writes (every file
+//! another process may read is written to a temporary name in the same directory, synced and
+//! renamed into place, so a killed process never leaves a half-written file behind), advisory
+//! lock files, timestamps, JSON flattening, and signals and process liveness ([`process`]).
+
+pub mod process;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -26,10 +29,7 @@ pub fn remove_stale_temps(dir: &Path) -> usize {
             continue;
         };
         // A zombie writer (killed, not yet reaped by an init that does not reap) is dead.
-        if !crate::sched::signals::alive(pid)
-            && e.file_type().is_ok_and(|t| t.is_file())
-            && std::fs::remove_file(e.path()).is_ok()
-        {
+        if !process::alive(pid) && e.file_type().is_ok_and(|t| t.is_file()) && std::fs::remove_file(e.path()).is_ok() {
             tracing::debug!("removed {} left by a killed process", e.path().display());
             removed += 1;
         }
@@ -152,9 +152,24 @@ impl LockFile {
     /// Record this process as the holder (call with the lock held).
     pub fn claim(&mut self) -> anyhow::Result<()> {
         self.file.set_len(0)?;
-        writeln!(self.file, "pid {} on host {}", std::process::id(), crate::sched::state::hostname())?;
+        writeln!(self.file, "pid {} on host {}", std::process::id(), process::hostname())?;
         self.file.sync_all()?;
         Ok(())
+    }
+}
+
+/// Flatten nested objects into dotted keys (`{"a": {"b": 1}}` → `a.b = 1`); arrays stay values.
+pub fn flatten(prefix: &str, v: &serde_json::Value, out: &mut serde_json::Map<String, serde_json::Value>) {
+    match v {
+        serde_json::Value::Object(map) => {
+            for (k, v) in map {
+                let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                flatten(&key, v, out);
+            }
+        }
+        other => {
+            out.insert(prefix.to_string(), other.clone());
+        }
     }
 }
 

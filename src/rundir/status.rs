@@ -1,26 +1,16 @@
-//! Run state on disk: `status.json` in each run dir is the single source of truth for
-//! whether a run is pending, running, done, failed or interrupted.
+//! A run's status file, the single source of truth for whether the run is pending, running,
+//! done, failed, interrupted or stopped early, and where and how its attempts ran.
 
 use std::path::Path;
 
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
-use crate::fsutil::{timestamp_now, write_atomic};
+use crate::util::process;
+use crate::util::{timestamp_now, unix_now, write_atomic};
 
-pub const STATUS_FILE: &str = "status.json";
-pub const CONFIG_FILE: &str = "config.toml";
-/// Set by a scheduler in a worker's environment: the slot it runs on.
+/// Set by a scheduler in a worker's environment: the slot it runs on (recorded as `slot`).
 pub const SLOT_ENV: &str = "VQLAB_SLOT";
-/// Set by a scheduler in a worker's environment: how many other runs were on its GPU when it
-/// started.
-pub const GPU_SHARING_ENV: &str = "VQLAB_GPU_SHARING";
-/// Test hook: a run whose dir name contains this fails out of memory whenever it starts on a
-/// GPU that other runs share (what a CUDA out-of-memory error looks like to the scheduler),
-/// so the retry-alone path runs on machines without a GPU.
-pub const FAKE_OOM_ENV: &str = "VQLAB_FAKE_OOM_RUN";
-/// Test hook: the peak device memory (MiB) a worker reports instead of measuring it.
-pub const FAKE_DEVICE_MEMORY_ENV: &str = "VQLAB_FAKE_DEVICE_MEMORY_MIB";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -122,7 +112,7 @@ impl RunStatus {
     }
 
     pub fn read(run_dir: &Path) -> anyhow::Result<Option<Self>> {
-        let p = run_dir.join(STATUS_FILE);
+        let p = super::RunDir::new(run_dir).status_file();
         match std::fs::read(&p) {
             Ok(bytes) => Ok(Some(serde_json::from_slice(&bytes).with_context(|| format!("parsing {}", p.display()))?)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
@@ -138,7 +128,7 @@ impl RunStatus {
     pub fn write(&self, run_dir: &Path) -> anyhow::Result<()> {
         let mut bytes = serde_json::to_vec_pretty(self)?;
         bytes.push(b'\n');
-        write_atomic(&run_dir.join(STATUS_FILE), &bytes)
+        write_atomic(&super::RunDir::new(run_dir).status_file(), &bytes)
     }
 
     pub fn mark_running(&mut self, device: &str) {
@@ -149,28 +139,86 @@ impl RunStatus {
         self.started = timestamp_now();
         self.finished.clear();
         self.pid = std::process::id();
-        self.host = hostname();
+        self.host = process::hostname();
         self.slot = std::env::var(SLOT_ENV).unwrap_or_default();
         self.cuda_visible_devices = std::env::var("CUDA_VISIBLE_DEVICES").ok();
-        self.start_time = crate::fsutil::unix_now();
+        self.start_time = unix_now();
         self.end_time = 0.0;
         self.vqlab_version = env!("CARGO_PKG_VERSION").to_string();
+    }
+
+    /// A `running` status whose worker process is gone (it ran on this host and its pid is
+    /// no longer alive): the run resumes from its checkpoint on the next `vqlab run`.
+    pub fn worker_gone(&self) -> bool {
+        self.state == RunState::Running && self.host == process::hostname() && !process::alive(self.pid)
+    }
+
+    /// A `running` status whose worker is alive on this host.
+    pub fn worker_alive(&self) -> bool {
+        self.state == RunState::Running && self.host == process::hostname() && process::alive(self.pid)
     }
 
     pub fn mark_finished(&mut self, state: RunState, reason: impl Into<String>) {
         self.state = state;
         self.reason = reason.into();
         self.finished = timestamp_now();
-        self.end_time = crate::fsutil::unix_now();
+        self.end_time = unix_now();
         if state == RunState::Failed {
             self.failures += 1;
         }
     }
 }
 
-pub fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_string())
-        .or_else(|_| std::env::var("HOSTNAME"))
-        .unwrap_or_else(|_| "unknown".into())
+/// Every field of the status file with its meaning, in the file's order (`vqlab docs status`;
+/// the README and docs/design.md hold the table, and a test fails when they drift).
+pub const STATUS_FIELDS: &[(&str, &str)] = &[
+    ("state", "`pending`, `running`, `done`, `failed`, `interrupted` or `stopped_early`"),
+    ("attempts", "attempts started, interruptions included"),
+    ("reason", "why the last attempt failed, was interrupted or stopped early (empty when done)"),
+    ("device", "the device of the last attempt (`cpu`, `cuda:0`, …)"),
+    ("started", "RFC 3339 UTC start of the last attempt"),
+    ("finished", "RFC 3339 UTC end of the last attempt (empty while running)"),
+    ("vqlab_version", "the version that wrote the status"),
+    ("pid", "the worker's process id (a `running` run whose pid is gone resumes)"),
+    ("host", "the worker's host"),
+    ("step", "the step of the last checkpoint"),
+    ("failures", "failed attempts; retries stop at `launcher.max_attempts` (interruptions do not count)"),
+    ("slot", "the scheduler slot of the last attempt (`gpu1.0`, `cpu.0`, `slurm 123_4`)"),
+    ("cuda_visible_devices", "`CUDA_VISIBLE_DEVICES` as the worker saw it (null when unset)"),
+    ("start_time", "Unix time of the last attempt's start"),
+    ("end_time", "Unix time of the last attempt's end (0 while running)"),
+    ("progress_step", "the step of the last log"),
+    ("loss", "the reconstruction loss at that step"),
+    (
+        "peak_memory_mib",
+        "peak device memory over the first steps, MiB (GPU memory, or peak RSS on the CPU); absent until measured",
+    ),
+    ("gpu_alone", "the run failed out of memory beside other runs: its retries get a GPU to themselves"),
+];
+
+/// The Markdown table of the status file's fields.
+pub fn status_fields_table() -> String {
+    let mut s = String::from("| field | meaning |\n|---|---|\n");
+    for (field, meaning) in STATUS_FIELDS {
+        s.push_str(&format!("| `{field}` | {meaning} |\n"));
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_field_list_is_the_serialized_status() {
+        let mut status = RunStatus::pending();
+        status.peak_memory_mib = Some(1);
+        let json = serde_json::to_value(&status).unwrap();
+        let keys: Vec<&str> = json.as_object().unwrap().keys().map(String::as_str).collect();
+        let mut listed: Vec<&str> = STATUS_FIELDS.iter().map(|(f, _)| *f).collect();
+        let mut sorted = keys.clone();
+        sorted.sort();
+        listed.sort();
+        assert_eq!(sorted, listed);
+    }
 }

@@ -1,0 +1,445 @@
+//! Every metric vqlab records, in one typed list: its name, the splits it is measured on,
+//! which way is better, its unit, what it needs (the FID feature network, a discriminator),
+//! how reports label it, and what it means. Validation, the trainer, the sinks, early stop,
+//! best-checkpoint selection and the report formatter all read this list; the README's and
+//! `docs/design.md`'s metric tables are generated from it (`vqlab docs metrics`).
+//!
+//! A full name is `split/key`: `train/rec_loss`, `val/rec_mse`, `eval/rfid`, `best/psnr`.
+
+use std::fmt;
+
+/// Where a metric's numbers come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Split {
+    /// Training steps, every `train.log_every` steps (batch statistics).
+    Train,
+    /// The validation split (`data.val_images`, held out of the training split) at every eval
+    /// step, with the weights of that step. Early stop and checkpoint selection read it.
+    Val,
+    /// The test split's eval subset (`data.eval_images`), once at the end, last weights.
+    Eval,
+    /// The test split's eval subset, once at the end, with the best checkpoint's weights.
+    Best,
+}
+
+impl Split {
+    pub const ALL: [Split; 4] = [Split::Train, Split::Val, Split::Eval, Split::Best];
+
+    pub fn prefix(self) -> &'static str {
+        match self {
+            Split::Train => "train",
+            Split::Val => "val",
+            Split::Eval => "eval",
+            Split::Best => "best",
+        }
+    }
+
+    pub fn from_prefix(prefix: &str) -> Option<Split> {
+        Split::ALL.into_iter().find(|s| s.prefix() == prefix)
+    }
+
+    /// Where the numbers come from, for table footnotes.
+    pub fn source(self) -> &'static str {
+        match self {
+            Split::Train => "train/…: training batches, every train.log_every steps",
+            Split::Val => {
+                "val/…: the validation split (data.val_images, held out of the training split), weights of the last step"
+            }
+            Split::Eval => "eval/…: the test split's eval subset (data.eval_images), weights of the last step",
+            Split::Best => {
+                "best/…: the test split's eval subset, weights of the checkpoint with the lowest val/rec_mse"
+            }
+        }
+    }
+}
+
+/// Which way a metric improves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Better {
+    Lower,
+    Higher,
+}
+
+/// What measuring a metric needs beyond the autoencoder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Needs {
+    /// The feature network of the FID-style scores (`eval.fid = true`).
+    pub fid: bool,
+    /// A discriminator (`model.variant = "vqgan"`).
+    pub discriminator: bool,
+}
+
+/// One metric.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Metric {
+    /// The name after the split: `rec_mse`.
+    pub key: &'static str,
+    /// The splits it is recorded on.
+    pub splits: &'static [Split],
+    /// None: neither direction is better (a diagnostic); reports never bold it.
+    pub better: Option<Better>,
+    /// Unit, empty when it has none.
+    pub unit: &'static str,
+    pub needs: Needs,
+    /// Short label for table headers ("rec. MSE").
+    pub label: &'static str,
+    /// Significant digits of the largest value in a table column.
+    pub digits: i32,
+    /// What it is, for the docs.
+    pub doc: &'static str,
+}
+
+const MEASURED: &[Split] = &[Split::Val, Split::Eval, Split::Best];
+const TRAINING: &[Split] = &[Split::Train];
+const NONE: Needs = Needs { fid: false, discriminator: false };
+const FID: Needs = Needs { fid: true, discriminator: false };
+const DISC: Needs = Needs { fid: false, discriminator: true };
+
+const fn measure(
+    key: &'static str,
+    better: Option<Better>,
+    unit: &'static str,
+    needs: Needs,
+    label: &'static str,
+    digits: i32,
+    doc: &'static str,
+) -> Metric {
+    Metric { key, splits: MEASURED, better, unit, needs, label, digits, doc }
+}
+
+const fn train(
+    key: &'static str,
+    better: Option<Better>,
+    unit: &'static str,
+    needs: Needs,
+    label: &'static str,
+    digits: i32,
+    doc: &'static str,
+) -> Metric {
+    Metric { key, splits: TRAINING, better, unit, needs, label, digits, doc }
+}
+
+use Better::{Higher, Lower};
+
+pub const REC_MSE: Metric = measure(
+    "rec_mse",
+    Some(Lower),
+    "",
+    NONE,
+    "rec. MSE",
+    3,
+    "mean squared error of the reconstructions, pixels on [0, 1]",
+);
+pub const PSNR: Metric = measure("psnr", Some(Higher), "dB", NONE, "PSNR (dB)", 4, "10·log10(1 / rec_mse)");
+pub const PERPLEXITY: Metric = measure(
+    "perplexity",
+    Some(Higher),
+    "codes",
+    NONE,
+    "perplexity",
+    4,
+    "exp(−Σ p_k ln p_k) of the code counts over every latent vector of the set",
+);
+pub const USAGE: Metric =
+    measure("usage", Some(Higher), "", NONE, "usage", 3, "fraction of the K codes used at least once on the set");
+pub const DEAD_CODES: Metric =
+    measure("dead_codes", Some(Lower), "codes", NONE, "dead codes", 3, "K − codes used on the set");
+pub const RFID: Metric = measure(
+    "rfid",
+    Some(Lower),
+    "",
+    FID,
+    "rFID",
+    3,
+    "Fréchet distance between feature statistics of the originals and their reconstructions (the dataset's own feature network: FID-style)",
+);
+pub const KID: Metric = measure(
+    "kid",
+    Some(Lower),
+    "",
+    FID,
+    "KID",
+    3,
+    "unbiased MMD² with kernel (x·y/d + 1)³, mean over random subsets (FID-style features)",
+);
+pub const KID_STD: Metric =
+    measure("kid_std", None, "", FID, "KID std", 2, "standard deviation of KID over the subsets");
+
+/// The measures of an eval, in table order.
+pub const MEASURES: [&Metric; 8] = [&REC_MSE, &PSNR, &PERPLEXITY, &USAGE, &DEAD_CODES, &RFID, &KID, &KID_STD];
+
+pub const REC_LOSS: Metric = train(
+    "rec_loss",
+    Some(Lower),
+    "",
+    NONE,
+    "train/rec_loss",
+    3,
+    "the reconstruction loss of the batch (loss.recon: l1, mse or mse_var)",
+);
+pub const CODEBOOK_LOSS: Metric =
+    train("codebook_loss", Some(Lower), "", NONE, "train/codebook_loss", 3, "‖sg[z_e] − z_q‖² (0 with EMA codebooks)");
+pub const COMMIT_LOSS: Metric =
+    train("commit_loss", Some(Lower), "", NONE, "train/commit_loss", 3, "‖z_e − sg[z_q]‖² (before the β weight)");
+pub const BATCH_PERPLEXITY: Metric = train(
+    "perplexity",
+    Some(Higher),
+    "codes",
+    NONE,
+    "batch perplexity",
+    4,
+    "perplexity of the batch's code counts (Sonnet's per-batch definition; biased low for large K)",
+);
+pub const BATCH_USAGE: Metric =
+    train("usage", Some(Higher), "", NONE, "batch usage", 3, "fraction of codes used in the batch");
+pub const G_LOSS: Metric = train(
+    "g_loss",
+    Some(Lower),
+    "",
+    DISC,
+    "train/g_loss",
+    3,
+    "the generator's adversarial loss −mean(D(x̂)) (0 before loss.disc_start)",
+);
+pub const D_LOSS: Metric = train(
+    "d_loss",
+    Some(Lower),
+    "",
+    DISC,
+    "train/d_loss",
+    3,
+    "the discriminator's hinge (or vanilla) loss (0 before loss.disc_start)",
+);
+pub const D_REAL: Metric =
+    train("d_real", None, "", DISC, "train/d_real", 3, "mean discriminator logit on real images");
+pub const D_FAKE: Metric =
+    train("d_fake", None, "", DISC, "train/d_fake", 3, "mean discriminator logit on reconstructions");
+pub const ADAPTIVE_WEIGHT: Metric = train(
+    "adaptive_weight",
+    None,
+    "",
+    DISC,
+    "train/adaptive_weight",
+    3,
+    "taming's λ = ‖∇rec‖ / (‖∇g‖ + 1e-4), clamped to [0, 1e4], times loss.disc_weight",
+);
+pub const IMG_PER_S: Metric = train(
+    "img_per_s",
+    Some(Higher),
+    "img/s",
+    NONE,
+    "img/s",
+    3,
+    "training images per second over the steps since the last log, eval and checkpoints excluded",
+);
+
+/// The values a training step logs, in the order of the docs.
+pub const TRAIN: [&Metric; 11] = [
+    &REC_LOSS,
+    &CODEBOOK_LOSS,
+    &COMMIT_LOSS,
+    &BATCH_PERPLEXITY,
+    &BATCH_USAGE,
+    &G_LOSS,
+    &D_LOSS,
+    &D_REAL,
+    &D_FAKE,
+    &ADAPTIVE_WEIGHT,
+    &IMG_PER_S,
+];
+
+impl Metric {
+    /// The full name on `split`: `val/rec_mse`.
+    pub fn at(&self, split: Split) -> String {
+        format!("{}/{}", split.prefix(), self.key)
+    }
+
+    /// A metric computed by a run with these settings.
+    pub fn is_measured(&self, fid: bool, discriminator: bool) -> bool {
+        (fid || !self.needs.fid) && (discriminator || !self.needs.discriminator)
+    }
+}
+
+/// A metric on a split: what a full name like `val/rec_mse` means.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MetricName {
+    pub split: Split,
+    pub metric: &'static Metric,
+}
+
+impl MetricName {
+    pub fn new(split: Split, metric: &'static Metric) -> Self {
+        MetricName { split, metric }
+    }
+
+    /// Look a full name up; None for a name vqlab does not record.
+    pub fn parse(name: &str) -> Option<MetricName> {
+        let (prefix, key) = name.split_once('/')?;
+        let split = Split::from_prefix(prefix)?;
+        let list: &[&'static Metric] = if split == Split::Train { &TRAIN } else { &MEASURES };
+        list.iter().find(|m| m.key == key).map(|m| MetricName { split, metric: m })
+    }
+}
+
+impl fmt::Display for MetricName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.split.prefix(), self.metric.key)
+    }
+}
+
+/// The full names a run records on a split, in table order.
+pub fn names(split: Split, fid: bool, discriminator: bool) -> Vec<String> {
+    let list: &[&Metric] = if split == Split::Train { &TRAIN } else { &MEASURES };
+    list.iter().filter(|m| m.is_measured(fid, discriminator)).map(|m| m.at(split)).collect()
+}
+
+/// Every full name vqlab can record.
+pub fn all_names() -> Vec<String> {
+    Split::ALL.into_iter().flat_map(|s| names(s, true, true)).collect()
+}
+
+/// How a run picks its best checkpoint: the eval step with the best value of a validation
+/// metric, in the metric's own direction.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CheckpointRule {
+    pub metric: MetricName,
+}
+
+impl CheckpointRule {
+    /// vqlab's rule: the lowest `val/rec_mse`.
+    pub const LOWEST_VAL_REC_MSE: CheckpointRule =
+        CheckpointRule { metric: MetricName { split: Split::Val, metric: &REC_MSE } };
+
+    /// Whether `value` beats the best so far (None: no checkpoint yet).
+    pub fn improves(&self, value: f64, best: Option<f64>) -> bool {
+        if !value.is_finite() {
+            return false;
+        }
+        match (best, self.metric.metric.better) {
+            (None, _) => true,
+            (Some(b), Some(Better::Higher)) => value > b,
+            (Some(b), _) => value < b,
+        }
+    }
+
+    /// "lowest val/rec_mse".
+    pub fn describe(&self) -> String {
+        let word = if self.metric.metric.better == Some(Better::Higher) { "highest" } else { "lowest" };
+        format!("{word} {}", self.metric)
+    }
+}
+
+/// A bound an early-stop rule watches for.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Bound {
+    Below(f64),
+    Above(f64),
+}
+
+/// Stop a run when a validation metric crosses a bound at an eval step at or after
+/// `after_step` (the typed form of a `train.early_stop` entry).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StopRule {
+    pub metric: MetricName,
+    pub bound: Bound,
+    pub after_step: u64,
+}
+
+impl StopRule {
+    /// The reason to stop at `step` with this value of the rule's metric, if it fires.
+    pub fn fires(&self, step: u64, value: f64) -> Option<String> {
+        if step < self.after_step {
+            return None;
+        }
+        match self.bound {
+            Bound::Below(b) if value < b => {
+                Some(format!("{} = {value:.6} < {b} at step {step} (train.early_stop)", self.metric))
+            }
+            Bound::Above(a) if value > a => {
+                Some(format!("{} = {value:.6} > {a} at step {step} (train.early_stop)", self.metric))
+            }
+            _ => None,
+        }
+    }
+}
+
+/// The Markdown table of every metric (`vqlab docs metrics`; the README and docs/design.md
+/// hold it verbatim).
+pub fn table() -> String {
+    let mut s = String::from("| name | splits | better | unit | needs | definition |\n|---|---|---|---|---|---|\n");
+    for m in TRAIN.iter().chain(MEASURES.iter()) {
+        let splits: Vec<String> = m.splits.iter().map(|s| format!("`{}`", m.at(*s))).collect();
+        let better = match m.better {
+            Some(Better::Lower) => "lower",
+            Some(Better::Higher) => "higher",
+            None => "—",
+        };
+        let mut needs = Vec::new();
+        if m.needs.fid {
+            needs.push("`eval.fid`");
+        }
+        if m.needs.discriminator {
+            needs.push("vqgan");
+        }
+        let needs = if needs.is_empty() { "—".to_string() } else { needs.join(", ") };
+        let unit = if m.unit.is_empty() { "—" } else { m.unit };
+        s.push_str(&format!("| {} | {} | {better} | {unit} | {needs} | {} |\n", m.key, splits.join(" "), m.doc));
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn full_names_parse_back() {
+        for name in all_names() {
+            assert_eq!(MetricName::parse(&name).map(|m| m.to_string()), Some(name));
+        }
+        assert!(MetricName::parse("train/rec_mse").is_none());
+        assert!(MetricName::parse("val/rec_loss").is_none());
+        assert!(MetricName::parse("test/rec_mse").is_none());
+        assert_eq!(MetricName::parse("best/kid_std").unwrap().metric.key, "kid_std");
+    }
+
+    #[test]
+    fn a_run_without_fid_or_discriminator_records_fewer_names() {
+        assert_eq!(
+            names(Split::Val, false, false),
+            ["val/rec_mse", "val/psnr", "val/perplexity", "val/usage", "val/dead_codes"]
+        );
+        assert_eq!(names(Split::Eval, true, false).len(), 8);
+        assert_eq!(names(Split::Train, false, false).len(), 6);
+        assert_eq!(names(Split::Train, false, true).len(), 11);
+        assert_eq!(all_names().len(), 11 + 3 * 8);
+    }
+
+    #[test]
+    fn the_checkpoint_rule_follows_the_metric_direction() {
+        let low = CheckpointRule::LOWEST_VAL_REC_MSE;
+        assert!(low.improves(0.2, None));
+        assert!(low.improves(0.1, Some(0.2)));
+        assert!(!low.improves(0.2, Some(0.2)));
+        assert!(!low.improves(f64::NAN, None));
+        assert_eq!(low.describe(), "lowest val/rec_mse");
+        let high = CheckpointRule { metric: MetricName::new(Split::Val, &PSNR) };
+        assert!(high.improves(30.0, Some(29.0)));
+        assert!(!high.improves(28.0, Some(29.0)));
+        assert_eq!(high.describe(), "highest val/psnr");
+    }
+
+    #[test]
+    fn stop_rules_fire_past_their_bound_after_their_step() {
+        let metric = MetricName::parse("val/usage").unwrap();
+        let rule = StopRule { metric, bound: Bound::Below(0.05), after_step: 100 };
+        assert_eq!(rule.fires(50, 0.01), None);
+        assert_eq!(rule.fires(100, 0.05), None);
+        assert_eq!(
+            rule.fires(100, 0.01).as_deref(),
+            Some("val/usage = 0.010000 < 0.05 at step 100 (train.early_stop)")
+        );
+        let rule = StopRule { metric, bound: Bound::Above(0.5), after_step: 0 };
+        assert!(rule.fires(1, 0.6).is_some() && rule.fires(1, 0.4).is_none());
+    }
+}
