@@ -1,4 +1,8 @@
 //! Command-line definitions (clap derive) and nothing else.
+//!
+//! The doc comments are also the `--help` text, which shows them verbatim: `<runs-dir>` there is
+//! a placeholder for the reader, not HTML.
+#![allow(rustdoc::invalid_html_tags)]
 
 use std::path::PathBuf;
 

@@ -248,6 +248,15 @@ pub const TRAIN: [&Metric; 11] = [
     &IMG_PER_S,
 ];
 
+/// The TensorBoard image tag of the reconstruction grids (originals above reconstructions of
+/// the first test images, at every eval step).
+pub const RECONSTRUCTIONS_TAG: &str = "eval/reconstructions";
+
+/// The TensorBoard histogram tag of the code counts on a split (one bucket per code).
+pub fn code_usage_tag(split: Split) -> String {
+    format!("{}/code_usage", split.prefix())
+}
+
 impl Metric {
     /// The full name on `split`: `val/rec_mse`.
     pub fn at(&self, split: Split) -> String {
@@ -317,14 +326,14 @@ impl CheckpointRule {
         }
         match (best, self.metric.metric.better) {
             (None, _) => true,
-            (Some(b), Some(Better::Higher)) => value > b,
+            (Some(b), Some(Higher)) => value > b,
             (Some(b), _) => value < b,
         }
     }
 
     /// "lowest val/rec_mse".
     pub fn describe(&self) -> String {
-        let word = if self.metric.metric.better == Some(Better::Higher) { "highest" } else { "lowest" };
+        let word = if self.metric.metric.better == Some(Higher) { "highest" } else { "lowest" };
         format!("{word} {}", self.metric)
     }
 }
@@ -370,8 +379,8 @@ pub fn table() -> String {
     for m in TRAIN.iter().chain(MEASURES.iter()) {
         let splits: Vec<String> = m.splits.iter().map(|s| format!("`{}`", m.at(*s))).collect();
         let better = match m.better {
-            Some(Better::Lower) => "lower",
-            Some(Better::Higher) => "higher",
+            Some(Lower) => "lower",
+            Some(Higher) => "higher",
             None => "—",
         };
         let mut needs = Vec::new();

@@ -7,9 +7,9 @@ use super::{load, ExitStatus, Out};
 use crate::cli::{ExperimentArgs, LauncherArg};
 use crate::config::{self, LauncherKind, Sweep};
 use crate::error::InputError;
-use crate::rundir::{RunDir, RunStatus, SweepDir, SweepLock};
+use crate::rundir::{RunDir, SweepDir, SweepLock};
 use crate::sched::local::{self, LocalOptions};
-use crate::sched::{devices, slurm};
+use crate::sched::slurm;
 use crate::table;
 use crate::train::{self, Outcome};
 use crate::util::process;
@@ -40,9 +40,13 @@ pub fn run(exp: &ExperimentArgs, runs_dir: &Path, flags: &RunFlags, out: Out<'_>
     let layout = SweepDir::of(runs_dir, &sweep.name);
     if flags.dry_run && !slurm {
         write!(out, "{}", plan_table(&sweep, layout.path()))?;
-        let demands = vec![devices::Demand { memory_mib: 0, alone: false }; sweep.runs.len()];
-        let plan = devices::plan(&sweep.base.hardware, &demands, flags.max_parallel);
+        // The slots a real run would plan for the runs it would train.
+        let train = local::runs_to_train(layout.path(), &sweep, false)?;
+        let (_, plan) = local::slot_plan(layout.path(), &sweep, &train, flags.max_parallel)?;
         writeln!(out, "slots: {}", plan.description)?;
+        for w in &plan.warnings {
+            writeln!(out, "warning: {w}")?;
+        }
         writeln!(out, "dry run: nothing created or trained")?;
         return Ok(ExitStatus::Success);
     }
@@ -202,15 +206,17 @@ pub(super) fn results_table(layout: &SweepDir, sweep: &Sweep) -> String {
     let rows: Vec<Vec<String>> = sweep
         .runs
         .iter()
-        .map(|r| {
-            let dir = layout.run(&r.dir_name);
-            let status = dir.read_status_or_pending().unwrap_or_else(|_| RunStatus::pending());
-            let summary = dir.read_summary().ok().flatten();
-            let mut row = vec![r.dir_name.clone(), status.state.name().to_string()];
-            for m in metrics.iter().chain([&speed]) {
-                row.push(table::num(summary.as_ref().and_then(|s| s.get(m)).and_then(|v| v.as_f64())));
+        .map(|r| match layout.run(&r.dir_name).record() {
+            Ok(record) => {
+                let mut row = vec![r.dir_name.clone(), record.state().name().to_string()];
+                row.extend(metrics.iter().chain([&speed]).map(|m| table::num(record.number(m))));
+                row
             }
-            row
+            Err(_) => {
+                let mut row = vec![r.dir_name.clone(), "unreadable".to_string()];
+                row.extend(std::iter::repeat_n(table::num(None), metrics.len() + 1));
+                row
+            }
         })
         .collect();
     table::render(&["run", "state", "rec_mse", "psnr", "usage", "perplexity", "rfid*", "img/s"], &rows)

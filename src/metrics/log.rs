@@ -3,11 +3,10 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::rundir::RunDir;
-
 use anyhow::Context;
 use polars::prelude::*;
 
+use crate::rundir::RunDir;
 use crate::util::write_atomic_with;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -83,8 +82,7 @@ impl MetricsLog {
 /// Read a `metrics.parquet` back into rows.
 pub fn read_rows(path: &Path) -> anyhow::Result<Vec<MetricRow>> {
     let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let df =
-        anyhow::Context::with_context(ParquetReader::new(file).finish(), || format!("reading {}", path.display()))?;
+    let df = Context::with_context(ParquetReader::new(file).finish(), || format!("reading {}", path.display()))?;
     let step = df.column("step")?.i64()?;
     let wall = df.column("wall_time")?.f64()?;
     let split = df.column("split")?.str()?;

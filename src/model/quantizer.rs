@@ -38,9 +38,9 @@ pub struct Quantized {
     pub z_q: Tensor,
     /// Code index of every latent vector, (N,) u32, N = B·H·W.
     pub indices: Tensor,
-    /// mean((z_q − sg[z])²): trains the codebook (vq kind); zero-gradient for ema.
+    /// `mean((z_q − sg[z])²)`: trains the codebook (vq kind); zero-gradient for ema.
     pub codebook_loss: Tensor,
-    /// mean((z − sg[z_q])²): unweighted commitment term.
+    /// `mean((z − sg[z_q])²)`: unweighted commitment term.
     pub commit_loss: Tensor,
     /// The latent vectors as looked up (N, code_dim), detached: restarts draw from them.
     pub flat: Tensor,

@@ -372,7 +372,7 @@ impl CustomOp3 for ConvOp {
             let groups = n_chunks.min(2 * rayon::current_num_threads()).max(1);
             let per_group = n_chunks.div_ceil(groups);
             type Group<'a> = Vec<(usize, Option<&'a mut [MaybeUninit<f32>]>)>;
-            let mut grouped: Vec<Group> = (0..groups).map(|_| Vec::new()).collect();
+            let mut grouped: Vec<Group<'_>> = (0..groups).map(|_| Vec::new()).collect();
             for (ci, dxc) in dx_chunks.into_iter().enumerate() {
                 grouped[ci / per_group].push((ci, dxc));
             }

@@ -315,7 +315,7 @@ pub fn transposed(x: &[f32], r: usize, c: usize) -> Vec<f32> {
     out
 }
 
-/// `x` ⊙ [mask > 0] into `out` (layout (imgs, c, p) kept), adding per-channel sums to `sums`.
+/// `x ⊙ [mask > 0]` into `out` (layout (imgs, c, p) kept), adding per-channel sums to `sums`.
 pub fn masked(x: &[f32], mask: &[f32], c: usize, p: usize, out: &mut [f32], sums: &mut [f32]) {
     for (plane_ix, ((d, v), m)) in out.chunks_exact_mut(p).zip(x.chunks_exact(p)).zip(mask.chunks_exact(p)).enumerate()
     {
@@ -362,7 +362,7 @@ impl<'a> MatRef<'a> {
 
 /// dst (m × n, row-major) = a (m × k) · b (k × n), or dst += a · b with `accumulate`; on the
 /// calling thread.
-pub fn gemm(m: usize, n: usize, k: usize, a: MatRef, b: MatRef, dst: &mut [f32], accumulate: bool) {
+pub fn gemm(m: usize, n: usize, k: usize, a: MatRef<'_>, b: MatRef<'_>, dst: &mut [f32], accumulate: bool) {
     if m == 0 || n == 0 {
         return;
     }

@@ -188,7 +188,7 @@ pub fn pivot(c: &Collection, spec: &TableSpec) -> Result<Pivot, InputError> {
     }
     let mut row_values: Vec<Vec<Value>> = Vec::new();
     let mut col_values: Vec<Vec<Value>> = Vec::new();
-    let mut members: BTreeMap<(String, String), CellRuns> = BTreeMap::new();
+    let mut members: BTreeMap<(String, String), CellRuns<'_>> = BTreeMap::new();
     for run in &c.runs {
         let r = tuple_of(run, &spec.rows);
         let col = tuple_of(run, &spec.cols);

@@ -164,7 +164,7 @@ pub fn is_out_of_memory(reason: &str) -> bool {
 /// peak from an earlier attempt, else the training memory estimate (computed only when GPUs
 /// are packed by memory, once per distinct model); alone after an out-of-memory failure.
 fn demands(sweep: &Sweep, dirs: &[PathBuf], runs: &[usize]) -> anyhow::Result<Vec<Demand>> {
-    let by_memory = matches!(sweep.base.hardware.runs_per_gpu, crate::config::RunsPerGpu::Auto(_));
+    let by_memory = matches!(sweep.base.hardware.runs_per_gpu, config::RunsPerGpu::Auto(_));
     let fake = std::env::var(FAKE_RUN_MEMORY_ENV).ok().and_then(|m| m.parse::<u64>().ok());
     let mut estimates: std::collections::HashMap<String, u64> = std::collections::HashMap::new();
     let mut out = vec![Demand { memory_mib: 0, alone: false }; dirs.len()];
@@ -193,6 +193,20 @@ fn demands(sweep: &Sweep, dirs: &[PathBuf], runs: &[usize]) -> anyhow::Result<Ve
     Ok(out)
 }
 
+/// The slots for training `runs` (by index) of a sweep, and what each run asks of a slot (by
+/// run index): what a real sweep plans and what its dry run shows.
+pub fn slot_plan(
+    sweep_dir: &Path,
+    sweep: &Sweep,
+    runs: &[usize],
+    max_parallel: usize,
+) -> anyhow::Result<(Vec<Demand>, devices::Plan)> {
+    let dirs: Vec<PathBuf> = sweep.runs.iter().map(|r| sweep_dir.join(&r.dir_name)).collect();
+    let demand = demands(sweep, &dirs, runs)?;
+    let plan = devices::plan(&sweep.base.hardware, &runs.iter().map(|r| demand[*r]).collect::<Vec<_>>(), max_parallel);
+    Ok((demand, plan))
+}
+
 /// Train the sweep's unfinished runs on the given slots, the next run starting the moment a
 /// slot frees. Returns the number of runs that ended failed.
 pub fn run_sweep(sweep_dir: &Path, sweep: &Sweep, opts: &LocalOptions) -> anyhow::Result<usize> {
@@ -216,9 +230,7 @@ pub fn run_sweep(sweep_dir: &Path, sweep: &Sweep, opts: &LocalOptions) -> anyhow
         tracing::info!("{done} of {total} runs already done: skipped");
     }
     let queued: Vec<usize> = queue.iter().copied().collect();
-    let mut demand = demands(sweep, &dirs, &queued)?;
-    let mut plan =
-        devices::plan(&sweep.base.hardware, &queued.iter().map(|r| demand[*r]).collect::<Vec<_>>(), opts.max_parallel);
+    let (mut demand, mut plan) = slot_plan(sweep_dir, sweep, &queued, opts.max_parallel)?;
     for w in &plan.warnings {
         tracing::warn!("{w}");
     }
@@ -248,12 +260,11 @@ pub fn run_sweep(sweep_dir: &Path, sweep: &Sweep, opts: &LocalOptions) -> anyhow
         }
         // Start queued runs, in order, while one fits: a run that needs a whole GPU waits
         // for one, and smaller runs behind it may start meanwhile.
-        while !stopping {
-            let Some((pos, slot)) =
-                queue.iter().enumerate().find_map(|(pos, &r)| plan.pool.acquire(demand[r]).map(|s| (pos, s)))
-            else {
-                break;
-            };
+        while let Some((pos, slot)) = if stopping {
+            None
+        } else {
+            queue.iter().enumerate().find_map(|(pos, &r)| plan.pool.acquire(demand[r]).map(|s| (pos, s)))
+        } {
             // `pos` was just found by iterating this queue, so it is in range.
             let run = queue.remove(pos).expect("a queued run");
             let sharing = plan.pool.sharing(&slot);

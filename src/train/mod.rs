@@ -264,6 +264,9 @@ fn fail_before_start(run_dir: &Path, status: &mut RunStatus, reason: String) -> 
     Ok(Outcome::Failed(reason))
 }
 
+/// The measures of one eval, each under its metric, and the code counts.
+type Measured = (Vec<(&'static Metric, f64)>, Vec<u64>);
+
 /// The feature network of the FID-style scores and the reference statistics of the two sets
 /// it scores reconstructions of.
 struct Fid {
@@ -628,12 +631,7 @@ impl<'a> Trainer<'a> {
 
     /// Measure the model on the validation split or on the test split's eval subset: the
     /// measures of [`metric::MEASURES`] and the code counts.
-    fn measure(
-        &self,
-        splits: &data::Splits,
-        test: bool,
-        step: u64,
-    ) -> anyhow::Result<(Vec<(&'static Metric, f64)>, Vec<u64>)> {
+    fn measure(&self, splits: &data::Splits, test: bool, step: u64) -> anyhow::Result<Measured> {
         let set = if test { &splits.eval } else { &splits.val };
         let fid = self.fid.as_ref().and_then(|f| {
             let reference = if test { Some(&f.test) } else { f.val.as_ref() };
@@ -670,7 +668,7 @@ impl<'a> Trainer<'a> {
             self.sinks.scalar(step, name, *v)?;
         }
         if let Some(counts) = counts {
-            self.sinks.histogram(step, &format!("{}/code_usage", split.prefix()), counts)?;
+            self.sinks.histogram(step, &metric::code_usage_tag(split), counts)?;
         }
         let get = |key: &str| values.iter().find(|(m, _)| m.key == key).map(|(_, v)| *v);
         let fid_text = match (get("rfid"), get("kid"), get("kid_std")) {
@@ -715,7 +713,7 @@ impl<'a> Trainer<'a> {
             eval::reconstruction_grid(&self.model, &splits.eval, self.cfg.eval.sample_images as usize, self.device)?;
         let mut png = Vec::new();
         grid.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)?;
-        self.sinks.image(step, "eval/reconstructions", &png, grid.width(), grid.height())?;
+        self.sinks.image(step, metric::RECONSTRUCTIONS_TAG, &png, grid.width(), grid.height())?;
         tracing::debug!("eval step {step} took {:.1}s", t0.elapsed().as_secs_f64());
         Ok(named)
     }
@@ -818,10 +816,7 @@ impl<'a> Trainer<'a> {
 /// The hyperparameters TensorBoard's HParams tab shows for a run: its sweep cell's keys (from
 /// `cell.json`, written by the scheduler) plus the variant, codebook size and seed, with their
 /// resolved values.
-pub fn hparams(
-    cfg: &ExperimentConfig,
-    run_dir: &Path,
-) -> anyhow::Result<std::collections::BTreeMap<String, serde_json::Value>> {
+pub fn hparams(cfg: &ExperimentConfig, run_dir: &Path) -> anyhow::Result<BTreeMap<String, serde_json::Value>> {
     let mut flat = serde_json::Map::new();
     flatten("", &serde_json::to_value(cfg)?, &mut flat);
     let mut keys: Vec<String> = vec!["model.variant".into(), "quantizer.codebook_size".into(), "train.seed".into()];

@@ -146,12 +146,14 @@ fn the_dry_run_and_the_submit_select_the_same_runs() {
     write(d, "exp.toml", &exp);
     let bin = d.join("bin");
     std::fs::create_dir_all(&bin).unwrap();
-    let path = format!("{}:/usr/bin:/bin", bin.display());
+    // Only the stand-in's directory: a real Slurm's sbatch (/usr/bin) must not be found.
+    let path = bin.display().to_string();
     let run = |args: &[&str]| {
         Command::new(env!("CARGO_BIN_EXE_vqlab"))
             .args(args)
             .current_dir(d)
             .env("PATH", &path)
+            .env_remove("SLURM_CONF")
             .env_remove("VQLAB_RUNS_DIR")
             .output()
             .unwrap()
