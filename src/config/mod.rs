@@ -43,6 +43,7 @@ pub fn short_description(cfg: &ExperimentConfig) -> String {
     let kind = match q.kind {
         QuantizerKind::Vq => "vq",
         QuantizerKind::Ema => "ema",
+        QuantizerKind::Fsq => "fsq",
     };
     format!(
         "{} K={} D={} {kind} hidden={} seed={}",

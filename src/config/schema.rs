@@ -186,6 +186,28 @@ impl Default for ModelConfig {
 pub enum QuantizerKind {
     Vq,
     Ema,
+    /// Finite scalar quantization (no codebook; levels from `quantizer.fsq_levels` or the
+    /// FSQ paper's table for `quantizer.codebook_size`).
+    Fsq,
+}
+
+/// How the gradient passes from the quantized vector q back to the encoder output z.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GradientEstimator {
+    /// The straight-through estimator: the identity (van den Oord et al.).
+    #[default]
+    Ste,
+    /// The rotation trick (Fifty et al. 2024): through the rotation and rescaling that maps z
+    /// onto q, held constant.
+    Rotation,
+}
+
+impl GradientEstimator {
+    /// The default, left out of serialized configs so that run ids from before it stay.
+    pub fn is_ste(&self) -> bool {
+        *self == GradientEstimator::Ste
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -211,6 +233,37 @@ pub struct QuantizerConfig {
     pub l2_normalize: bool,
     /// Factorized low-dimensional lookup (0 = off).
     pub lookup_dim: u32,
+    /// FSQ: the levels of each channel (empty: the FSQ paper's for `codebook_size`). Left out
+    /// of the serialized config when empty, so run ids of the other kinds are unchanged.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub fsq_levels: Vec<u32>,
+    /// The gradient estimator of the codebook kinds (`ste` or `rotation`).
+    #[serde(skip_serializing_if = "GradientEstimator::is_ste")]
+    pub gradient: GradientEstimator,
+}
+
+/// The FSQ paper's levels for each nominal codebook size (Mentzer et al. 2023, Table 1).
+pub const FSQ_LEVEL_TABLE: [(u32, &[u32]); 5] = [
+    (1 << 8, &[8, 6, 5]),
+    (1 << 10, &[8, 5, 5, 5]),
+    (1 << 12, &[7, 5, 5, 5, 5]),
+    (1 << 14, &[8, 8, 8, 6, 5]),
+    (1 << 16, &[8, 8, 8, 5, 5, 5]),
+];
+
+/// The FSQ paper's levels for a nominal codebook size.
+pub fn fsq_table_levels(codebook_size: u32) -> Option<&'static [u32]> {
+    FSQ_LEVEL_TABLE.iter().find(|(k, _)| *k == codebook_size).map(|(_, l)| *l)
+}
+
+/// The levels an fsq config asks for: `quantizer.fsq_levels`, else the table's for
+/// `quantizer.codebook_size` (validation makes sure one of them exists).
+pub fn fsq_levels_of(codebook_size: u32, explicit: &[u32]) -> Option<Vec<u32>> {
+    if explicit.is_empty() {
+        fsq_table_levels(codebook_size).map(<[u32]>::to_vec)
+    } else {
+        Some(explicit.to_vec())
+    }
 }
 
 impl Default for QuantizerConfig {
@@ -226,6 +279,8 @@ impl Default for QuantizerConfig {
             dead_code_threshold: 0.0,
             l2_normalize: false,
             lookup_dim: 0,
+            fsq_levels: Vec::new(),
+            gradient: GradientEstimator::Ste,
         }
     }
 }

@@ -33,6 +33,11 @@ pub fn resolve(cfg: &mut ExperimentConfig) {
             Variant::Vqgan => ReconLoss::L1,
         };
     }
+    if cfg.quantizer.kind == QuantizerKind::Fsq && cfg.quantizer.fsq_levels.is_empty() {
+        if let Some(levels) = fsq_table_levels(cfg.quantizer.codebook_size) {
+            cfg.quantizer.fsq_levels = levels.to_vec();
+        }
+    }
     cfg.sweep = SweepConfig::default();
 }
 
@@ -133,6 +138,14 @@ pub fn validate(cfg: &ExperimentConfig, origin: &dyn Fn(&str) -> String) -> Resu
         bad("quantizer.ema_epsilon", format!("expected a positive number, found {}", q.ema_epsilon));
     }
     nonneg(&mut bad, "quantizer.dead_code_threshold", q.dead_code_threshold);
+    if q.kind == QuantizerKind::Fsq {
+        check_fsq(q, &mut bad);
+    } else if !q.fsq_levels.is_empty() {
+        bad(
+            "quantizer.fsq_levels",
+            "levels are for kind = \"fsq\" only; remove them or set quantizer.kind = \"fsq\"".into(),
+        );
+    }
 
     // Loss.
     let l = &cfg.loss;
@@ -257,6 +270,70 @@ pub fn validate(cfg: &ExperimentConfig, origin: &dyn Fn(&str) -> String) -> Resu
     let mut errs: Vec<InputError> =
         issues.into_iter().map(|(key, msg)| InputError::config(origin(key), key, msg)).collect();
     Err(if errs.len() == 1 { errs.remove(0) } else { InputError::Many(errs) })
+}
+
+/// FSQ: levels from the paper's table or given, and none of the codebook kinds' options.
+fn check_fsq(q: &QuantizerConfig, bad: &mut impl FnMut(&'static str, String)) {
+    let sizes = || FSQ_LEVEL_TABLE.iter().map(|(k, _)| k.to_string()).collect::<Vec<_>>().join(", ");
+    if q.fsq_levels.is_empty() {
+        if fsq_table_levels(q.codebook_size).is_none() {
+            bad(
+                "quantizer.codebook_size",
+                format!(
+                    "fsq takes its levels from the FSQ paper's table for K = {}; found {}: set quantizer.fsq_levels (e.g. [8, 5, 5, 5]) for another size",
+                    sizes(),
+                    q.codebook_size
+                ),
+            );
+        }
+    } else {
+        let levels = &q.fsq_levels;
+        if levels.len() > 16 || levels.iter().any(|&l| !(2..=256).contains(&l)) {
+            bad("quantizer.fsq_levels", format!("expected 1 to 16 levels, each from 2 to 256, found {levels:?}"));
+        } else {
+            let codes: u64 = levels.iter().map(|&l| u64::from(l)).product();
+            let nominal = FSQ_LEVEL_TABLE.iter().find(|(_, l)| *l == levels.as_slice()).map(|(k, _)| u64::from(*k));
+            if codes > 1 << 20 {
+                bad("quantizer.fsq_levels", format!("{levels:?} make {codes} codes; expected at most 1048576"));
+            } else if u64::from(q.codebook_size) != codes && nominal != Some(u64::from(q.codebook_size)) {
+                bad(
+                    "quantizer.codebook_size",
+                    format!(
+                        "fsq levels {levels:?} make {codes} codes; set quantizer.codebook_size = {codes}{}",
+                        nominal.map(|k| format!(" (or {k}, their nominal size in the FSQ paper)")).unwrap_or_default()
+                    ),
+                );
+            }
+        }
+    }
+    let d = QuantizerConfig::default();
+    if q.init != CodebookInit::Random {
+        bad("quantizer.init", "fsq has no codebook to initialise; leave it \"random\"".into());
+    }
+    if q.dead_code_threshold > 0.0 {
+        bad("quantizer.dead_code_threshold", "fsq has no codes to restart; leave it 0".into());
+    }
+    if q.l2_normalize {
+        bad("quantizer.l2_normalize", "fsq has no codebook to normalise; leave it false".into());
+    }
+    if q.lookup_dim > 0 {
+        bad("quantizer.lookup_dim", "fsq projects to len(levels) channels itself; leave it 0".into());
+    }
+    if q.ema_decay != d.ema_decay {
+        bad("quantizer.ema_decay", "an option of the ema kind; fsq has no EMA codebook".into());
+    }
+    if q.ema_epsilon != d.ema_epsilon {
+        bad("quantizer.ema_epsilon", "an option of the ema kind; fsq has no EMA codebook".into());
+    }
+    if q.beta != d.beta {
+        bad("quantizer.beta", "fsq has no commitment loss for a weight to apply to".into());
+    }
+    if q.gradient != GradientEstimator::Ste {
+        bad(
+            "quantizer.gradient",
+            "the rotation trick maps z onto a codebook vector; fsq rounds with the straight-through estimator".into(),
+        );
+    }
 }
 
 fn nonneg(bad: &mut impl FnMut(&'static str, String), key: &'static str, v: f64) {

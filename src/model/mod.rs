@@ -4,6 +4,7 @@
 
 pub mod autoencoder;
 pub mod discriminator;
+pub mod fsq;
 pub mod layers;
 pub mod memory;
 pub mod params;
@@ -105,22 +106,40 @@ pub fn mermaid(cfg: &ExperimentConfig) -> String {
         cfg.model.res_blocks, cfg.model.res_channels, q.embed_dim
     ));
     out.push_str("  end\n");
-    let kind = match q.kind {
-        crate::config::QuantizerKind::Vq => "codebook + commitment loss",
-        crate::config::QuantizerKind::Ema => "EMA codebook updates",
-    };
-    let mut extras = Vec::new();
-    if q.l2_normalize {
-        extras.push("cosine codes".to_string());
+    if q.kind == crate::config::QuantizerKind::Fsq {
+        let levels = fsq::levels_of(q.codebook_size, &q.fsq_levels).unwrap_or_default();
+        let codes: u32 = levels.iter().product();
+        let d = levels.len();
+        let proj =
+            if d == q.embed_dim as usize { String::new() } else { format!("1×1 conv {} → {d}, then ", q.embed_dim) };
+        let back = if proj.is_empty() { String::new() } else { format!(", 1×1 conv {d} → {}", q.embed_dim) };
+        out.push_str(&format!(
+            "  enc --> vq{{\"FSQ: levels {levels:?} ({codes} implicit codes)<br/>{proj}tanh bound, round (straight-through), ÷ half-width{back}<br/>no codebook, no auxiliary loss\"}}\n"
+        ));
+    } else {
+        let kind = match q.kind {
+            crate::config::QuantizerKind::Ema => "EMA codebook updates",
+            _ => "codebook + commitment loss",
+        };
+        let mut extras = Vec::new();
+        if q.l2_normalize {
+            extras.push("cosine codes".to_string());
+        }
+        if q.lookup_dim > 0 {
+            extras.push(format!("lookup in {} dims", q.lookup_dim));
+        }
+        let extras = if extras.is_empty() { String::new() } else { format!(", {}", extras.join(", ")) };
+        out.push_str(&format!(
+            "  enc --> vq{{\"VQ: K = {}, D = {}, β = {}<br/>{kind}{extras}<br/>{}\"}}\n",
+            q.codebook_size,
+            q.embed_dim,
+            q.beta,
+            match q.gradient {
+                crate::config::GradientEstimator::Ste => "straight-through",
+                crate::config::GradientEstimator::Rotation => "rotation trick (gradient through the rotation z → q)",
+            }
+        ));
     }
-    if q.lookup_dim > 0 {
-        extras.push(format!("lookup in {} dims", q.lookup_dim));
-    }
-    let extras = if extras.is_empty() { String::new() } else { format!(", {}", extras.join(", ")) };
-    out.push_str(&format!(
-        "  enc --> vq{{\"VQ: K = {}, D = {}, β = {}<br/>{kind}{extras}<br/>straight-through\"}}\n",
-        q.codebook_size, q.embed_dim, q.beta
-    ));
     out.push_str("  vq --> dec\n  subgraph dec[Decoder]\n    direction TB\n");
     out.push_str(&format!("    ci[\"conv 3×3 → {h}\"] --> dr[\"{} residual block(s), ReLU\"]\n", cfg.model.res_blocks));
     let mut prev = "dr".to_string();

@@ -1,12 +1,14 @@
 //! Vector quantizer: nearest code by one matmul (argmin ‖e‖²/2 − z·e), straight-through
 //! estimator, codebook and commitment losses; the `ema` kind updates the codebook with
-//! Sonnet's VectorQuantizerEMA (zero-debiased averages, Laplace-smoothed cluster sizes).
+//! Sonnet's VectorQuantizerEMA (zero-debiased averages, Laplace-smoothed cluster sizes). The
+//! `fsq` kind has no codebook: [`super::fsq`] rounds bounded channels to a fixed grid.
 
 use candle_core::{DType, Result, Tensor, Var, D};
 
+use super::fsq::Fsq;
 use super::layers::Conv2d;
 use super::params::{Init, ParamStore};
-use crate::config::{QuantizerConfig, QuantizerKind};
+use crate::config::{GradientEstimator, QuantizerConfig, QuantizerKind};
 
 /// Names of the EMA state tensors: the hidden (un-debiased) cluster sizes and sums, and γᵗ,
 /// the weight the zero start still has in them (1 before the first update; 0 after a
@@ -16,8 +18,14 @@ pub const EMA_BUFFERS: &[&str] = &["quantizer.ema_cluster_size", "quantizer.ema_
 #[derive(Debug, Clone)]
 pub struct Quantizer {
     pub kind: QuantizerKind,
-    pub codebook: Var,
+    /// The learned (vq) or EMA-updated (ema) codebook; None for fsq.
+    codebook: Option<Var>,
+    /// The codes latents are counted against: K, or for fsq the implicit Π levels.
     pub codebook_size: usize,
+    /// The fsq kind's grid.
+    fsq: Option<Fsq>,
+    /// How the gradient passes from the chosen codes back to the latents.
+    gradient: GradientEstimator,
     pub beta: f64,
     decay: f64,
     epsilon: f64,
@@ -68,6 +76,27 @@ impl Quantizer {
     pub fn new(ps: &mut ParamStore, q: &QuantizerConfig) -> Result<Self> {
         let k = q.codebook_size as usize;
         let d = q.embed_dim as usize;
+        if q.kind == QuantizerKind::Fsq {
+            let levels = super::fsq::levels_of(q.codebook_size, &q.fsq_levels).ok_or_else(|| {
+                candle_core::Error::Msg(format!("fsq: no levels for codebook_size {} (validation checks this)", k))
+            })?;
+            let fsq = Fsq::new(ps, d, &levels)?;
+            return Ok(Quantizer {
+                kind: q.kind,
+                codebook: None,
+                codebook_size: fsq.codes,
+                fsq: Some(fsq),
+                gradient: GradientEstimator::Ste,
+                beta: 0.0,
+                decay: q.ema_decay,
+                epsilon: q.ema_epsilon,
+                l2_normalize: false,
+                proj: None,
+                ema: None,
+                usage_ema: None,
+                dead_code_threshold: 0.0,
+            });
+        }
         let code_dim = if q.lookup_dim > 0 { q.lookup_dim as usize } else { d };
         let proj = if q.lookup_dim > 0 {
             Some((
@@ -106,8 +135,10 @@ impl Quantizer {
             usage_ema,
             dead_code_threshold: q.dead_code_threshold,
             kind: q.kind,
-            codebook,
+            codebook: Some(codebook),
             codebook_size: k,
+            fsq: None,
+            gradient: q.gradient,
             beta: q.beta,
             decay: q.ema_decay,
             epsilon: q.ema_epsilon,
@@ -117,9 +148,23 @@ impl Quantizer {
         })
     }
 
+    /// The codebook (None for fsq, which has none).
+    pub fn codebook(&self) -> Option<&Var> {
+        self.codebook.as_ref()
+    }
+
+    /// The fsq kind's grid.
+    pub fn fsq(&self) -> Option<&Fsq> {
+        self.fsq.as_ref()
+    }
+
+    fn vq_codebook(&self) -> Result<&Var> {
+        self.codebook.as_ref().ok_or_else(|| candle_core::Error::Msg("the fsq quantizer has no codebook".into()))
+    }
+
     /// The codebook as used for lookup (normalised when l2_normalize is on).
     fn lookup_codebook(&self) -> Result<Tensor> {
-        let e = self.codebook.as_tensor();
+        let e = self.vq_codebook()?.as_tensor();
         if self.l2_normalize {
             l2norm(e)
         } else {
@@ -129,6 +174,19 @@ impl Quantizer {
 
     /// Quantize encoder output (B, D, H, W). `train` enables the EMA update.
     pub fn forward(&self, z: &Tensor, train: bool) -> Result<Quantized> {
+        if let Some(fsq) = &self.fsq {
+            let out = fsq.forward(z)?;
+            let zero = Tensor::zeros((), DType::F32, z.device())?;
+            let counts = if train { Some(code_counts(&out.indices, self.codebook_size)?) } else { None };
+            return Ok(Quantized {
+                z_q: out.z_q,
+                indices: out.indices,
+                codebook_loss: zero.clone(),
+                commit_loss: zero,
+                flat: out.levels,
+                counts,
+            });
+        }
         let (b, _, h, w) = z.dims4()?;
         let flat = self.lookup_vectors(z)?;
         let d = flat.dim(1)?;
@@ -141,7 +199,10 @@ impl Quantizer {
         if let (Some(ema), Some(counts)) = (&self.ema, &counts) {
             self.ema_update(ema, &flat.detach(), &indices, counts)?;
         }
-        let st = (&flat + (chosen - &flat)?.detach())?;
+        let st = match self.gradient {
+            GradientEstimator::Ste => (&flat + (chosen - &flat)?.detach())?,
+            GradientEstimator::Rotation => rotate_to(&flat, &chosen)?,
+        };
         let z_q = st.reshape((b, h, w, d))?.permute((0, 3, 1, 2))?.contiguous()?;
         let z_q = match &self.proj {
             Some((_, p_out)) => p_out.forward(&z_q)?,
@@ -178,7 +239,7 @@ impl Quantizer {
         let smoothed =
             ((&avg_cs + self.epsilon)?.broadcast_div(&(&n + k as f64 * self.epsilon)?)?).broadcast_mul(&n)?;
         let codebook = avg_dw.broadcast_div(&smoothed.unsqueeze(1)?)?;
-        self.codebook.set(&codebook)
+        self.vq_codebook()?.set(&codebook)
     }
 
     /// After an optimizer step: update the usage EMA and restart dead codes from random latent
@@ -198,8 +259,9 @@ impl Quantizer {
         let candidates = q.flat.index_select(&picks, 0)?; // (K, code_dim)
         let dead_col = dead.unsqueeze(1)?;
         let alive_col = alive.unsqueeze(1)?;
-        let codebook = (self.codebook.as_tensor().broadcast_mul(&alive_col)? + candidates.broadcast_mul(&dead_col)?)?;
-        self.codebook.set(&codebook)?;
+        let current = self.vq_codebook()?;
+        let codebook = (current.as_tensor().broadcast_mul(&alive_col)? + candidates.broadcast_mul(&dead_col)?)?;
+        current.set(&codebook)?;
         // A restarted code counts as just alive again.
         usage.set(&((new_usage * &alive)? + (dead.clone() * self.dead_code_threshold)?)?)?;
         if let Some((cs, dw, decay_power)) = &self.ema {
@@ -217,7 +279,7 @@ impl Quantizer {
 
     /// Replace the codebook.
     pub fn set_codebook(&self, codes: &Tensor) -> Result<()> {
-        self.codebook.set(&codes.to_dtype(DType::F32)?)
+        self.vq_codebook()?.set(&codes.to_dtype(DType::F32)?)
     }
 
     /// Start from a k-means result: the codebook is the centroids (normalised for cosine
@@ -231,7 +293,7 @@ impl Quantizer {
     pub fn seed_from_kmeans(&self, centroids: &Tensor, counts: &Tensor, vectors_per_batch: usize) -> Result<()> {
         let centroids = centroids.to_dtype(DType::F32)?;
         let centroids = if self.l2_normalize { l2norm(&centroids)? } else { centroids };
-        self.codebook.set(&centroids)?;
+        self.vq_codebook()?.set(&centroids)?;
         if let Some((cs, dw, decay_power)) = &self.ema {
             let counts = counts.to_dtype(DType::F32)?.clamp(1.0, f64::MAX)?;
             let size = (&counts * (vectors_per_batch as f64))?.broadcast_div(&counts.sum_keepdim(0)?)?;
@@ -261,6 +323,29 @@ impl Quantizer {
     pub fn encode_indices(&self, z: &Tensor) -> Result<Tensor> {
         Ok(self.forward(z, false)?.indices)
     }
+}
+
+/// The rotation trick (Fifty et al. 2024, "Restructuring Vector Quantization with the Rotation
+/// Trick"): each row e becomes its code q through λR e, with R the rotation that takes e/‖e‖ to
+/// q/‖q‖ and λ = ‖q‖/‖e‖, both held constant. In the efficient form of the paper's §4.2, with
+/// u = e/‖e‖, q̂ = q/‖q‖ and w = (u + q̂)/‖u + q̂‖ (all detached):
+/// R e = e − 2 (e·w) w + 2 (e·u) q̂. The forward value is q exactly; the gradient reaching e is
+/// λ Rᵀ g instead of g. The codebook gets no gradient from it (as with the straight-through
+/// estimator: the codebook loss trains it).
+pub fn rotate_to(e: &Tensor, q: &Tensor) -> Result<Tensor> {
+    let norm = |t: &Tensor| -> Result<Tensor> { t.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?.clamp(1e-6, f64::MAX) };
+    let (ed, qd) = (e.detach(), q.detach());
+    let (e_norm, q_norm) = (norm(&ed)?, norm(&qd)?);
+    let u = ed.broadcast_div(&e_norm)?;
+    let q_hat = qd.broadcast_div(&q_norm)?;
+    let sum = (&u + &q_hat)?;
+    let w = sum.broadcast_div(&norm(&sum)?)?;
+    let ew = e.broadcast_mul(&w)?.sum_keepdim(D::Minus1)?;
+    let eu = e.broadcast_mul(&u)?.sum_keepdim(D::Minus1)?;
+    let rotated = ((e - (w.broadcast_mul(&ew)? * 2.0)?)? + (q_hat.broadcast_mul(&eu)? * 2.0)?)?;
+    let scaled = rotated.broadcast_mul(&q_norm.broadcast_div(&e_norm)?)?;
+    // The value of q (not its float rounding through R), the gradient of λR e.
+    &scaled + (qd - &scaled)?.detach()
 }
 
 /// Index of the nearest code for each row: argmin_k ‖e_k‖²/2 − x·e_k (one matmul, no N×K×D).
@@ -371,7 +456,7 @@ mod tests {
         assert_eq!(g, vec![0.7, -1.3]);
         // The codebook gets gradient only through the codebook loss: d/de mean((e − sg z)²) = (e − z)·2/2.
         let grads = out.codebook_loss.backward().unwrap();
-        let ge = grads.get(q.codebook.as_tensor()).unwrap().to_vec2::<f32>().unwrap();
+        let ge = grads.get(q.codebook().unwrap().as_tensor()).unwrap().to_vec2::<f32>().unwrap();
         assert_eq!(ge, vec![vec![0.0, 0.0], vec![1.0, 1.5]]);
     }
 
@@ -391,18 +476,18 @@ mod tests {
             (0..2).map(|k| (h_dw[k] / debias) / ((cs[k] + eps) / (n + 2.0 * eps) * n)).collect::<Vec<f64>>()
         };
         let e1 = expect(h_cs, h_dw, 1);
-        let got: Vec<f32> = q.codebook.as_tensor().flatten_all().unwrap().to_vec1().unwrap();
+        let got: Vec<f32> = q.codebook().unwrap().as_tensor().flatten_all().unwrap().to_vec1().unwrap();
         assert!((got[0] as f64 - e1[0]).abs() < 1e-5 && (got[1] as f64 - e1[1]).abs() < 1e-5, "{got:?} vs {e1:?}");
         // Step 2: vector 4 → code 0 (≈1.5 is nearer than 9); counts (1, 0), sums (4, 0).
         q.forward(&latents(&[&[4.0]]), true).unwrap();
         let h_cs2 = [h_cs[0] - (h_cs[0] - 1.0) * (1.0 - gamma), h_cs[1] - h_cs[1] * (1.0 - gamma)];
         let h_dw2 = [h_dw[0] - (h_dw[0] - 4.0) * (1.0 - gamma), h_dw[1] - h_dw[1] * (1.0 - gamma)];
         let e2 = expect(h_cs2, h_dw2, 2);
-        let got: Vec<f32> = q.codebook.as_tensor().flatten_all().unwrap().to_vec1().unwrap();
+        let got: Vec<f32> = q.codebook().unwrap().as_tensor().flatten_all().unwrap().to_vec1().unwrap();
         assert!((got[0] as f64 - e2[0]).abs() < 1e-5 && (got[1] as f64 - e2[1]).abs() < 1e-4, "{got:?} vs {e2:?}");
         // Eval passes do not update.
         q.forward(&latents(&[&[-3.0]]), false).unwrap();
-        let again: Vec<f32> = q.codebook.as_tensor().flatten_all().unwrap().to_vec1().unwrap();
+        let again: Vec<f32> = q.codebook().unwrap().as_tensor().flatten_all().unwrap().to_vec1().unwrap();
         assert_eq!(got, again);
     }
 
@@ -413,7 +498,7 @@ mod tests {
         q.set_codebook(&Tensor::new(&[[0f32], [100.]], &Device::Cpu).unwrap()).unwrap();
         let out = q.forward(&latents(&[&[0.1], &[0.2], &[-0.3]]), true).unwrap();
         q.restart_dead_codes(&out, 7, 0).unwrap();
-        let got: Vec<f32> = q.codebook.as_tensor().flatten_all().unwrap().to_vec1().unwrap();
+        let got: Vec<f32> = q.codebook().unwrap().as_tensor().flatten_all().unwrap().to_vec1().unwrap();
         assert_eq!(got[0], 0.0, "a used code stays");
         assert!([0.1f32, 0.2, -0.3].contains(&got[1]), "restarted to a batch vector: {got:?}");
         let usage: Vec<f32> = q.usage_ema.as_ref().unwrap().as_tensor().to_vec1().unwrap();
@@ -444,7 +529,7 @@ mod tests {
         let mut ps = ParamStore::new(&Device::Cpu, 0);
         let cfg = QuantizerConfig { codebook_size: 3, embed_dim: 4, lookup_dim: 2, ..Default::default() };
         let q = Quantizer::new(&mut ps, &cfg).unwrap();
-        assert_eq!(q.codebook.dims(), &[3, 2]);
+        assert_eq!(q.codebook().unwrap().dims(), &[3, 2]);
         let z = Tensor::ones((5, 4, 2, 2), DType::F32, &Device::Cpu).unwrap();
         let out = q.forward(&z, true).unwrap();
         assert_eq!(out.z_q.dims(), &[5, 4, 2, 2]);

@@ -767,6 +767,8 @@ impl<'a> Trainer<'a> {
         summary.insert("run.vqlab_version".into(), env!("CARGO_PKG_VERSION").into());
         summary.insert("run.vqlab_commit".into(), crate::GIT_COMMIT.into());
         summary.insert("run.training_revision".into(), TRAINING_REVISION.into());
+        // The codes usage and dead codes count against (the implicit grid for fsq).
+        summary.insert("run.codebook_codes".into(), self.model.quantizer.codebook_size.into());
         if let Some(m) = self.peak_memory_mib {
             summary.insert("run.peak_memory_mib".into(), m.into());
         }

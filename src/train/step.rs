@@ -42,6 +42,8 @@ fn quantizer_loss(cfg: &ExperimentConfig, model: &VqModel, q: &crate::model::Qua
     match cfg.quantizer.kind {
         QuantizerKind::Vq => commit + (&q.codebook_loss * cfg.loss.codebook_weight)?,
         QuantizerKind::Ema => Ok(commit),
+        // No codebook and no commitment term (both are zero tensors without gradient).
+        QuantizerKind::Fsq => Ok(commit),
     }
 }
 

@@ -36,7 +36,8 @@ fn ema_quantizer(k: u32, d: u32, decay: f64) -> (ParamStore, Quantizer) {
 }
 
 fn codebook(q: &Quantizer) -> Vec<Vec<f64>> {
-    q.codebook
+    q.codebook()
+        .unwrap()
         .as_tensor()
         .to_vec2::<f32>()
         .unwrap()
@@ -190,7 +191,7 @@ fn cosine_codebooks_start_at_unit_norm_and_an_adam_step_turns_them_by_about_lr()
     cfg.quantizer.l2_normalize = true;
     cfg.train.lr = 1e-3;
     let model = VqModel::new(&cfg, &Device::Cpu).unwrap();
-    let before = model.quantizer.codebook.as_tensor().to_vec2::<f32>().unwrap();
+    let before = model.quantizer.codebook().unwrap().as_tensor().to_vec2::<f32>().unwrap();
     for row in &before {
         let norm = row.iter().map(|v| v * v).sum::<f32>().sqrt();
         assert!((norm - 1.0).abs() < 1e-5, "initial code norm {norm}");
@@ -200,7 +201,7 @@ fn cosine_codebooks_start_at_unit_norm_and_an_adam_step_turns_them_by_about_lr()
     let pixels: Vec<f32> = (0..8 * 28 * 28).map(|i| ((i * 37 % 101) as f32) / 100.0).collect();
     let x = Tensor::from_vec(pixels, (8, 1, 28, 28), &Device::Cpu).unwrap();
     vqlab::train::step::vqvae_step(&cfg, &model, &mut opt, &x, 1.0, 0, false).unwrap();
-    let after = model.quantizer.codebook.as_tensor().to_vec2::<f32>().unwrap();
+    let after = model.quantizer.codebook().unwrap().as_tensor().to_vec2::<f32>().unwrap();
     // Adam's first step moves each coordinate by at most lr (m̂/√v̂ = ±1), so a unit vector
     // in D = 64 dimensions turns by at most asin(lr·√64) ≈ 8·lr. From norm ≈ 1/K·√(D/3) of the
     // plain init it would turn by ~100× that.

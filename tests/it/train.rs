@@ -135,22 +135,27 @@ fn checkpoint_tensors(path: &Path) -> std::collections::BTreeMap<String, Vec<f32
 
 #[test]
 fn a_resumed_run_ends_with_the_same_weights_as_an_uninterrupted_one() {
-    let dir = tempfile::tempdir().unwrap();
-    write(dir.path(), "exp.toml", &tiny_experiment("resume", ""));
     // VQ-GAN with k-means init and dead-code restarts: every stateful part of a step.
-    let sets = [
-        "--set",
-        "model.variant=vqgan",
-        "--set",
-        "quantizer.init=kmeans",
-        "--set",
-        "quantizer.dead_code_threshold=0.5",
-    ];
+    let ta = assert_resume_is_exact(
+        "resume",
+        &["model.variant=vqgan", "quantizer.init=kmeans", "quantizer.dead_code_threshold=0.5"],
+    );
+    assert!(ta.keys().any(|k| k.starts_with("opt_d.m.disc.")), "optimizer moments are saved");
+}
+
+/// Train the tiny experiment with these `--set`s to step 12 in one go, and again stopped after
+/// its step-6 checkpoint and continued: the last checkpoints must hold the same tensors, and the
+/// resumed metrics must continue without gaps or duplicates. Returns the checkpoint's tensors.
+pub fn assert_resume_is_exact(name: &str, sets: &[&str]) -> std::collections::BTreeMap<String, Vec<f32>> {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "exp.toml", &tiny_experiment(name, ""));
     let mut args = vec!["run", "exp.toml"];
-    args.extend_from_slice(&sets);
+    for s in sets {
+        args.extend(["--set", s]);
+    }
     let out = vqlab(dir.path(), &args);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    let a = &run_dirs(&dir.path().join("runs/resume"))[0];
+    let a = &run_dirs(&dir.path().join("runs").join(name))[0];
 
     // The same run, stopped after its step-6 checkpoint, then continued to step 12.
     let b = dir.path().join("b");
@@ -169,11 +174,9 @@ fn a_resumed_run_ends_with_the_same_weights_as_an_uninterrupted_one() {
     let ta = checkpoint_tensors(&a.join("checkpoints/last.safetensors"));
     let tb = checkpoint_tensors(&b.join("checkpoints/last.safetensors"));
     assert_eq!(ta.keys().collect::<Vec<_>>(), tb.keys().collect::<Vec<_>>());
-    assert!(ta.keys().any(|k| k.starts_with("opt_d.m.disc.")), "optimizer moments are saved");
-    for (name, va) in &ta {
-        assert_eq!(va, &tb[name], "{name} differs after resume");
+    for (tensor, va) in &ta {
+        assert_eq!(va, &tb[tensor], "{tensor} differs after resume");
     }
-    // The metrics of the resumed run continue without gaps or duplicates.
     let steps: Vec<i64> = read_rows(&b.join("metrics.parquet"))
         .unwrap()
         .iter()
@@ -181,6 +184,7 @@ fn a_resumed_run_ends_with_the_same_weights_as_an_uninterrupted_one() {
         .map(|r| r.step)
         .collect();
     assert_eq!(steps, vec![3, 6, 9, 12]);
+    ta
 }
 
 #[test]

@@ -1,0 +1,169 @@
+//! Finite scalar quantization (Mentzer et al. 2023, "Finite Scalar Quantization: VQ-VAE Made
+//! Simple"): project the latent to d = len(levels) channels, bound channel i to L_i values
+//! with `tanh(z + shift)·half_l − offset`, round with a straight-through estimator, rescale
+//! to [−1, 1] and project back. There is no codebook and no auxiliary loss; the implicit
+//! codebook is the grid of Π L_i level tuples, and a code's index is the tuple read as a
+//! mixed-radix number (the first channel varies fastest).
+//!
+//! The bound follows the paper's appendix A.1 with one correction lucidrains'
+//! vector-quantize-pytorch also makes: the shift is `atanh(offset / half_l)` (the paper's
+//! code writes `tan`), so that a zero latent lands on a level for even L as well.
+
+use candle_core::{DType, Result, Tensor};
+
+use super::layers::Conv2d;
+use super::params::ParamStore;
+pub use crate::config::{fsq_levels_of as levels_of, fsq_table_levels as table_levels, FSQ_LEVEL_TABLE as LEVEL_TABLE};
+
+/// The FSQ paper's ε of the bound: levels stay strictly inside (−half_l, half_l).
+const EPS: f64 = 1e-3;
+
+/// Per-channel constants of the bound: (half_l, offset, shift, half_width).
+pub fn bound_constants(levels: &[u32]) -> Vec<(f64, f64, f64, f64)> {
+    levels
+        .iter()
+        .map(|&levels| {
+            let l = f64::from(levels);
+            let half_l = (l - 1.0) * (1.0 - EPS) / 2.0;
+            let offset = if levels.is_multiple_of(2) { 0.5 } else { 0.0 };
+            let shift = (offset / half_l).atanh();
+            let half_width = f64::from(levels / 2);
+            (half_l, offset, shift, half_width)
+        })
+        .collect()
+}
+
+#[derive(Debug, Clone)]
+pub struct Fsq {
+    pub levels: Vec<u32>,
+    /// Π levels: the size of the implicit codebook.
+    pub codes: usize,
+    /// Projections from the latent's channels to len(levels) and back (none when equal).
+    proj: Option<(Conv2d, Conv2d)>,
+    half_l: Tensor,
+    offset: Tensor,
+    shift: Tensor,
+    half_width: Tensor,
+    /// Mixed-radix place values (d, 1): 1, L_0, L_0·L_1, …
+    basis: Tensor,
+}
+
+/// One FSQ pass: the straight-through output, each latent vector's code, and the rounded
+/// levels (N, d) the code reads.
+pub struct FsqOutput {
+    pub z_q: Tensor,
+    pub indices: Tensor,
+    pub levels: Tensor,
+}
+
+impl Fsq {
+    pub fn new(ps: &mut ParamStore, embed_dim: usize, levels: &[u32]) -> Result<Self> {
+        let d = levels.len();
+        let dev = ps.device().clone();
+        let proj = if d == embed_dim {
+            None
+        } else {
+            Some((
+                Conv2d::new(ps, "quantizer.proj_in", embed_dim, d, 1, 1, 0)?,
+                Conv2d::new(ps, "quantizer.proj_out", d, embed_dim, 1, 1, 0)?,
+            ))
+        };
+        let consts = bound_constants(levels);
+        let row = |f: fn(&(f64, f64, f64, f64)) -> f64| -> Result<Tensor> {
+            Tensor::from_vec(consts.iter().map(|c| f(c) as f32).collect::<Vec<f32>>(), (1, d), &dev)
+        };
+        let mut place = 1f32;
+        let mut basis = Vec::with_capacity(d);
+        for &l in levels {
+            basis.push(place);
+            place *= l as f32;
+        }
+        Ok(Fsq {
+            levels: levels.to_vec(),
+            codes: levels.iter().map(|&l| l as usize).product(),
+            proj,
+            half_l: row(|c| c.0)?,
+            offset: row(|c| c.1)?,
+            shift: row(|c| c.2)?,
+            half_width: row(|c| c.3)?,
+            basis: Tensor::from_vec(basis, (d, 1), &dev)?,
+        })
+    }
+
+    /// Bound rows (N, d) to each channel's range: tanh(z + shift)·half_l − offset.
+    pub fn bound(&self, flat: &Tensor) -> Result<Tensor> {
+        flat.broadcast_add(&self.shift)?.tanh()?.broadcast_mul(&self.half_l)?.broadcast_sub(&self.offset)
+    }
+
+    /// Quantize encoder output (B, D, H, W).
+    pub fn forward(&self, z: &Tensor) -> Result<FsqOutput> {
+        let z = match &self.proj {
+            Some((p_in, _)) => p_in.forward(z)?,
+            None => z.clone(),
+        };
+        let (b, d, h, w) = z.dims4()?;
+        let flat = z.permute((0, 2, 3, 1))?.reshape((b * h * w, d))?;
+        let bounded = self.bound(&flat)?;
+        let rounded = bounded.detach().round()?;
+        // Straight through: the rounded value forward, the bound's gradient backward.
+        let st = (&bounded + (&rounded - &bounded)?.detach())?;
+        let normalized = st.broadcast_div(&self.half_width)?;
+        let digits = rounded.broadcast_add(&self.half_width)?;
+        let indices = digits.matmul(&self.basis)?.squeeze(1)?.round()?.to_dtype(DType::U32)?;
+        let z_q = normalized.reshape((b, h, w, d))?.permute((0, 3, 1, 2))?.contiguous()?;
+        let z_q = match &self.proj {
+            Some((_, p_out)) => p_out.forward(&z_q)?,
+            None => z_q,
+        };
+        Ok(FsqOutput { z_q, indices, levels: rounded })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn the_level_table_is_the_papers() {
+        // FSQ paper, Table 1; the implicit codebook sizes are the products.
+        assert_eq!(table_levels(256), Some(&[8u32, 6, 5][..]));
+        assert_eq!(table_levels(4096), Some(&[7u32, 5, 5, 5, 5][..]));
+        assert_eq!(table_levels(512), None);
+        let sizes: Vec<u32> = LEVEL_TABLE.iter().map(|(_, l)| l.iter().product()).collect();
+        assert_eq!(sizes, [240, 1000, 4375, 15360, 64000]);
+    }
+
+    #[test]
+    fn bound_constants_by_hand() {
+        // L = 5: half_l = 4·0.999/2 = 1.998, no offset; L = 8: half_l = 7·0.999/2 = 3.4965,
+        // offset 0.5, shift = atanh(0.5/3.4965) = 0.14399…
+        let c = bound_constants(&[5, 8]);
+        assert!((c[0].0 - 1.998).abs() < 1e-12 && c[0].1 == 0.0 && c[0].2 == 0.0 && c[0].3 == 2.0);
+        assert!((c[1].0 - 3.4965).abs() < 1e-12 && c[1].1 == 0.5 && c[1].3 == 4.0);
+        assert!((c[1].2 - 0.143_987_018_6).abs() < 1e-9, "{}", c[1].2);
+    }
+
+    #[test]
+    fn zero_lands_on_a_level_and_codes_cover_the_grid() {
+        let mut ps = ParamStore::new(&Device::Cpu, 0);
+        let fsq = Fsq::new(&mut ps, 2, &[8, 5]).unwrap();
+        assert_eq!(fsq.codes, 40);
+        // (1, 2, 1, 1): a zero latent.
+        let z = Tensor::zeros((1, 2, 1, 1), DType::F32, &Device::Cpu).unwrap();
+        let out = fsq.forward(&z).unwrap();
+        let levels = out.levels.to_vec2::<f32>().unwrap();
+        assert_eq!(levels, [[0.0, 0.0]]);
+        // Digits (0 + 4, 0 + 2) → 4 + 8·2 = 20.
+        assert_eq!(out.indices.to_vec1::<u32>().unwrap(), [20]);
+        // Large latents reach the extreme levels: −4 and 3 for L = 8, −2 and 2 for L = 5, the
+        // first and the last code.
+        let z = Tensor::from_vec(vec![-50f32, -50.0, 50.0, 50.0], (2, 2, 1, 1), &Device::Cpu).unwrap();
+        let out = fsq.forward(&z).unwrap();
+        assert_eq!(out.levels.to_vec2::<f32>().unwrap(), [[-4.0, -2.0], [3.0, 2.0]]);
+        assert_eq!(out.indices.to_vec1::<u32>().unwrap(), [0, 39]);
+        // z_q is the levels over half_width: 3/4 and 2/2.
+        let zq = out.z_q.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(zq, [-1.0, -1.0, 0.75, 1.0]);
+    }
+}
