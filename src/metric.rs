@@ -81,6 +81,8 @@ pub struct Metric {
     /// Unit, empty when it has none.
     pub unit: &'static str,
     pub needs: Needs,
+    /// The quantizer kinds (`quantizer.kind`) that have it; empty: every kind.
+    pub kinds: &'static [&'static str],
     /// Short label for table headers ("rec. MSE").
     pub label: &'static str,
     /// Significant digits of the largest value in a table column.
@@ -104,7 +106,7 @@ const fn measure(
     digits: i32,
     doc: &'static str,
 ) -> Metric {
-    Metric { key, splits: MEASURED, better, unit, needs, label, digits, doc }
+    Metric { key, splits: MEASURED, better, unit, needs, kinds: &[], label, digits, doc }
 }
 
 const fn train(
@@ -116,7 +118,7 @@ const fn train(
     digits: i32,
     doc: &'static str,
 ) -> Metric {
-    Metric { key, splits: TRAINING, better, unit, needs, label, digits, doc }
+    Metric { key, splits: TRAINING, better, unit, needs, kinds: &[], label, digits, doc }
 }
 
 use Better::{Higher, Lower};
@@ -177,10 +179,26 @@ pub const REC_LOSS: Metric = train(
     3,
     "the reconstruction loss of the batch (loss.recon: l1, mse or mse_var)",
 );
-pub const CODEBOOK_LOSS: Metric =
-    train("codebook_loss", Some(Lower), "", NONE, "train/codebook_loss", 3, "‖sg[z_e] − z_q‖² (0 with EMA codebooks)");
-pub const COMMIT_LOSS: Metric =
-    train("commit_loss", Some(Lower), "", NONE, "train/commit_loss", 3, "‖z_e − sg[z_q]‖² (before the β weight)");
+pub const CODEBOOK_LOSS: Metric = Metric {
+    kinds: &["vq", "ema", "simvq"],
+    ..train("codebook_loss", Some(Lower), "", NONE, "train/codebook_loss", 3, "‖sg[z_e] − z_q‖² (0 with EMA codebooks)")
+};
+pub const COMMIT_LOSS: Metric = Metric {
+    kinds: &["vq", "ema", "lfq", "simvq"],
+    ..train("commit_loss", Some(Lower), "", NONE, "train/commit_loss", 3, "‖z_e − sg[z_q]‖² (before the β weight)")
+};
+pub const ENTROPY_LOSS: Metric = Metric {
+    kinds: &["lfq"],
+    ..train(
+        "entropy_loss",
+        Some(Lower),
+        "",
+        NONE,
+        "train/entropy_loss",
+        3,
+        "LFQ's entropy penalty: mean per-sample entropy of the code distribution minus the entropy of the batch's mean distribution (before its weight)",
+    )
+};
 pub const BATCH_PERPLEXITY: Metric = train(
     "perplexity",
     Some(Higher),
@@ -234,10 +252,11 @@ pub const IMG_PER_S: Metric = train(
 );
 
 /// The values a training step logs, in the order of the docs.
-pub const TRAIN: [&Metric; 11] = [
+pub const TRAIN: [&Metric; 12] = [
     &REC_LOSS,
     &CODEBOOK_LOSS,
     &COMMIT_LOSS,
+    &ENTROPY_LOSS,
     &BATCH_PERPLEXITY,
     &BATCH_USAGE,
     &G_LOSS,
@@ -261,6 +280,11 @@ impl Metric {
     /// The full name on `split`: `val/rec_mse`.
     pub fn at(&self, split: Split) -> String {
         format!("{}/{}", split.prefix(), self.key)
+    }
+
+    /// Whether a run whose `quantizer.kind` is `kind` has it.
+    pub fn applies_to(&self, kind: &str) -> bool {
+        self.kinds.is_empty() || self.kinds.contains(&kind)
     }
 
     /// A metric computed by a run with these settings.
@@ -390,6 +414,10 @@ pub fn table() -> String {
         if m.needs.discriminator {
             needs.push("vqgan");
         }
+        let kinds = format!("kind {}", m.kinds.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join("/"));
+        if !m.kinds.is_empty() {
+            needs.push(&kinds);
+        }
         let needs = if needs.is_empty() { "—".to_string() } else { needs.join(", ") };
         let unit = if m.unit.is_empty() { "—" } else { m.unit };
         s.push_str(&format!("| {} | {} | {better} | {unit} | {needs} | {} |\n", m.key, splits.join(" "), m.doc));
@@ -419,9 +447,11 @@ mod tests {
             ["val/rec_mse", "val/psnr", "val/perplexity", "val/usage", "val/dead_codes"]
         );
         assert_eq!(names(Split::Eval, true, false).len(), 8);
-        assert_eq!(names(Split::Train, false, false).len(), 6);
-        assert_eq!(names(Split::Train, false, true).len(), 11);
-        assert_eq!(all_names().len(), 11 + 3 * 8);
+        assert_eq!(names(Split::Train, false, false).len(), 7);
+        assert_eq!(names(Split::Train, false, true).len(), 12);
+        assert_eq!(all_names().len(), 12 + 3 * 8);
+        assert!(COMMIT_LOSS.applies_to("lfq") && !COMMIT_LOSS.applies_to("fsq"));
+        assert!(REC_LOSS.applies_to("fsq") && !ENTROPY_LOSS.applies_to("vq"));
     }
 
     #[test]

@@ -37,14 +37,21 @@ pub fn to_toml(cfg: &ExperimentConfig) -> String {
     toml::to_string_pretty(cfg).unwrap_or_else(|e| format!("# could not render config: {e}\n"))
 }
 
-/// A one-line description of a run's model, e.g. `vqgan K=512 D=64 vq hidden=128`.
-pub fn short_description(cfg: &ExperimentConfig) -> String {
-    let q = &cfg.quantizer;
-    let kind = match q.kind {
+/// The name of a quantizer kind as experiment files write it.
+pub fn quantizer_kind_name(kind: QuantizerKind) -> &'static str {
+    match kind {
         QuantizerKind::Vq => "vq",
         QuantizerKind::Ema => "ema",
         QuantizerKind::Fsq => "fsq",
-    };
+        QuantizerKind::Lfq => "lfq",
+        QuantizerKind::Simvq => "simvq",
+    }
+}
+
+/// A one-line description of a run's model, e.g. `vqgan K=512 D=64 vq hidden=128`.
+pub fn short_description(cfg: &ExperimentConfig) -> String {
+    let q = &cfg.quantizer;
+    let kind = quantizer_kind_name(q.kind);
     format!(
         "{} K={} D={} {kind} hidden={} seed={}",
         cfg.model.variant.name(),

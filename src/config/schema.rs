@@ -189,6 +189,12 @@ pub enum QuantizerKind {
     /// Finite scalar quantization (no codebook; levels from `quantizer.fsq_levels` or the
     /// FSQ paper's table for `quantizer.codebook_size`).
     Fsq,
+    /// Lookup-free quantization (MAGVIT-v2): the signs of log2 K channels, commitment loss
+    /// and the entropy penalty.
+    Lfq,
+    /// SimVQ (Zhu et al. 2024): a frozen random codebook times a learned linear map; nearest
+    /// code and losses as `vq`.
+    Simvq,
 }
 
 /// How the gradient passes from the quantized vector q back to the encoder output z.
@@ -240,6 +246,12 @@ pub struct QuantizerConfig {
     /// The gradient estimator of the codebook kinds (`ste` or `rotation`).
     #[serde(skip_serializing_if = "GradientEstimator::is_ste")]
     pub gradient: GradientEstimator,
+    /// LFQ: weight of the entropy penalty (resolved to 0.1 for lfq; unset otherwise).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lfq_entropy_weight: Option<f64>,
+    /// LFQ: temperature τ of the code distribution in the entropy penalty (resolved to 0.01).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lfq_temperature: Option<f64>,
 }
 
 /// The FSQ paper's levels for each nominal codebook size (Mentzer et al. 2023, Table 1).
@@ -281,6 +293,8 @@ impl Default for QuantizerConfig {
             lookup_dim: 0,
             fsq_levels: Vec::new(),
             gradient: GradientEstimator::Ste,
+            lfq_entropy_weight: None,
+            lfq_temperature: None,
         }
     }
 }

@@ -33,6 +33,11 @@ pub fn resolve(cfg: &mut ExperimentConfig) {
             Variant::Vqgan => ReconLoss::L1,
         };
     }
+    if cfg.quantizer.kind == QuantizerKind::Lfq {
+        // The MAGVIT-v2 authors' defaults, as lucidrains' LFQ has them.
+        cfg.quantizer.lfq_entropy_weight.get_or_insert(0.1);
+        cfg.quantizer.lfq_temperature.get_or_insert(0.01);
+    }
     if cfg.quantizer.kind == QuantizerKind::Fsq && cfg.quantizer.fsq_levels.is_empty() {
         if let Some(levels) = fsq_table_levels(cfg.quantizer.codebook_size) {
             cfg.quantizer.fsq_levels = levels.to_vec();
@@ -138,6 +143,33 @@ pub fn validate(cfg: &ExperimentConfig, origin: &dyn Fn(&str) -> String) -> Resu
         bad("quantizer.ema_epsilon", format!("expected a positive number, found {}", q.ema_epsilon));
     }
     nonneg(&mut bad, "quantizer.dead_code_threshold", q.dead_code_threshold);
+    if q.kind == QuantizerKind::Lfq {
+        check_lfq(q, &mut bad);
+    } else {
+        for (key, set) in
+            [("quantizer.lfq_entropy_weight", q.lfq_entropy_weight), ("quantizer.lfq_temperature", q.lfq_temperature)]
+        {
+            if set.is_some() {
+                bad(key, "an option of kind = \"lfq\" only".into());
+            }
+        }
+    }
+    if q.kind == QuantizerKind::Simvq {
+        let d = QuantizerConfig::default();
+        let refused: [(&'static str, bool, &str); 6] = [
+            ("quantizer.init", q.init != CodebookInit::Random, "simvq's codebook is a frozen random basis"),
+            ("quantizer.dead_code_threshold", q.dead_code_threshold > 0.0, "simvq's frozen basis is not restarted"),
+            ("quantizer.l2_normalize", q.l2_normalize, "not an option of simvq"),
+            ("quantizer.lookup_dim", q.lookup_dim > 0, "not an option of simvq"),
+            ("quantizer.ema_decay", q.ema_decay != d.ema_decay, "an option of the ema kind"),
+            ("quantizer.ema_epsilon", q.ema_epsilon != d.ema_epsilon, "an option of the ema kind"),
+        ];
+        for (key, set, why) in refused {
+            if set {
+                bad(key, format!("{why}; leave it at its default for kind = \"simvq\""));
+            }
+        }
+    }
     if q.kind == QuantizerKind::Fsq {
         check_fsq(q, &mut bad);
     } else if !q.fsq_levels.is_empty() {
@@ -270,6 +302,41 @@ pub fn validate(cfg: &ExperimentConfig, origin: &dyn Fn(&str) -> String) -> Resu
     let mut errs: Vec<InputError> =
         issues.into_iter().map(|(key, msg)| InputError::config(origin(key), key, msg)).collect();
     Err(if errs.len() == 1 { errs.remove(0) } else { InputError::Many(errs) })
+}
+
+/// LFQ: a power-of-two K (one bit per channel), its own two options, and none of the
+/// codebook kinds' options.
+fn check_lfq(q: &QuantizerConfig, bad: &mut impl FnMut(&'static str, String)) {
+    if !q.codebook_size.is_power_of_two() || q.codebook_size < 2 || q.codebook_size > 1 << 16 {
+        bad(
+            "quantizer.codebook_size",
+            format!(
+                "lfq quantizes log2 K channels to bits, so K must be a power of two from 2 to 65536; found {}",
+                q.codebook_size
+            ),
+        );
+    }
+    if let Some(w) = q.lfq_entropy_weight.filter(|w| !(w.is_finite() && *w >= 0.0)) {
+        bad("quantizer.lfq_entropy_weight", format!("expected a finite number ≥ 0, found {w}"));
+    }
+    if let Some(t) = q.lfq_temperature.filter(|t| !(t.is_finite() && *t > 0.0)) {
+        bad("quantizer.lfq_temperature", format!("expected a positive number, found {t}"));
+    }
+    let d = QuantizerConfig::default();
+    let refused: [(&'static str, bool); 7] = [
+        ("quantizer.init", q.init != CodebookInit::Random),
+        ("quantizer.dead_code_threshold", q.dead_code_threshold > 0.0),
+        ("quantizer.l2_normalize", q.l2_normalize),
+        ("quantizer.lookup_dim", q.lookup_dim > 0),
+        ("quantizer.ema_decay", q.ema_decay != d.ema_decay),
+        ("quantizer.ema_epsilon", q.ema_epsilon != d.ema_epsilon),
+        ("quantizer.gradient", q.gradient != GradientEstimator::Ste),
+    ];
+    for (key, set) in refused {
+        if set {
+            bad(key, "an option of the codebook kinds (vq, ema); lfq has a fixed ±1 code per bit".into());
+        }
+    }
 }
 
 /// FSQ: levels from the paper's table or given, and none of the codebook kinds' options.

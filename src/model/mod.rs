@@ -6,6 +6,7 @@ pub mod autoencoder;
 pub mod discriminator;
 pub mod fsq;
 pub mod layers;
+pub mod lfq;
 pub mod memory;
 pub mod params;
 pub mod quantizer;
@@ -116,12 +117,27 @@ pub fn mermaid(cfg: &ExperimentConfig) -> String {
         out.push_str(&format!(
             "  enc --> vq{{\"FSQ: levels {levels:?} ({codes} implicit codes)<br/>{proj}tanh bound, round (straight-through), ÷ half-width{back}<br/>no codebook, no auxiliary loss\"}}\n"
         ));
+    } else if q.kind == crate::config::QuantizerKind::Lfq {
+        let bits = q.codebook_size.trailing_zeros();
+        let proj =
+            if bits == q.embed_dim { String::new() } else { format!("1×1 conv {} → {bits}, then ", q.embed_dim) };
+        let back = if proj.is_empty() { String::new() } else { format!(", 1×1 conv {bits} → {}", q.embed_dim) };
+        out.push_str(&format!(
+            "  enc --> vq{{\"LFQ: {bits} bits, K = {}<br/>{proj}sign (straight-through){back}<br/>β = {} commitment, entropy penalty × {} (τ = {})\"}}\n",
+            q.codebook_size,
+            q.beta,
+            q.lfq_entropy_weight.unwrap_or(0.1),
+            q.lfq_temperature.unwrap_or(0.01)
+        ));
     } else {
         let kind = match q.kind {
             crate::config::QuantizerKind::Ema => "EMA codebook updates",
             _ => "codebook + commitment loss",
         };
         let mut extras = Vec::new();
+        if q.kind == crate::config::QuantizerKind::Simvq {
+            extras.push("SimVQ: codes = frozen random basis × learned W".to_string());
+        }
         if q.l2_normalize {
             extras.push("cosine codes".to_string());
         }

@@ -7,6 +7,7 @@ use candle_core::{DType, Result, Tensor, Var, D};
 
 use super::fsq::Fsq;
 use super::layers::Conv2d;
+use super::lfq::Lfq;
 use super::params::{Init, ParamStore};
 use crate::config::{GradientEstimator, QuantizerConfig, QuantizerKind};
 
@@ -24,8 +25,12 @@ pub struct Quantizer {
     pub codebook_size: usize,
     /// The fsq kind's grid.
     fsq: Option<Fsq>,
+    /// The lfq kind's bits.
+    lfq: Option<Lfq>,
     /// How the gradient passes from the chosen codes back to the latents.
     gradient: GradientEstimator,
+    /// simvq: the learned linear map W (D, D); the codes are the frozen basis times Wᵀ.
+    code_transform: Option<Var>,
     pub beta: f64,
     decay: f64,
     epsilon: f64,
@@ -50,6 +55,8 @@ pub struct Quantized {
     pub codebook_loss: Tensor,
     /// `mean((z − sg[z_q])²)`: unweighted commitment term.
     pub commit_loss: Tensor,
+    /// lfq: the entropy penalty of a training pass (unweighted); None for the other kinds.
+    pub entropy_loss: Option<Tensor>,
     /// The latent vectors as looked up (N, code_dim), detached: restarts draw from them.
     pub flat: Tensor,
     /// Vectors per code in this batch (K,), computed once in training passes for the EMA
@@ -76,26 +83,33 @@ impl Quantizer {
     pub fn new(ps: &mut ParamStore, q: &QuantizerConfig) -> Result<Self> {
         let k = q.codebook_size as usize;
         let d = q.embed_dim as usize;
+        let others = |codebook_size: usize, fsq: Option<Fsq>, lfq: Option<Lfq>, beta: f64| Quantizer {
+            kind: q.kind,
+            codebook: None,
+            codebook_size,
+            fsq,
+            lfq,
+            gradient: GradientEstimator::Ste,
+            code_transform: None,
+            beta,
+            decay: q.ema_decay,
+            epsilon: q.ema_epsilon,
+            l2_normalize: false,
+            proj: None,
+            ema: None,
+            usage_ema: None,
+            dead_code_threshold: 0.0,
+        };
+        if q.kind == QuantizerKind::Lfq {
+            let lfq = Lfq::new(ps, d, k, q.lfq_temperature.unwrap_or(0.01))?;
+            return Ok(others(k, None, Some(lfq), q.beta));
+        }
         if q.kind == QuantizerKind::Fsq {
             let levels = super::fsq::levels_of(q.codebook_size, &q.fsq_levels).ok_or_else(|| {
                 candle_core::Error::Msg(format!("fsq: no levels for codebook_size {} (validation checks this)", k))
             })?;
             let fsq = Fsq::new(ps, d, &levels)?;
-            return Ok(Quantizer {
-                kind: q.kind,
-                codebook: None,
-                codebook_size: fsq.codes,
-                fsq: Some(fsq),
-                gradient: GradientEstimator::Ste,
-                beta: 0.0,
-                decay: q.ema_decay,
-                epsilon: q.ema_epsilon,
-                l2_normalize: false,
-                proj: None,
-                ema: None,
-                usage_ema: None,
-                dead_code_threshold: 0.0,
-            });
+            return Ok(others(fsq.codes, Some(fsq), None, 0.0));
         }
         let code_dim = if q.lookup_dim > 0 { q.lookup_dim as usize } else { d };
         let proj = if q.lookup_dim > 0 {
@@ -112,7 +126,22 @@ impl Quantizer {
         // ViT-VQGAN do): at norm ≈ 1/K an Adam step of size lr would turn them by ~lr·K.
         let bound = 1.0 / k as f64;
         let init = if q.l2_normalize { Init::Normal { mean: 0.0, std: 1.0 } } else { Init::Uniform(-bound, bound) };
-        let (codebook, ema) = if q.kind == QuantizerKind::Ema {
+        // SimVQ: the basis is frozen N(0, 1/D) rows and the map W a linear layer's default
+        // init, U(±1/√D), as lucidrains' SimVQ has them.
+        let code_transform = if q.kind == QuantizerKind::Simvq {
+            let bound = 1.0 / (code_dim as f64).sqrt();
+            Some(ps.param_var("quantizer.code_transform", &[code_dim, code_dim], Init::Uniform(-bound, bound))?)
+        } else {
+            None
+        };
+        let init = if q.kind == QuantizerKind::Simvq {
+            Init::Normal { mean: 0.0, std: 1.0 / (code_dim as f64).sqrt() }
+        } else {
+            init
+        };
+        let (codebook, ema) = if q.kind == QuantizerKind::Simvq {
+            (ps.buffer("quantizer.codebook", &[k, code_dim], init)?, None)
+        } else if q.kind == QuantizerKind::Ema {
             // The EMA codebook is state, not a trained parameter.
             let codebook = ps.buffer("quantizer.codebook", &[k, code_dim], init)?;
             let cs = ps.buffer(EMA_BUFFERS[0], &[k], Init::Const(0.0))?;
@@ -138,7 +167,9 @@ impl Quantizer {
             codebook: Some(codebook),
             codebook_size: k,
             fsq: None,
+            lfq: None,
             gradient: q.gradient,
+            code_transform,
             beta: q.beta,
             decay: q.ema_decay,
             epsilon: q.ema_epsilon,
@@ -162,9 +193,14 @@ impl Quantizer {
         self.codebook.as_ref().ok_or_else(|| candle_core::Error::Msg("the fsq quantizer has no codebook".into()))
     }
 
-    /// The codebook as used for lookup (normalised when l2_normalize is on).
-    fn lookup_codebook(&self) -> Result<Tensor> {
+    /// The codebook as used for lookup (normalised when l2_normalize is on; for simvq the
+    /// frozen basis times Wᵀ).
+    pub fn lookup_codebook(&self) -> Result<Tensor> {
         let e = self.vq_codebook()?.as_tensor();
+        if let Some(w) = &self.code_transform {
+            // The basis is frozen: no gradient reaches it.
+            return e.detach().matmul(&w.as_tensor().t()?);
+        }
         if self.l2_normalize {
             l2norm(e)
         } else {
@@ -183,7 +219,22 @@ impl Quantizer {
                 indices: out.indices,
                 codebook_loss: zero.clone(),
                 commit_loss: zero,
+                entropy_loss: None,
                 flat: out.levels,
+                counts,
+            });
+        }
+        if let Some(lfq) = &self.lfq {
+            let out = lfq.forward(z, train)?;
+            let zero = Tensor::zeros((), DType::F32, z.device())?;
+            let counts = if train { Some(code_counts(&out.indices, self.codebook_size)?) } else { None };
+            return Ok(Quantized {
+                z_q: out.z_q,
+                indices: out.indices,
+                codebook_loss: zero,
+                commit_loss: out.commit_loss,
+                entropy_loss: Some(out.entropy_loss),
+                flat: out.signs,
                 counts,
             });
         }
@@ -208,7 +259,7 @@ impl Quantizer {
             Some((_, p_out)) => p_out.forward(&z_q)?,
             None => z_q,
         };
-        Ok(Quantized { z_q, indices, codebook_loss, commit_loss, flat: flat.detach(), counts })
+        Ok(Quantized { z_q, indices, codebook_loss, commit_loss, entropy_loss: None, flat: flat.detach(), counts })
     }
 
     /// Sonnet's update: hidden ← hidden − (hidden − value)(1 − γ); average = hidden / (1 − γᵗ);

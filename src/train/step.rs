@@ -36,15 +36,33 @@ pub fn batch_code_stats(counts: &Tensor) -> Result<(Tensor, Tensor)> {
     Ok((perplexity, usage))
 }
 
-/// Quantizer loss as the autoencoder optimises it: codebook term (vq kind) + β·commitment.
+/// Quantizer loss as the autoencoder optimises it: β·commitment, plus the codebook term (vq)
+/// or the weighted entropy penalty (lfq).
 fn quantizer_loss(cfg: &ExperimentConfig, model: &VqModel, q: &crate::model::Quantized) -> Result<Tensor> {
     let commit = (&q.commit_loss * model.quantizer.beta)?;
     match cfg.quantizer.kind {
-        QuantizerKind::Vq => commit + (&q.codebook_loss * cfg.loss.codebook_weight)?,
+        QuantizerKind::Vq | QuantizerKind::Simvq => commit + (&q.codebook_loss * cfg.loss.codebook_weight)?,
         QuantizerKind::Ema => Ok(commit),
         // No codebook and no commitment term (both are zero tensors without gradient).
         QuantizerKind::Fsq => Ok(commit),
+        QuantizerKind::Lfq => match &q.entropy_loss {
+            Some(e) => commit + (e * cfg.quantizer.lfq_entropy_weight.unwrap_or(0.1))?,
+            None => Ok(commit),
+        },
     }
+}
+
+/// The quantizer's values a step logs: the losses its kind has (as the metric registry lists
+/// them per kind).
+fn quantizer_values(cfg: &ExperimentConfig, q: &crate::model::Quantized) -> StepLosses {
+    let kind = crate::config::quantizer_kind_name(cfg.quantizer.kind);
+    let mut out =
+        vec![(&metric::CODEBOOK_LOSS, q.codebook_loss.clone()), (&metric::COMMIT_LOSS, q.commit_loss.clone())];
+    if let Some(e) = &q.entropy_loss {
+        out.push((&metric::ENTROPY_LOSS, e.clone()));
+    }
+    out.retain(|(m, _)| m.applies_to(kind));
+    out
 }
 
 /// The optimizer's view of a gradient store.
@@ -68,11 +86,8 @@ pub fn vqvae_step(
     let grads = loss.backward()?;
     opt.step(from_store(&grads))?;
     model.quantizer.restart_dead_codes(&r.quantized, cfg.train.seed, step)?;
-    let mut out = vec![
-        (&metric::REC_LOSS, rec),
-        (&metric::CODEBOOK_LOSS, r.quantized.codebook_loss.clone()),
-        (&metric::COMMIT_LOSS, r.quantized.commit_loss.clone()),
-    ];
+    let mut out = vec![(&metric::REC_LOSS, rec)];
+    out.extend(quantizer_values(cfg, &r.quantized));
     if log {
         let (perplexity, usage) = batch_code_stats(&r.quantized.code_counts(model.quantizer.codebook_size)?)?;
         out.push((&metric::BATCH_PERPLEXITY, perplexity));
@@ -200,8 +215,7 @@ pub fn vqgan_step(
     };
     model.quantizer.restart_dead_codes(&quantized, cfg.train.seed, step)?;
     out.push((&metric::REC_LOSS, rec));
-    out.push((&metric::CODEBOOK_LOSS, quantized.codebook_loss.clone()));
-    out.push((&metric::COMMIT_LOSS, quantized.commit_loss.clone()));
+    out.extend(quantizer_values(cfg, &quantized));
     if log {
         let (perplexity, usage) = batch_code_stats(&quantized.code_counts(model.quantizer.codebook_size)?)?;
         out.push((&metric::BATCH_PERPLEXITY, perplexity));

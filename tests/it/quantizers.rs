@@ -32,6 +32,17 @@ fn json_oracle(script: &str, spec: &serde_json::Value) -> serde_json::Value {
     want
 }
 
+/// `vqlab plan exp.toml --set …` is exit 2 with `expected` in its message.
+fn assert_plan_refuses(dir: &std::path::Path, sets: &[&str], expected: &str) {
+    let mut args = vec!["plan", "exp.toml"];
+    for s in sets {
+        args.extend(["--set", s]);
+    }
+    let out = vqlab(dir, &args);
+    assert_eq!(out.status.code(), Some(2), "{sets:?}: {}", stderr(&out));
+    assert!(stderr(&out).contains(expected), "{sets:?}: expected {expected:?} in {}", stderr(&out));
+}
+
 #[test]
 fn fsq_follows_the_numpy_oracle_forward_codes_and_gradient() {
     // len(levels) = embed_dim: no projections, so the oracle sees the latents themselves.
@@ -105,13 +116,7 @@ fn fsq_bad_combinations_are_exit_2_naming_the_key() {
         (&["quantizer.fsq_levels=[4, 4]"], "key `quantizer.fsq_levels`: levels are for kind = \"fsq\""),
     ];
     for (sets, expected) in cases {
-        let mut args = vec!["plan", "exp.toml"];
-        for s in sets {
-            args.extend(["--set", s]);
-        }
-        let out = vqlab(dir.path(), &args);
-        assert_eq!(out.status.code(), Some(2), "{sets:?}: {}", stderr(&out));
-        assert!(stderr(&out).contains(expected), "{sets:?}: expected {expected:?} in {}", stderr(&out));
+        assert_plan_refuses(dir.path(), sets, expected);
     }
     // The paper's table, and explicit levels with their product or their nominal size, pass.
     for sets in [
@@ -234,4 +239,169 @@ fn a_rotation_trick_run_resumes_exactly_and_fsq_refuses_it() {
     };
     assert_eq!(ids(&[]), ids(&["--set", "quantizer.gradient=ste"]));
     assert_ne!(ids(&[]), ids(&["--set", "quantizer.gradient=rotation"]));
+}
+
+#[test]
+fn lfq_follows_the_numpy_oracle_codes_losses_and_gradient() {
+    let (n, bits) = (32usize, 4usize);
+    let (beta, weight, tau) = (0.25, 0.1, 0.5);
+    let cfg = QuantizerConfig {
+        kind: QuantizerKind::Lfq,
+        codebook_size: 1 << bits,
+        embed_dim: bits as u32,
+        beta,
+        lfq_entropy_weight: Some(weight),
+        lfq_temperature: Some(tau),
+        ..Default::default()
+    };
+    let mut ps = ParamStore::new(&Device::Cpu, 0);
+    let q = Quantizer::new(&mut ps, &cfg).unwrap();
+    assert_eq!(q.codebook_size, 16);
+    let values: Vec<f32> = (0..n * bits).map(|i| (i as f32 * 0.611).sin() * 1.2 + 0.05).collect();
+    let weights: Vec<f32> = (0..n * bits).map(|i| (i as f32 * 1.7).cos() * 0.3).collect();
+    let z = Var::from_tensor(&Tensor::from_vec(values.clone(), (n, bits, 1, 1), &Device::Cpu).unwrap()).unwrap();
+    let g = Tensor::from_vec(weights.clone(), (n, bits, 1, 1), &Device::Cpu).unwrap();
+    let out = q.forward(z.as_tensor(), true).unwrap();
+    let entropy = out.entropy_loss.clone().unwrap();
+    let loss = ((&out.commit_loss * beta).unwrap() + (&entropy * weight).unwrap()).unwrap();
+    let loss = (loss + (&out.z_q * &g).unwrap().sum_all().unwrap()).unwrap();
+    let grads = loss.backward().unwrap();
+    let grad = grads.get(z.as_tensor()).unwrap();
+
+    let chunk =
+        |v: &[f32]| v.chunks(bits).map(|r| r.iter().map(|x| f64::from(*x)).collect::<Vec<f64>>()).collect::<Vec<_>>();
+    let spec =
+        serde_json::json!({ "z": chunk(&values), "g": chunk(&weights), "beta": beta, "weight": weight, "tau": tau });
+    let want = json_oracle("lfq.py", &spec);
+    let codes: Vec<u32> = out.indices.to_vec1().unwrap();
+    let codes_want: Vec<u32> = want["codes"].as_array().unwrap().iter().map(|c| c.as_u64().unwrap() as u32).collect();
+    assert_eq!(codes, codes_want);
+    assert_eq!(rows(&out.z_q), json_rows(&want["q"]));
+    let close = |a: f64, b: f64, tol: f64| (a - b).abs() <= tol * b.abs().max(1.0);
+    let commit = f64::from(out.commit_loss.to_scalar::<f32>().unwrap());
+    assert!(close(commit, want["commit"].as_f64().unwrap(), 1e-5), "commit {commit} vs {}", want["commit"]);
+    let ent = f64::from(entropy.to_scalar::<f32>().unwrap());
+    assert!(close(ent, want["entropy"].as_f64().unwrap(), 1e-4), "entropy {ent} vs {}", want["entropy"]);
+    for (i, (got, exp)) in rows(grad).iter().zip(&json_rows(&want["grad"])).enumerate() {
+        for (a, b) in got.iter().zip(exp) {
+            assert!(close(*a, *b, 2e-3), "row {i}: grad {got:?} vs oracle {exp:?}");
+        }
+    }
+}
+
+#[test]
+fn lfq_bad_combinations_are_exit_2_and_a_run_resumes_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "exp.toml", &tiny_experiment("lfqbad", ""));
+    let cases: [(&[&str], &str); 4] = [
+        (&["quantizer.kind=lfq", "quantizer.codebook_size=100"], "key `quantizer.codebook_size`: lfq quantizes"),
+        (&["quantizer.kind=lfq", "quantizer.codebook_size=64", "quantizer.init=kmeans"], "key `quantizer.init`"),
+        (
+            &["quantizer.kind=lfq", "quantizer.codebook_size=64", "quantizer.lfq_temperature=0"],
+            "key `quantizer.lfq_temperature`",
+        ),
+        (&["quantizer.lfq_entropy_weight=0.2"], "key `quantizer.lfq_entropy_weight`: an option of kind = \"lfq\" only"),
+    ];
+    for (sets, expected) in cases {
+        assert_plan_refuses(dir.path(), sets, expected);
+    }
+    let tensors =
+        crate::train::assert_resume_is_exact("lfqresume", &["quantizer.kind=lfq", "quantizer.codebook_size=64"]);
+    assert!(!tensors.keys().any(|k| k.contains("codebook")), "lfq has no learned codebook");
+}
+
+#[test]
+fn simvq_follows_the_numpy_oracle_and_trains_only_its_linear_map() {
+    let (n, d, k) = (40usize, 3usize, 9usize);
+    let cfg = QuantizerConfig {
+        kind: QuantizerKind::Simvq,
+        codebook_size: k as u32,
+        embed_dim: d as u32,
+        ..Default::default()
+    };
+    let mut ps = ParamStore::new(&Device::Cpu, 0);
+    let q = Quantizer::new(&mut ps, &cfg).unwrap();
+    // The basis is a buffer (no optimizer sees it); W is the one trained tensor.
+    let trained: Vec<&String> = ps.vars().keys().filter(|k| k.starts_with("quantizer.")).collect();
+    assert_eq!(trained, ["quantizer.code_transform"]);
+    let basis = rows(q.codebook().unwrap().as_tensor());
+    let w = ps.get("quantizer.code_transform").unwrap().clone();
+    let w_rows = rows(w.as_tensor());
+    let values: Vec<f32> = (0..n * d).map(|i| (i as f32 * 0.53).sin() * 0.4).collect();
+    let z = Tensor::from_vec(values.clone(), (n, d, 1, 1), &Device::Cpu).unwrap();
+    let out = q.forward(&z, false).unwrap();
+    let grads = out.codebook_loss.backward().unwrap();
+    let grad_w = grads.get(w.as_tensor()).unwrap();
+    assert!(grads.get(q.codebook().unwrap().as_tensor()).is_none(), "the frozen basis gets no gradient");
+
+    let chunk =
+        |v: &[f32]| v.chunks(d).map(|r| r.iter().map(|x| f64::from(*x)).collect::<Vec<f64>>()).collect::<Vec<_>>();
+    let want = json_oracle("simvq.py", &serde_json::json!({ "z": chunk(&values), "basis": basis, "w": w_rows }));
+    let codes: Vec<u32> = out.indices.to_vec1().unwrap();
+    let codes_want: Vec<u32> = want["codes"].as_array().unwrap().iter().map(|c| c.as_u64().unwrap() as u32).collect();
+    assert_eq!(codes, codes_want);
+    let close = |a: f64, b: f64, tol: f64| (a - b).abs() <= tol * b.abs().max(1e-3);
+    for (got, exp) in rows(&out.z_q).iter().zip(&json_rows(&want["q"])) {
+        for (a, b) in got.iter().zip(exp) {
+            assert!((a - b).abs() < 1e-6, "z_q {got:?} vs {exp:?}");
+        }
+    }
+    let loss = f64::from(out.codebook_loss.to_scalar::<f32>().unwrap());
+    assert!(close(loss, want["codebook_loss"].as_f64().unwrap(), 1e-5), "{loss} vs {}", want["codebook_loss"]);
+    for (got, exp) in rows(grad_w).iter().zip(&json_rows(&want["grad_w"])) {
+        for (a, b) in got.iter().zip(exp) {
+            assert!((a - b).abs() < 1e-6 + 1e-4 * b.abs(), "dL/dW {got:?} vs {exp:?}");
+        }
+    }
+}
+
+#[test]
+fn simvq_refuses_the_codebook_options_and_resumes_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "exp.toml", &tiny_experiment("simbad", ""));
+    for (set, key) in [("quantizer.init=kmeans", "quantizer.init"), ("quantizer.ema_decay=0.9", "quantizer.ema_decay")]
+    {
+        let out = vqlab(dir.path(), &["plan", "exp.toml", "--set", "quantizer.kind=simvq", "--set", set]);
+        assert_eq!(out.status.code(), Some(2), "{set}: {}", stderr(&out));
+        assert!(stderr(&out).contains(&format!("key `{key}`")), "{}", stderr(&out));
+    }
+    let t = crate::train::assert_resume_is_exact("simresume", &["quantizer.kind=simvq", "quantizer.gradient=rotation"]);
+    assert!(t.contains_key("model.quantizer.code_transform") && t.contains_key("model.quantizer.codebook"));
+}
+
+#[test]
+fn every_kind_and_its_options_can_be_swept_side_by_side() {
+    // One zip over the kinds, with the keys only some kinds have (left out of the hashed
+    // config at their defaults) swept like any other key.
+    let dir = tempfile::tempdir().unwrap();
+    let exp = tiny_experiment(
+        "kinds",
+        "[sweep.zip]\n\
+         \"quantizer.kind\" = [\"vq\", \"ema\", \"fsq\", \"lfq\", \"simvq\", \"vq\"]\n\
+         \"quantizer.init\" = [\"random\", \"kmeans\", \"random\", \"random\", \"random\", \"random\"]\n\
+         \"quantizer.gradient\" = [\"ste\", \"ste\", \"ste\", \"ste\", \"ste\", \"rotation\"]\n\
+         \"quantizer.lfq_temperature\" = [0.01, 0.01, 0.01, 0.05, 0.01, 0.01]\n",
+    )
+    .replace("codebook_size = 32\n", "codebook_size = 256\n");
+    write(dir.path(), "exp.toml", &exp);
+    let out = vqlab(dir.path(), &["plan", "exp.toml", "--json"]);
+    // lfq_temperature is an lfq option: the other kinds refuse it even at 0.01.
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("key `quantizer.lfq_temperature`"), "{}", stderr(&out));
+    write(
+        dir.path(),
+        "exp.toml",
+        &exp.replace("\"quantizer.lfq_temperature\" = [0.01, 0.01, 0.01, 0.05, 0.01, 0.01]\n", ""),
+    );
+    let out = vqlab(dir.path(), &["plan", "exp.toml", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let plan: serde_json::Value = serde_json::from_str(&crate::common::stdout(&out)).unwrap();
+    let runs = plan["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 6);
+    let ids: std::collections::BTreeSet<&str> = runs.iter().map(|r| r["id"].as_str().unwrap()).collect();
+    assert_eq!(ids.len(), 6, "six distinct runs");
+    let out = vqlab(dir.path(), &["run", "exp.toml"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let table = crate::common::stdout(&out);
+    assert_eq!(table.matches(" done ").count(), 6, "{table}");
 }

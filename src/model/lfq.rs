@@ -1,0 +1,145 @@
+//! Lookup-free quantization (MAGVIT-v2, Yu et al. 2023, "Language Model Beats Diffusion"):
+//! project the latent to d = log2 K channels, quantize each to its sign (±1) with a
+//! straight-through estimator, and project back. A code's index is its bit pattern, the first
+//! channel the most significant bit. Training adds the commitment loss `‖z − sg[q]‖²` and the
+//! entropy penalty: with p_n = softmax over the K codes c of 2·(z_n·c)/τ (−‖z − c‖²/τ up to
+//! terms that do not depend on c), the mean per-sample entropy H(p_n) pushed down and the
+//! entropy of the batch's mean distribution H(mean p_n) pushed up (lucidrains'
+//! `LFQ`, diversity γ = 1): loss = mean H(p_n) − H(mean p_n).
+
+use candle_core::{DType, Result, Tensor, D};
+
+use super::layers::Conv2d;
+use super::params::ParamStore;
+
+#[derive(Debug, Clone)]
+pub struct Lfq {
+    pub bits: usize,
+    /// 2^bits: the implicit codebook.
+    pub codes: usize,
+    proj: Option<(Conv2d, Conv2d)>,
+    /// Every code as ±1 rows (K, d), for the entropy terms.
+    codebook: Tensor,
+    /// Bit place values (d, 1): 2^(d−1), …, 2, 1.
+    place: Tensor,
+    temperature: f64,
+}
+
+/// One LFQ pass.
+pub struct LfqOutput {
+    pub z_q: Tensor,
+    pub indices: Tensor,
+    /// `‖z − sg[q]‖²` (mean), unweighted.
+    pub commit_loss: Tensor,
+    /// mean H(p_n) − H(mean p_n) in training passes; 0 otherwise.
+    pub entropy_loss: Tensor,
+    /// The signs (N, d) as ±1.
+    pub signs: Tensor,
+}
+
+/// Entropy of probability rows, −Σ p ln max(p, 1e-5) (lucidrains' clamp).
+fn entropy(p: &Tensor) -> Result<Tensor> {
+    (p * p.clamp(1e-5, 1.0)?.log()?)?.sum(D::Minus1)?.neg()
+}
+
+impl Lfq {
+    pub fn new(ps: &mut ParamStore, embed_dim: usize, codebook_size: usize, temperature: f64) -> Result<Self> {
+        let bits = codebook_size.trailing_zeros() as usize;
+        let dev = ps.device().clone();
+        let proj = if bits == embed_dim {
+            None
+        } else {
+            Some((
+                Conv2d::new(ps, "quantizer.proj_in", embed_dim, bits, 1, 1, 0)?,
+                Conv2d::new(ps, "quantizer.proj_out", bits, embed_dim, 1, 1, 0)?,
+            ))
+        };
+        let mut rows = Vec::with_capacity(codebook_size * bits);
+        for k in 0..codebook_size {
+            for i in 0..bits {
+                rows.push(if (k >> (bits - 1 - i)) & 1 == 1 { 1f32 } else { -1f32 });
+            }
+        }
+        let place: Vec<f32> = (0..bits).map(|i| (1u64 << (bits - 1 - i)) as f32).collect();
+        Ok(Lfq {
+            bits,
+            codes: codebook_size,
+            proj,
+            codebook: Tensor::from_vec(rows, (codebook_size, bits), &dev)?,
+            place: Tensor::from_vec(place, (bits, 1), &dev)?,
+            temperature,
+        })
+    }
+
+    /// Quantize encoder output (B, D, H, W); `train` computes the entropy penalty.
+    pub fn forward(&self, z: &Tensor, train: bool) -> Result<LfqOutput> {
+        let z = match &self.proj {
+            Some((p_in, _)) => p_in.forward(z)?,
+            None => z.clone(),
+        };
+        let (b, d, h, w) = z.dims4()?;
+        let flat = z.permute((0, 2, 3, 1))?.reshape((b * h * w, d))?;
+        let positive = flat.detach().gt(0.0)?.to_dtype(DType::F32)?;
+        let signs = positive.affine(2.0, -1.0)?;
+        let st = (&flat + (&signs - &flat)?.detach())?;
+        let indices = positive.matmul(&self.place)?.squeeze(1)?.round()?.to_dtype(DType::U32)?;
+        let commit_loss = (&flat - &signs)?.sqr()?.mean_all()?;
+        let entropy_loss = if train {
+            let logits = (flat.matmul(&self.codebook.t()?)? * (2.0 / self.temperature))?;
+            let shifted = logits.broadcast_sub(&logits.max_keepdim(D::Minus1)?.detach())?.exp()?;
+            let p = shifted.broadcast_div(&shifted.sum_keepdim(D::Minus1)?)?;
+            let per_sample = entropy(&p)?.mean_all()?;
+            let batch = entropy(&p.mean(0)?)?;
+            (per_sample - batch)?
+        } else {
+            Tensor::zeros((), DType::F32, flat.device())?
+        };
+        let z_q = st.reshape((b, h, w, d))?.permute((0, 3, 1, 2))?.contiguous()?;
+        let z_q = match &self.proj {
+            Some((_, p_out)) => p_out.forward(&z_q)?,
+            None => z_q,
+        };
+        Ok(LfqOutput { z_q, indices, commit_loss, entropy_loss, signs })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn codes_are_bit_patterns_first_channel_most_significant() {
+        let mut ps = ParamStore::new(&Device::Cpu, 0);
+        let lfq = Lfq::new(&mut ps, 3, 8, 0.01).unwrap();
+        assert_eq!((lfq.bits, lfq.codes), (3, 8));
+        // Rows (+, −, +) → 101 = 5, (−, −, −) → 0, (+, +, +) → 7; z_q is the signs.
+        let z = Tensor::from_vec(vec![0.3f32, -2.0, 0.1, -0.1, -0.5, -3.0, 1.0, 2.0, 3.0], (3, 3, 1, 1), &Device::Cpu)
+            .unwrap();
+        let out = lfq.forward(&z, false).unwrap();
+        assert_eq!(out.indices.to_vec1::<u32>().unwrap(), [5, 0, 7]);
+        assert_eq!(out.z_q.flatten_all().unwrap().to_vec1::<f32>().unwrap(), [1., -1., 1., -1., -1., -1., 1., 1., 1.]);
+        // Commitment by hand: mean of (0.7² + 1² + 0.9²  + 0.9² + 0.5² + 2² + 0 + 1² + 2²) / 9.
+        let by_hand = (0.49 + 1.0 + 0.81 + 0.81 + 0.25 + 4.0 + 0.0 + 1.0 + 4.0) / 9.0;
+        assert!((f64::from(out.commit_loss.to_scalar::<f32>().unwrap()) - by_hand).abs() < 1e-6);
+    }
+
+    #[test]
+    fn the_entropy_penalty_by_hand() {
+        // One bit, two codes (−1, +1), τ = 1: p_n = softmax(2·z·(−1), 2·z·(+1)). For z = 0:
+        // p = (½, ½): per-sample entropy ln 2, batch entropy ln 2, penalty 0. For z = ±10 (two
+        // confident samples on different codes): per-sample ≈ 0, batch mean (½, ½) → −ln 2.
+        let mut ps = ParamStore::new(&Device::Cpu, 0);
+        let lfq = Lfq::new(&mut ps, 1, 2, 1.0).unwrap();
+        let zero = Tensor::zeros((2, 1, 1, 1), DType::F32, &Device::Cpu).unwrap();
+        let e = lfq.forward(&zero, true).unwrap().entropy_loss.to_scalar::<f32>().unwrap();
+        assert!(e.abs() < 1e-6, "{e}");
+        let apart = Tensor::from_vec(vec![10f32, -10.0], (2, 1, 1, 1), &Device::Cpu).unwrap();
+        let e = lfq.forward(&apart, true).unwrap().entropy_loss.to_scalar::<f32>().unwrap();
+        assert!((f64::from(e) + std::f64::consts::LN_2).abs() < 1e-4, "{e}");
+        // Both on the same code: per-sample ≈ 0 and batch ≈ 0 (collapse is not rewarded).
+        let same = Tensor::from_vec(vec![10f32, 10.0], (2, 1, 1, 1), &Device::Cpu).unwrap();
+        let e = lfq.forward(&same, true).unwrap().entropy_loss.to_scalar::<f32>().unwrap();
+        assert!(f64::from(e).abs() < 1e-4, "{e}");
+    }
+}
