@@ -172,7 +172,8 @@ pub enum Command {
         /// Metric on the y axis (eval/usage, train/rec_loss, …).
         #[arg(long, value_name = "METRIC")]
         y: String,
-        /// One line per value of this config key.
+        /// One line per value of this config key (comma-separated keys: per combination of values;
+        /// --curves takes one key).
         #[arg(long, value_name = "KEY")]
         group: Option<String>,
         /// Training curves of --y over steps, one line per run (or the mean ± std of each

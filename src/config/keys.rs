@@ -34,7 +34,7 @@ pub const KEYS: &[(&str, Option<&str>, &str)] = &[
     ("quantizer.dead_code_threshold", None, "restart codes whose EMA usage falls below this (0 = off)"),
     ("quantizer.l2_normalize", None, "cosine-similarity codes (ViT-VQGAN); the codebook starts as unit vectors"),
     ("quantizer.lookup_dim", None, "factorized low-dimensional lookup with in/out projections (0 = off)"),
-    ("quantizer.gradient", Some("`\"ste\"`"), "how the gradient reaches the encoder through the codebook lookup: `ste` (straight-through, the identity) or `rotation` (the rotation trick of Fifty et al. 2024: through the rotation and rescaling that maps z onto its code, held constant); codebook kinds only"),
+    ("quantizer.gradient", None, "how the gradient reaches the encoder through the codebook lookup: `ste` (straight-through, the identity) or `rotation` (the rotation trick of Fifty et al. 2024: through the rotation and rescaling that maps z onto its code, held constant); codebook kinds only"),
     ("quantizer.lfq_entropy_weight", Some("`0.1` for lfq"), "lfq: weight of the entropy penalty (mean per-sample entropy of the code distribution minus the entropy of the batch's mean distribution); `quantizer.beta` weighs its commitment loss"),
     ("quantizer.lfq_temperature", Some("`0.01` for lfq"), "lfq: temperature τ of the code distribution softmax(2·z·c/τ) in the entropy penalty"),
     ("quantizer.fsq_levels", Some("`[]`"), "fsq: the levels of each channel; their product is the implicit codebook, which usage and dead codes count against. Empty = the FSQ paper's for `codebook_size`: 256 → [8, 6, 5], 1024 → [8, 5, 5, 5], 4096 → [7, 5, 5, 5, 5], 16384 → [8, 8, 8, 6, 5], 65536 → [8, 8, 8, 5, 5, 5]; any other size needs levels"),

@@ -209,13 +209,6 @@ pub enum GradientEstimator {
     Rotation,
 }
 
-impl GradientEstimator {
-    /// The default, left out of serialized configs so that run ids from before it stay.
-    pub fn is_ste(&self) -> bool {
-        *self == GradientEstimator::Ste
-    }
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum CodebookInit {
@@ -243,8 +236,9 @@ pub struct QuantizerConfig {
     /// of the serialized config when empty, so run ids of the other kinds are unchanged.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub fsq_levels: Vec<u32>,
-    /// The gradient estimator of the codebook kinds (`ste` or `rotation`).
-    #[serde(skip_serializing_if = "GradientEstimator::is_ste")]
+    /// The gradient estimator of the codebook kinds (`ste` or `rotation`). Always written to
+    /// a run's config; at its default it is left out of the run id (`sweep::HASHED_UNLESS_DEFAULT`),
+    /// so ids from before the key existed stay.
     pub gradient: GradientEstimator,
     /// LFQ: weight of the entropy penalty (resolved to 0.1 for lfq; unset otherwise).
     #[serde(skip_serializing_if = "Option::is_none")]

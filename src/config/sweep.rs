@@ -14,6 +14,11 @@ use crate::error::InputError;
 
 /// Keys that never change a run's result: excluded from its id, so changing them (more CPU
 /// slots, a different log cadence, another data path) keeps every run's directory.
+/// Keys added after runs existed, with the value every earlier run had: at that value a key is
+/// left out of the run id, so those runs keep their ids (and stay done); any other value is
+/// hashed like every key.
+pub const HASHED_UNLESS_DEFAULT: &[(&str, &str)] = &[("quantizer.gradient", "ste")];
+
 pub const NON_RESULT_KEYS: &[&str] = &[
     "experiment",
     "sweep",
@@ -67,6 +72,13 @@ pub fn run_id(cfg: &ExperimentConfig) -> String {
     let mut value = serde_json::to_value(cfg).expect("a config always serializes to JSON");
     for key in NON_RESULT_KEYS {
         remove_key(&mut value, key);
+    }
+    for (key, default) in HASHED_UNLESS_DEFAULT {
+        let at_default =
+            key.split('.').try_fold(&value, |v, k| v.get(k)).is_some_and(|v| v == &serde_json::json!(default));
+        if at_default {
+            remove_key(&mut value, key);
+        }
     }
     if let serde_json::Value::Object(map) = &mut value {
         map.insert("training_revision".into(), TRAINING_REVISION.into());

@@ -85,7 +85,7 @@ fn y_label(metric: &str) -> String {
 }
 
 /// `metric` (final value, mean ± std over seeds) against the numeric config key `x_key`, one
-/// series per value of `group`.
+/// series per value of `group` (comma-separated keys: one series per combination of values).
 pub fn metric_chart(
     c: &Collection,
     x_key: &str,
@@ -95,7 +95,7 @@ pub fn metric_chart(
 ) -> Result<Chart, InputError> {
     let spec = TableSpec {
         rows: vec![x_key.to_string()],
-        cols: group.map(|g| vec![g.to_string()]).unwrap_or_default(),
+        cols: group.map(|g| g.split(',').map(|k| k.trim().to_string()).collect()).unwrap_or_default(),
         metrics: vec![metric.to_string()],
         ..Default::default()
     };
@@ -126,7 +126,11 @@ pub fn metric_chart(
     };
     let series = (0..p.col_values.len())
         .map(|ci| Series {
-            label: if group.is_some() { value_text(&p.col_values[ci][0]) } else { metric.to_string() },
+            label: if group.is_some() {
+                p.col_values[ci].iter().map(value_text).collect::<Vec<_>>().join(" ")
+            } else {
+                metric.to_string()
+            },
             points: (0..p.row_values.len())
                 .filter_map(|ri| {
                     let s = p.cells[ri][ci].stats[0]?;

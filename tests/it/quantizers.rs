@@ -404,4 +404,25 @@ fn every_kind_and_its_options_can_be_swept_side_by_side() {
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let table = crate::common::stdout(&out);
     assert_eq!(table.matches(" done ").count(), 6, "{table}");
+    // A figure with a line per family: kind and gradient together tell vq from vq + rotation.
+    let out = vqlab(
+        dir.path(),
+        &[
+            "plot",
+            "runs/kinds",
+            "--x",
+            "quantizer.codebook_size",
+            "--y",
+            "eval/usage",
+            "--group",
+            "quantizer.kind,quantizer.gradient",
+            "--out",
+            "usage.svg",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let svg = std::fs::read_to_string(dir.path().join("usage.svg")).unwrap();
+    for label in ["vq ste", "vq rotation", "ema ste", "fsq ste", "lfq ste", "simvq ste"] {
+        assert!(svg.contains(label), "no series {label:?} in the figure");
+    }
 }
