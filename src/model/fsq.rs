@@ -5,9 +5,12 @@
 //! codebook is the grid of Π L_i level tuples, and a code's index is the tuple read as a
 //! mixed-radix number (the first channel varies fastest).
 //!
-//! The bound follows the paper's appendix A.1 with one correction lucidrains'
-//! vector-quantize-pytorch also makes: the shift is `atanh(offset / half_l)` (the paper's
-//! code writes `tan`), so that a zero latent lands on a level for even L as well.
+//! The bound follows the paper's appendix A.1 as lucidrains' vector-quantize-pytorch corrects
+//! it: the shift is `atanh(offset / half_l)` (the paper's listing writes `tan`), so that a zero
+//! latent lands exactly on a level for even L, and half_l = (L − 1)(1 + ε)/2 (the listing has
+//! 1 − ε, with which offset / half_l > 1 and atanh is undefined for L = 2). The extreme levels
+//! stay reachable: the bound spans (−half_l − offset, half_l − offset), and rounding never
+//! leaves the L levels since ε(L − 1)/2 < ½.
 
 use candle_core::{DType, Result, Tensor};
 
@@ -15,7 +18,7 @@ use super::layers::Conv2d;
 use super::params::ParamStore;
 pub use crate::config::{fsq_levels_of as levels_of, fsq_table_levels as table_levels, FSQ_LEVEL_TABLE as LEVEL_TABLE};
 
-/// The FSQ paper's ε of the bound: levels stay strictly inside (−half_l, half_l).
+/// The ε of the bound (vector-quantize-pytorch's 1e-3, on the `1 + ε` side).
 const EPS: f64 = 1e-3;
 
 /// Per-channel constants of the bound: (half_l, offset, shift, half_width).
@@ -24,7 +27,7 @@ pub fn bound_constants(levels: &[u32]) -> Vec<(f64, f64, f64, f64)> {
         .iter()
         .map(|&levels| {
             let l = f64::from(levels);
-            let half_l = (l - 1.0) * (1.0 - EPS) / 2.0;
+            let half_l = (l - 1.0) * (1.0 + EPS) / 2.0;
             let offset = if levels.is_multiple_of(2) { 0.5 } else { 0.0 };
             let shift = (offset / half_l).atanh();
             let half_width = f64::from(levels / 2);
@@ -136,12 +139,14 @@ mod tests {
 
     #[test]
     fn bound_constants_by_hand() {
-        // L = 5: half_l = 4·0.999/2 = 1.998, no offset; L = 8: half_l = 7·0.999/2 = 3.4965,
-        // offset 0.5, shift = atanh(0.5/3.4965) = 0.14399…
-        let c = bound_constants(&[5, 8]);
-        assert!((c[0].0 - 1.998).abs() < 1e-12 && c[0].1 == 0.0 && c[0].2 == 0.0 && c[0].3 == 2.0);
-        assert!((c[1].0 - 3.4965).abs() < 1e-12 && c[1].1 == 0.5 && c[1].3 == 4.0);
-        assert!((c[1].2 - 0.143_987_018_6).abs() < 1e-9, "{}", c[1].2);
+        // L = 5: half_l = 4·1.001/2 = 2.002, no offset; L = 8: half_l = 7·1.001/2 = 3.5035,
+        // offset 0.5, shift = atanh(0.5/3.5035) = 0.14369…; L = 2: half_l = 0.5005,
+        // shift = atanh(0.5/0.5005) = atanh(0.999000999) = 3.8007…
+        let c = bound_constants(&[5, 8, 2]);
+        assert!((c[0].0 - 2.002).abs() < 1e-12 && c[0].1 == 0.0 && c[0].2 == 0.0 && c[0].3 == 2.0);
+        assert!((c[1].0 - 3.5035).abs() < 1e-12 && c[1].1 == 0.5 && c[1].3 == 4.0);
+        assert!((c[1].2 - (0.5f64 / 3.5035).atanh()).abs() < 1e-15 && (c[1].2 - 0.143_693).abs() < 1e-5, "{}", c[1].2);
+        assert!(c[2].2.is_finite() && (c[2].2 - 3.800_7).abs() < 1e-3, "{}", c[2].2);
     }
 
     #[test]

@@ -1,7 +1,8 @@
 """Finite scalar quantization in numpy, written from the FSQ paper (Mentzer et al. 2023,
-appendix A.1) rather than from vqlab, with the atanh shift of vector-quantize-pytorch:
+appendix A.1) rather than from vqlab, with vector-quantize-pytorch's corrections (atanh for
+the paper's tan, 1 + eps for its 1 - eps):
 
-  half_l = (L - 1)(1 - 1e-3) / 2, offset = 0.5 for even L else 0, shift = atanh(offset / half_l)
+  half_l = (L - 1)(1 + 1e-3) / 2, offset = 0.5 for even L else 0, shift = atanh(offset / half_l)
   bound(z) = tanh(z + shift) * half_l - offset;  q = round(bound(z)) / (L // 2)
   code = sum_i (round(bound(z))_i + L_i // 2) * prod_{j<i} L_j
 
@@ -20,7 +21,7 @@ spec = json.load(open(sys.argv[1]))
 levels = np.array(spec["levels"], dtype=np.float64)
 z = np.array(spec["z"], dtype=np.float64)
 w = np.array(spec["w"], dtype=np.float64)
-half_l = (levels - 1) * (1 - 1e-3) / 2
+half_l = (levels - 1) * (1 + 1e-3) / 2
 offset = np.where(levels % 2 == 0, 0.5, 0.0)
 shift = np.arctanh(offset / half_l)
 t = np.tanh(z + shift)
