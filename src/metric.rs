@@ -97,6 +97,7 @@ const NONE: Needs = Needs { fid: false, discriminator: false };
 const FID: Needs = Needs { fid: true, discriminator: false };
 const DISC: Needs = Needs { fid: false, discriminator: true };
 
+/// An eval measure, on the validation and test splits.
 const fn measure(
     key: &'static str,
     better: Option<Better>,
@@ -109,6 +110,7 @@ const fn measure(
     Metric { key, splits: MEASURED, better, unit, needs, kinds: &[], label, digits, doc }
 }
 
+/// A training-step value: a [`measure`]'s fields on the train split only.
 const fn train(
     key: &'static str,
     better: Option<Better>,
@@ -118,7 +120,7 @@ const fn train(
     digits: i32,
     doc: &'static str,
 ) -> Metric {
-    Metric { key, splits: TRAINING, better, unit, needs, kinds: &[], label, digits, doc }
+    Metric { splits: TRAINING, ..measure(key, better, unit, needs, label, digits, doc) }
 }
 
 use Better::{Higher, Lower};
@@ -309,8 +311,7 @@ impl MetricName {
     pub fn parse(name: &str) -> Option<MetricName> {
         let (prefix, key) = name.split_once('/')?;
         let split = Split::from_prefix(prefix)?;
-        let list: &[&'static Metric] = if split == Split::Train { &TRAIN } else { &MEASURES };
-        list.iter().find(|m| m.key == key).map(|m| MetricName { split, metric: m })
+        on_split(split).iter().find(|m| m.key == key).map(|m| MetricName { split, metric: m })
     }
 }
 
@@ -320,10 +321,18 @@ impl fmt::Display for MetricName {
     }
 }
 
+/// The metrics recorded on a split: the training values, or the eval measures.
+fn on_split(split: Split) -> &'static [&'static Metric] {
+    if split == Split::Train {
+        &TRAIN
+    } else {
+        &MEASURES
+    }
+}
+
 /// The full names a run records on a split, in table order.
 pub fn names(split: Split, fid: bool, discriminator: bool) -> Vec<String> {
-    let list: &[&Metric] = if split == Split::Train { &TRAIN } else { &MEASURES };
-    list.iter().filter(|m| m.is_measured(fid, discriminator)).map(|m| m.at(split)).collect()
+    on_split(split).iter().filter(|m| m.is_measured(fid, discriminator)).map(|m| m.at(split)).collect()
 }
 
 /// Every full name vqlab can record.

@@ -155,19 +155,15 @@ pub fn validate(cfg: &ExperimentConfig, origin: &dyn Fn(&str) -> String) -> Resu
         }
     }
     if q.kind == QuantizerKind::Simvq {
-        let d = QuantizerConfig::default();
-        let refused: [(&'static str, bool, &str); 6] = [
-            ("quantizer.init", q.init != CodebookInit::Random, "simvq's codebook is a frozen random basis"),
-            ("quantizer.dead_code_threshold", q.dead_code_threshold > 0.0, "simvq's frozen basis is not restarted"),
-            ("quantizer.l2_normalize", q.l2_normalize, "not an option of simvq"),
-            ("quantizer.lookup_dim", q.lookup_dim > 0, "not an option of simvq"),
-            ("quantizer.ema_decay", q.ema_decay != d.ema_decay, "an option of the ema kind"),
-            ("quantizer.ema_epsilon", q.ema_epsilon != d.ema_epsilon, "an option of the ema kind"),
-        ];
-        for (key, set, why) in refused {
-            if set {
-                bad(key, format!("{why}; leave it at its default for kind = \"simvq\""));
-            }
+        // The rotation trick applies to simvq's codes as to any codebook's.
+        for key in codebook_options_set(q).into_iter().filter(|k| *k != "quantizer.gradient") {
+            let why = match key {
+                "quantizer.init" => "simvq's codebook is a frozen random basis",
+                "quantizer.dead_code_threshold" => "simvq's frozen basis is not restarted",
+                "quantizer.ema_decay" | "quantizer.ema_epsilon" => "an option of the ema kind",
+                _ => "not an option of simvq",
+            };
+            bad(key, format!("{why}; leave it at its default for kind = \"simvq\""));
         }
     }
     if q.kind == QuantizerKind::Fsq {
@@ -322,8 +318,16 @@ fn check_lfq(q: &QuantizerConfig, bad: &mut impl FnMut(&'static str, String)) {
     if let Some(t) = q.lfq_temperature.filter(|t| !(t.is_finite() && *t > 0.0)) {
         bad("quantizer.lfq_temperature", format!("expected a positive number, found {t}"));
     }
+    for key in codebook_options_set(q) {
+        bad(key, "an option of the codebook kinds (vq, ema); lfq has a fixed ±1 code per bit".into());
+    }
+}
+
+/// The options of the nearest-neighbour codebook kinds (vq, ema) that `q` sets away from their
+/// defaults: the kinds without such a codebook refuse them.
+fn codebook_options_set(q: &QuantizerConfig) -> Vec<&'static str> {
     let d = QuantizerConfig::default();
-    let refused: [(&'static str, bool); 7] = [
+    [
         ("quantizer.init", q.init != CodebookInit::Random),
         ("quantizer.dead_code_threshold", q.dead_code_threshold > 0.0),
         ("quantizer.l2_normalize", q.l2_normalize),
@@ -331,12 +335,10 @@ fn check_lfq(q: &QuantizerConfig, bad: &mut impl FnMut(&'static str, String)) {
         ("quantizer.ema_decay", q.ema_decay != d.ema_decay),
         ("quantizer.ema_epsilon", q.ema_epsilon != d.ema_epsilon),
         ("quantizer.gradient", q.gradient != GradientEstimator::Ste),
-    ];
-    for (key, set) in refused {
-        if set {
-            bad(key, "an option of the codebook kinds (vq, ema); lfq has a fixed ±1 code per bit".into());
-        }
-    }
+    ]
+    .into_iter()
+    .filter_map(|(key, set)| set.then_some(key))
+    .collect()
 }
 
 /// FSQ: levels from the paper's table or given, and none of the codebook kinds' options.
@@ -373,33 +375,21 @@ fn check_fsq(q: &QuantizerConfig, bad: &mut impl FnMut(&'static str, String)) {
             }
         }
     }
-    let d = QuantizerConfig::default();
-    if q.init != CodebookInit::Random {
-        bad("quantizer.init", "fsq has no codebook to initialise; leave it \"random\"".into());
+    for key in codebook_options_set(q) {
+        let why = match key {
+            "quantizer.init" => "fsq has no codebook to initialise; leave it \"random\"",
+            "quantizer.dead_code_threshold" => "fsq has no codes to restart; leave it 0",
+            "quantizer.l2_normalize" => "fsq has no codebook to normalise; leave it false",
+            "quantizer.lookup_dim" => "fsq projects to len(levels) channels itself; leave it 0",
+            "quantizer.gradient" => {
+                "the rotation trick maps z onto a codebook vector; fsq rounds with the straight-through estimator"
+            }
+            _ => "an option of the ema kind; fsq has no EMA codebook",
+        };
+        bad(key, why.into());
     }
-    if q.dead_code_threshold > 0.0 {
-        bad("quantizer.dead_code_threshold", "fsq has no codes to restart; leave it 0".into());
-    }
-    if q.l2_normalize {
-        bad("quantizer.l2_normalize", "fsq has no codebook to normalise; leave it false".into());
-    }
-    if q.lookup_dim > 0 {
-        bad("quantizer.lookup_dim", "fsq projects to len(levels) channels itself; leave it 0".into());
-    }
-    if q.ema_decay != d.ema_decay {
-        bad("quantizer.ema_decay", "an option of the ema kind; fsq has no EMA codebook".into());
-    }
-    if q.ema_epsilon != d.ema_epsilon {
-        bad("quantizer.ema_epsilon", "an option of the ema kind; fsq has no EMA codebook".into());
-    }
-    if q.beta != d.beta {
+    if q.beta != QuantizerConfig::default().beta {
         bad("quantizer.beta", "fsq has no commitment loss for a weight to apply to".into());
-    }
-    if q.gradient != GradientEstimator::Ste {
-        bad(
-            "quantizer.gradient",
-            "the rotation trick maps z onto a codebook vector; fsq rounds with the straight-through estimator".into(),
-        );
     }
 }
 

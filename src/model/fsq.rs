@@ -14,7 +14,7 @@
 
 use candle_core::{DType, Result, Tensor};
 
-use super::layers::Conv2d;
+use super::layers::{latent_rows, rows_to_latents, CodeProjection};
 use super::params::ParamStore;
 pub use crate::config::{fsq_levels_of as levels_of, fsq_table_levels as table_levels, FSQ_LEVEL_TABLE as LEVEL_TABLE};
 
@@ -42,7 +42,7 @@ pub struct Fsq {
     /// Π levels: the size of the implicit codebook.
     pub codes: usize,
     /// Projections from the latent's channels to len(levels) and back (none when equal).
-    proj: Option<(Conv2d, Conv2d)>,
+    proj: Option<CodeProjection>,
     half_l: Tensor,
     offset: Tensor,
     shift: Tensor,
@@ -63,14 +63,7 @@ impl Fsq {
     pub fn new(ps: &mut ParamStore, embed_dim: usize, levels: &[u32]) -> Result<Self> {
         let d = levels.len();
         let dev = ps.device().clone();
-        let proj = if d == embed_dim {
-            None
-        } else {
-            Some((
-                Conv2d::new(ps, "quantizer.proj_in", embed_dim, d, 1, 1, 0)?,
-                Conv2d::new(ps, "quantizer.proj_out", d, embed_dim, 1, 1, 0)?,
-            ))
-        };
+        let proj = if d == embed_dim { None } else { Some(CodeProjection::new(ps, embed_dim, d)?) };
         let consts = bound_constants(levels);
         let row = |f: fn(&(f64, f64, f64, f64)) -> f64| -> Result<Tensor> {
             Tensor::from_vec(consts.iter().map(|c| f(c) as f32).collect::<Vec<f32>>(), (1, d), &dev)
@@ -100,12 +93,7 @@ impl Fsq {
 
     /// Quantize encoder output (B, D, H, W).
     pub fn forward(&self, z: &Tensor) -> Result<FsqOutput> {
-        let z = match &self.proj {
-            Some((p_in, _)) => p_in.forward(z)?,
-            None => z.clone(),
-        };
-        let (b, d, h, w) = z.dims4()?;
-        let flat = z.permute((0, 2, 3, 1))?.reshape((b * h * w, d))?;
+        let flat = latent_rows(z, self.proj.as_ref())?;
         let bounded = self.bound(&flat)?;
         let rounded = bounded.detach().round()?;
         // Straight through: the rounded value forward, the bound's gradient backward.
@@ -113,11 +101,7 @@ impl Fsq {
         let normalized = st.broadcast_div(&self.half_width)?;
         let digits = rounded.broadcast_add(&self.half_width)?;
         let indices = digits.matmul(&self.basis)?.squeeze(1)?.round()?.to_dtype(DType::U32)?;
-        let z_q = normalized.reshape((b, h, w, d))?.permute((0, 3, 1, 2))?.contiguous()?;
-        let z_q = match &self.proj {
-            Some((_, p_out)) => p_out.forward(&z_q)?,
-            None => z_q,
-        };
+        let z_q = rows_to_latents(&normalized, z, self.proj.as_ref())?;
         Ok(FsqOutput { z_q, indices, levels: rounded })
     }
 }

@@ -134,3 +134,42 @@ impl ResidualStack {
         Ok(h)
     }
 }
+
+/// A quantizer's 1×1 convolutions into its code space and back (`quantizer.proj_in`,
+/// `quantizer.proj_out`), and the latents as the rows the quantizers work on.
+#[derive(Debug, Clone)]
+pub struct CodeProjection {
+    into: Conv2d,
+    out: Conv2d,
+}
+
+impl CodeProjection {
+    /// Projections between the latent's `from` channels and `to` code channels.
+    pub fn new(ps: &mut ParamStore, from: usize, to: usize) -> Result<Self> {
+        Ok(CodeProjection {
+            into: Conv2d::new(ps, "quantizer.proj_in", from, to, 1, 1, 0)?,
+            out: Conv2d::new(ps, "quantizer.proj_out", to, from, 1, 1, 0)?,
+        })
+    }
+}
+
+/// Latents (B, C, H, W), projected into the code space when there is a projection, as rows
+/// (B·H·W, C').
+pub fn latent_rows(z: &Tensor, proj: Option<&CodeProjection>) -> Result<Tensor> {
+    let z = match proj {
+        Some(p) => p.into.forward(z)?,
+        None => z.clone(),
+    };
+    let (b, d, h, w) = z.dims4()?;
+    z.permute((0, 2, 3, 1))?.reshape((b * h * w, d))
+}
+
+/// Rows (B·H·W, C') back to latents (B, C, H, W) of a batch shaped like `like`, projected out.
+pub fn rows_to_latents(rows: &Tensor, like: &Tensor, proj: Option<&CodeProjection>) -> Result<Tensor> {
+    let (b, _, h, w) = like.dims4()?;
+    let z = rows.reshape((b, h, w, rows.dim(1)?))?.permute((0, 3, 1, 2))?.contiguous()?;
+    match proj {
+        Some(p) => p.out.forward(&z),
+        None => Ok(z),
+    }
+}

@@ -9,7 +9,7 @@
 
 use candle_core::{DType, Result, Tensor, D};
 
-use super::layers::Conv2d;
+use super::layers::{latent_rows, rows_to_latents, CodeProjection};
 use super::params::ParamStore;
 
 #[derive(Debug, Clone)]
@@ -17,7 +17,7 @@ pub struct Lfq {
     pub bits: usize,
     /// 2^bits: the implicit codebook.
     pub codes: usize,
-    proj: Option<(Conv2d, Conv2d)>,
+    proj: Option<CodeProjection>,
     /// Every code as ±1 rows (K, d), for the entropy terms.
     codebook: Tensor,
     /// Bit place values (d, 1): 2^(d−1), …, 2, 1.
@@ -46,14 +46,7 @@ impl Lfq {
     pub fn new(ps: &mut ParamStore, embed_dim: usize, codebook_size: usize, temperature: f64) -> Result<Self> {
         let bits = codebook_size.trailing_zeros() as usize;
         let dev = ps.device().clone();
-        let proj = if bits == embed_dim {
-            None
-        } else {
-            Some((
-                Conv2d::new(ps, "quantizer.proj_in", embed_dim, bits, 1, 1, 0)?,
-                Conv2d::new(ps, "quantizer.proj_out", bits, embed_dim, 1, 1, 0)?,
-            ))
-        };
+        let proj = if bits == embed_dim { None } else { Some(CodeProjection::new(ps, embed_dim, bits)?) };
         let mut rows = Vec::with_capacity(codebook_size * bits);
         for k in 0..codebook_size {
             for i in 0..bits {
@@ -73,12 +66,7 @@ impl Lfq {
 
     /// Quantize encoder output (B, D, H, W); `train` computes the entropy penalty.
     pub fn forward(&self, z: &Tensor, train: bool) -> Result<LfqOutput> {
-        let z = match &self.proj {
-            Some((p_in, _)) => p_in.forward(z)?,
-            None => z.clone(),
-        };
-        let (b, d, h, w) = z.dims4()?;
-        let flat = z.permute((0, 2, 3, 1))?.reshape((b * h * w, d))?;
+        let flat = latent_rows(z, self.proj.as_ref())?;
         let positive = flat.detach().gt(0.0)?.to_dtype(DType::F32)?;
         let signs = positive.affine(2.0, -1.0)?;
         let st = (&flat + (&signs - &flat)?.detach())?;
@@ -94,11 +82,7 @@ impl Lfq {
         } else {
             Tensor::zeros((), DType::F32, flat.device())?
         };
-        let z_q = st.reshape((b, h, w, d))?.permute((0, 3, 1, 2))?.contiguous()?;
-        let z_q = match &self.proj {
-            Some((_, p_out)) => p_out.forward(&z_q)?,
-            None => z_q,
-        };
+        let z_q = rows_to_latents(&st, z, self.proj.as_ref())?;
         Ok(LfqOutput { z_q, indices, commit_loss, entropy_loss, signs })
     }
 }

@@ -6,7 +6,7 @@
 use candle_core::{DType, Result, Tensor, Var, D};
 
 use super::fsq::Fsq;
-use super::layers::Conv2d;
+use super::layers::{latent_rows, rows_to_latents, CodeProjection};
 use super::lfq::Lfq;
 use super::params::{Init, ParamStore};
 use crate::config::{GradientEstimator, QuantizerConfig, QuantizerKind};
@@ -36,7 +36,7 @@ pub struct Quantizer {
     epsilon: f64,
     l2_normalize: bool,
     /// Factorized lookup: projections into and out of the low-dimensional code space.
-    proj: Option<(Conv2d, Conv2d)>,
+    proj: Option<CodeProjection>,
     /// EMA state: hidden cluster sizes, hidden sums, and γᵗ (see [`EMA_BUFFERS`]).
     ema: Option<(Var, Var, Var)>,
     /// Dead-code restart: EMA of the number of latent vectors each code gets per batch, and
@@ -112,14 +112,7 @@ impl Quantizer {
             return Ok(others(fsq.codes, Some(fsq), None, 0.0));
         }
         let code_dim = if q.lookup_dim > 0 { q.lookup_dim as usize } else { d };
-        let proj = if q.lookup_dim > 0 {
-            Some((
-                Conv2d::new(ps, "quantizer.proj_in", d, code_dim, 1, 1, 0)?,
-                Conv2d::new(ps, "quantizer.proj_out", code_dim, d, 1, 1, 0)?,
-            ))
-        } else {
-            None
-        };
+        let proj = if q.lookup_dim > 0 { Some(CodeProjection::new(ps, d, code_dim)?) } else { None };
         // uniform(−1/K, 1/K) as in taming and the reference PyTorch implementations: a N(0, 1)
         // codebook against small encoder outputs leaves one or two codes in use. Cosine codes
         // start as unit vectors (normalised N(0, 1) rows, as lucidrains' CosineSimCodebook and
@@ -210,37 +203,32 @@ impl Quantizer {
 
     /// Quantize encoder output (B, D, H, W). `train` enables the EMA update.
     pub fn forward(&self, z: &Tensor, train: bool) -> Result<Quantized> {
-        if let Some(fsq) = &self.fsq {
-            let out = fsq.forward(z)?;
+        // The codebook-free kinds: codes on a fixed grid, no codebook loss.
+        let grid = match (&self.fsq, &self.lfq) {
+            (Some(fsq), _) => {
+                let out = fsq.forward(z)?;
+                Some((out.z_q, out.indices, None, None, out.levels))
+            }
+            (_, Some(lfq)) => {
+                let out = lfq.forward(z, train)?;
+                Some((out.z_q, out.indices, Some(out.commit_loss), Some(out.entropy_loss), out.signs))
+            }
+            _ => None,
+        };
+        if let Some((z_q, indices, commit_loss, entropy_loss, flat)) = grid {
             let zero = Tensor::zeros((), DType::F32, z.device())?;
-            let counts = if train { Some(code_counts(&out.indices, self.codebook_size)?) } else { None };
+            let counts = if train { Some(code_counts(&indices, self.codebook_size)?) } else { None };
             return Ok(Quantized {
-                z_q: out.z_q,
-                indices: out.indices,
+                z_q,
+                indices,
                 codebook_loss: zero.clone(),
-                commit_loss: zero,
-                entropy_loss: None,
-                flat: out.levels,
+                commit_loss: commit_loss.unwrap_or(zero),
+                entropy_loss,
+                flat,
                 counts,
             });
         }
-        if let Some(lfq) = &self.lfq {
-            let out = lfq.forward(z, train)?;
-            let zero = Tensor::zeros((), DType::F32, z.device())?;
-            let counts = if train { Some(code_counts(&out.indices, self.codebook_size)?) } else { None };
-            return Ok(Quantized {
-                z_q: out.z_q,
-                indices: out.indices,
-                codebook_loss: zero,
-                commit_loss: out.commit_loss,
-                entropy_loss: Some(out.entropy_loss),
-                flat: out.signs,
-                counts,
-            });
-        }
-        let (b, _, h, w) = z.dims4()?;
         let flat = self.lookup_vectors(z)?;
-        let d = flat.dim(1)?;
         let e = self.lookup_codebook()?;
         let indices = nearest(&flat.detach(), &e.detach())?;
         let chosen = e.index_select(&indices, 0)?;
@@ -254,11 +242,7 @@ impl Quantizer {
             GradientEstimator::Ste => (&flat + (chosen - &flat)?.detach())?,
             GradientEstimator::Rotation => rotate_to(&flat, &chosen)?,
         };
-        let z_q = st.reshape((b, h, w, d))?.permute((0, 3, 1, 2))?.contiguous()?;
-        let z_q = match &self.proj {
-            Some((_, p_out)) => p_out.forward(&z_q)?,
-            None => z_q,
-        };
+        let z_q = rows_to_latents(&st, z, self.proj.as_ref())?;
         Ok(Quantized { z_q, indices, codebook_loss, commit_loss, entropy_loss: None, flat: flat.detach(), counts })
     }
 
@@ -357,12 +341,7 @@ impl Quantizer {
 
     /// Project and flatten encoder output as the lookup sees it (N, code_dim).
     pub fn lookup_vectors(&self, z: &Tensor) -> Result<Tensor> {
-        let z = match &self.proj {
-            Some((p_in, _)) => p_in.forward(z)?,
-            None => z.clone(),
-        };
-        let (b, d, h, w) = z.dims4()?;
-        let flat = z.permute((0, 2, 3, 1))?.reshape((b * h * w, d))?;
+        let flat = latent_rows(z, self.proj.as_ref())?;
         if self.l2_normalize {
             l2norm(&flat)
         } else {

@@ -278,7 +278,6 @@ struct Fid {
 
 struct Trainer<'a> {
     cfg: &'a ExperimentConfig,
-    run_dir: &'a Path,
     run: RunDir,
     device: &'a Device,
     model: VqModel,
@@ -352,7 +351,6 @@ impl<'a> Trainer<'a> {
         }
         let mut trainer = Trainer {
             cfg,
-            run_dir,
             run,
             device,
             model,
@@ -424,16 +422,16 @@ impl<'a> Trainer<'a> {
     /// The run's sinks: metrics.parquet (with the rows up to `start` read back on resume),
     /// TensorBoard and sample PNGs; then the start-of-run records (config text, HParams).
     fn open_sinks(&mut self, start: u64) -> anyhow::Result<()> {
-        let log = MetricsLog::open(self.run_dir, Some(start))?;
+        let log = MetricsLog::open(self.run.path(), Some(start))?;
         let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
         let last: Vec<(String, f64)> =
             log.rows().iter().map(|r| (format!("{}/{}", r.split, r.metric), r.value)).collect();
         sinks.push(Box::new(log));
-        match TensorBoardSink::open(self.run_dir) {
+        match TensorBoardSink::open(self.run.path()) {
             Ok(tb) => sinks.push(Box::new(tb)),
             Err(e) => tracing::warn!("TensorBoard logging is off for this run: {e:#}"),
         }
-        sinks.push(Box::new(SamplesSink::new(self.run_dir)));
+        sinks.push(Box::new(SamplesSink::new(self.run.path())));
         self.sinks = SinkSet::new(sinks);
         for (name, v) in last {
             self.sinks.remember(&name, v);
@@ -448,7 +446,7 @@ impl<'a> Trainer<'a> {
         metrics.push(metric::IMG_PER_S.at(Split::Train));
         let run = RunStart {
             resume_step: start,
-            hparams: hparams(cfg, self.run_dir)?,
+            hparams: hparams(cfg, self.run.path())?,
             metrics,
             config_toml: config::to_toml(cfg),
             start_time: crate::util::unix_now(),
@@ -561,7 +559,7 @@ impl<'a> Trainer<'a> {
                     let peak = self.peak_memory_mib.map_or(m, |p| p.max(m));
                     self.peak_memory_mib = Some(peak);
                     status.peak_memory_mib = Some(peak);
-                    status.write(self.run_dir)?;
+                    status.write(self.run.path())?;
                     tracing::info!("device memory after step {done}: {m} MiB");
                 }
             }
@@ -587,7 +585,7 @@ impl<'a> Trainer<'a> {
                     tracing::info!("step {done}/{} rec_loss {rec:.5} {img_per_s:.0} img/s", t.steps);
                     status.progress_step = done;
                     status.loss = Some(rec);
-                    status.write(self.run_dir)?;
+                    status.write(self.run.path())?;
                     since_log = Instant::now();
                     paused = 0.0;
                     images_since_log = 0;
@@ -615,7 +613,7 @@ impl<'a> Trainer<'a> {
                     self.sinks.checkpoint()?;
                     saved = done;
                     status.step = done;
-                    status.write(self.run_dir)?;
+                    status.write(self.run.path())?;
                 }
                 if let Some(reason) = stop {
                     self.write_summary(splits)?;
@@ -757,10 +755,7 @@ impl<'a> Trainer<'a> {
     fn write_summary(&self, splits: &data::Splits) -> anyhow::Result<()> {
         let mut summary = serde_json::Map::new();
         flatten("", &serde_json::to_value(self.cfg)?, &mut summary);
-        summary.insert(
-            "run.dir".into(),
-            self.run_dir.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default().into(),
-        );
+        summary.insert("run.dir".into(), self.run.name().into());
         summary.insert("run.id".into(), config::run_id(self.cfg).into());
         summary.insert("run.dataset_fingerprint".into(), splits.fingerprint().into());
         summary.insert("run.train_seconds".into(), self.train_seconds.into());
