@@ -95,6 +95,8 @@ pub fn defaults() -> Vec<(String, Value)> {
         }
     }
     let mut out = Vec::new();
+    // Plain structs, enums and string-keyed maps with finite numbers: serializing the defaults
+    // to JSON cannot fail (`config::sweep::run_id` relies on the same).
     walk("", &serde_json::to_value(ExperimentConfig::default()).expect("the default config serializes"), &mut out);
     out
 }
