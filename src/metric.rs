@@ -83,6 +83,9 @@ pub struct Metric {
     pub needs: Needs,
     /// The quantizer kinds (`quantizer.kind`) that have it; empty: every kind.
     pub kinds: &'static [&'static str],
+    /// Also recorded for each level of a residual quantizer (`quantizer.levels` > 1), as
+    /// `split/key_l0`, `split/key_l1`, … (the plain name counts all levels' codes together).
+    pub per_level: bool,
     /// Short label for table headers ("rec. MSE").
     pub label: &'static str,
     /// Significant digits of the largest value in a table column.
@@ -107,7 +110,7 @@ const fn measure(
     digits: i32,
     doc: &'static str,
 ) -> Metric {
-    Metric { key, splits: MEASURED, better, unit, needs, kinds: &[], label, digits, doc }
+    Metric { key, splits: MEASURED, better, unit, needs, kinds: &[], per_level: false, label, digits, doc }
 }
 
 /// A training-step value: a [`measure`]'s fields on the train split only.
@@ -135,19 +138,26 @@ pub const REC_MSE: Metric = measure(
     "mean squared error of the reconstructions, pixels on [0, 1]",
 );
 pub const PSNR: Metric = measure("psnr", Some(Higher), "dB", NONE, "PSNR (dB)", 4, "10·log10(1 / rec_mse)");
-pub const PERPLEXITY: Metric = measure(
-    "perplexity",
-    Some(Higher),
-    "codes",
-    NONE,
-    "perplexity",
-    4,
-    "exp(−Σ p_k ln p_k) of the code counts over every latent vector of the set",
-);
-pub const USAGE: Metric =
-    measure("usage", Some(Higher), "", NONE, "usage", 3, "fraction of the K codes used at least once on the set");
-pub const DEAD_CODES: Metric =
-    measure("dead_codes", Some(Lower), "codes", NONE, "dead codes", 3, "K − codes used on the set");
+pub const PERPLEXITY: Metric = Metric {
+    per_level: true,
+    ..measure(
+        "perplexity",
+        Some(Higher),
+        "codes",
+        NONE,
+        "perplexity",
+        4,
+        "exp(−Σ p_k ln p_k) of the code counts over every latent vector of the set",
+    )
+};
+pub const USAGE: Metric = Metric {
+    per_level: true,
+    ..measure("usage", Some(Higher), "", NONE, "usage", 3, "fraction of the K codes used at least once on the set")
+};
+pub const DEAD_CODES: Metric = Metric {
+    per_level: true,
+    ..measure("dead_codes", Some(Lower), "codes", NONE, "dead codes", 3, "K − codes used on the set")
+};
 pub const RFID: Metric = measure(
     "rfid",
     Some(Lower),
@@ -284,6 +294,11 @@ impl Metric {
         format!("{}/{}", split.prefix(), self.key)
     }
 
+    /// The full name of level `level` of a residual quantizer on `split`: `eval/usage_l0`.
+    pub fn at_level(&self, split: Split, level: u32) -> String {
+        format!("{}/{}_l{level}", split.prefix(), self.key)
+    }
+
     /// Whether a run whose `quantizer.kind` is `kind` has it.
     pub fn applies_to(&self, kind: &str) -> bool {
         self.kinds.is_empty() || self.kinds.contains(&kind)
@@ -300,24 +315,38 @@ impl Metric {
 pub struct MetricName {
     pub split: Split,
     pub metric: &'static Metric,
+    /// The level of a residual quantizer (`eval/usage_l1`); None for the plain name.
+    pub level: Option<u32>,
 }
 
 impl MetricName {
     pub fn new(split: Split, metric: &'static Metric) -> Self {
-        MetricName { split, metric }
+        MetricName { split, metric, level: None }
     }
 
     /// Look a full name up; None for a name vqlab does not record.
     pub fn parse(name: &str) -> Option<MetricName> {
         let (prefix, key) = name.split_once('/')?;
         let split = Split::from_prefix(prefix)?;
-        on_split(split).iter().find(|m| m.key == key).map(|m| MetricName { split, metric: m })
+        let list = on_split(split);
+        if let Some(m) = list.iter().find(|m| m.key == key) {
+            return Some(MetricName::new(split, m));
+        }
+        let (base, level) = key.rsplit_once("_l")?;
+        if level.is_empty() || !level.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        let level = level.parse().ok()?;
+        list.iter().find(|m| m.per_level && m.key == base).map(|m| MetricName { split, metric: m, level: Some(level) })
     }
 }
 
 impl fmt::Display for MetricName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.split.prefix(), self.metric.key)
+        match self.level {
+            Some(l) => write!(f, "{}", self.metric.at_level(self.split, l)),
+            None => write!(f, "{}/{}", self.split.prefix(), self.metric.key),
+        }
     }
 }
 
@@ -335,7 +364,18 @@ pub fn names(split: Split, fid: bool, discriminator: bool) -> Vec<String> {
     on_split(split).iter().filter(|m| m.is_measured(fid, discriminator)).map(|m| m.at(split)).collect()
 }
 
-/// Every full name vqlab can record.
+/// The per-level names a run with a residual quantizer of `levels` levels also records on a
+/// split (none for a single quantizer), level by level.
+pub fn level_names(split: Split, levels: u32) -> Vec<String> {
+    if levels <= 1 {
+        return Vec::new();
+    }
+    (0..levels)
+        .flat_map(|l| on_split(split).iter().filter(|m| m.per_level).map(move |m| m.at_level(split, l)))
+        .collect()
+}
+
+/// Every full name vqlab can record (the plain names; per-level names follow the levels).
 pub fn all_names() -> Vec<String> {
     Split::ALL.into_iter().flat_map(|s| names(s, true, true)).collect()
 }
@@ -350,7 +390,7 @@ pub struct CheckpointRule {
 impl CheckpointRule {
     /// vqlab's rule: the lowest `val/rec_mse`.
     pub const LOWEST_VAL_REC_MSE: CheckpointRule =
-        CheckpointRule { metric: MetricName { split: Split::Val, metric: &REC_MSE } };
+        CheckpointRule { metric: MetricName { split: Split::Val, metric: &REC_MSE, level: None } };
 
     /// Whether `value` beats the best so far (None: no checkpoint yet).
     pub fn improves(&self, value: f64, best: Option<f64>) -> bool {
@@ -410,7 +450,14 @@ impl StopRule {
 pub fn table() -> String {
     let mut s = String::from("| name | splits | better | unit | needs | definition |\n|---|---|---|---|---|---|\n");
     for m in TRAIN.iter().chain(MEASURES.iter()) {
-        let splits: Vec<String> = m.splits.iter().map(|s| format!("`{}`", m.at(*s))).collect();
+        let mut splits: Vec<String> = m.splits.iter().map(|s| format!("`{}`", m.at(*s))).collect();
+        if m.per_level {
+            splits.push(format!(
+                "(and `{}`, `{}`, … per residual level)",
+                m.at_level(Split::Eval, 0),
+                m.at_level(Split::Eval, 1)
+            ));
+        }
         let better = match m.better {
             Some(Lower) => "lower",
             Some(Higher) => "higher",
@@ -447,6 +494,24 @@ mod tests {
         assert!(MetricName::parse("val/rec_loss").is_none());
         assert!(MetricName::parse("test/rec_mse").is_none());
         assert_eq!(MetricName::parse("best/kid_std").unwrap().metric.key, "kid_std");
+        let level = MetricName::parse("eval/dead_codes_l12").unwrap();
+        assert_eq!((level.metric.key, level.level), ("dead_codes", Some(12)));
+        assert_eq!(level.to_string(), "eval/dead_codes_l12");
+        for not in ["eval/rec_mse_l0", "eval/usage_l", "eval/usage_lx", "eval/usage_l-1", "train/usage_l0"] {
+            assert!(MetricName::parse(not).is_none(), "{not}");
+        }
+        assert_eq!(
+            level_names(Split::Val, 2),
+            [
+                "val/perplexity_l0",
+                "val/usage_l0",
+                "val/dead_codes_l0",
+                "val/perplexity_l1",
+                "val/usage_l1",
+                "val/dead_codes_l1"
+            ]
+        );
+        assert!(level_names(Split::Eval, 1).is_empty());
     }
 
     #[test]

@@ -240,6 +240,10 @@ pub struct QuantizerConfig {
     /// a run's config; at its default it is left out of the run id (`sweep::HASHED_UNLESS_DEFAULT`),
     /// so ids from before the key existed stay.
     pub gradient: GradientEstimator,
+    /// Residual quantization (SoundStream, RQ-VAE): this many quantizers of the kind, each
+    /// with its own codebook of `codebook_size` codes, each on the residual of the ones before.
+    /// 1: a single quantizer (left out of the run id at 1, `sweep::HASHED_UNLESS_DEFAULT`).
+    pub levels: u32,
     /// LFQ: weight of the entropy penalty (resolved to 0.1 for lfq; unset otherwise).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lfq_entropy_weight: Option<f64>,
@@ -287,6 +291,7 @@ impl Default for QuantizerConfig {
             lookup_dim: 0,
             fsq_levels: Vec::new(),
             gradient: GradientEstimator::Ste,
+            levels: 1,
             lfq_entropy_weight: None,
             lfq_temperature: None,
         }

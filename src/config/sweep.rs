@@ -8,16 +8,16 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use super::load::{parse_sweep_arg, KeyOverride, Layers};
-use super::schema::{ExperimentConfig, SweepAxes};
+use super::schema::{ExperimentConfig, QuantizerKind, SweepAxes};
 use super::validate::{resolve, validate};
 use crate::error::InputError;
 
 /// Keys that never change a run's result: excluded from its id, so changing them (more CPU
 /// slots, a different log cadence, another data path) keeps every run's directory.
-/// Keys added after runs existed, with the value every earlier run had: at that value a key is
-/// left out of the run id, so those runs keep their ids (and stay done); any other value is
-/// hashed like every key.
-pub const HASHED_UNLESS_DEFAULT: &[(&str, &str)] = &[("quantizer.gradient", "ste")];
+/// Keys added after runs existed, with the value every earlier run had (as JSON): at that
+/// value a key is left out of the run id, so those runs keep their ids (and stay done); any
+/// other value is hashed like every key.
+pub const HASHED_UNLESS_DEFAULT: &[(&str, &str)] = &[("quantizer.gradient", "\"ste\""), ("quantizer.levels", "1")];
 
 pub const NON_RESULT_KEYS: &[&str] = &[
     "experiment",
@@ -65,32 +65,50 @@ pub struct Sweep {
 /// the validation split and per-variant Adam betas).
 pub const TRAINING_REVISION: u32 = 2;
 
-/// The run id: a short hash of the canonical JSON of the result-relevant config and the
-/// training revision.
+/// Revisions of what one quantizer kind computes, hashed into the ids of that kind's runs
+/// only: a change to one kind moves those ids and leaves every other run (and its finished
+/// results) in place. Bump a kind's entry, or add one, when its results change for the same
+/// config.
+///
+/// lfq 2: the entropy penalty in factorized form (`model::lfq`), the per-sample entropy
+/// without the 1e-5 clamp.
+pub const KIND_REVISIONS: &[(QuantizerKind, u32)] = &[(QuantizerKind::Lfq, 2)];
+
+/// The run id: a short hash of the canonical JSON of the result-relevant config, the
+/// training revision and the revision of the run's quantizer kind.
 pub fn run_id(cfg: &ExperimentConfig) -> String {
+    run_id_with(cfg, KIND_REVISIONS)
+}
+
+fn run_id_with(cfg: &ExperimentConfig, kind_revisions: &[(QuantizerKind, u32)]) -> String {
     // Plain structs and string-keyed maps: serializing to JSON cannot fail.
     let mut value = serde_json::to_value(cfg).expect("a config always serializes to JSON");
     for key in NON_RESULT_KEYS {
         remove_key(&mut value, key);
     }
     for (key, default) in HASHED_UNLESS_DEFAULT {
-        let at_default =
-            key.split('.').try_fold(&value, |v, k| v.get(k)).is_some_and(|v| v == &serde_json::json!(default));
+        let default: serde_json::Value = serde_json::from_str(default).expect("HASHED_UNLESS_DEFAULT holds JSON");
+        let at_default = key.split('.').try_fold(&value, |v, k| v.get(k)).is_some_and(|v| v == &default);
         if at_default {
             remove_key(&mut value, key);
         }
     }
     if let serde_json::Value::Object(map) = &mut value {
         map.insert("training_revision".into(), TRAINING_REVISION.into());
+        if let Some((_, revision)) = kind_revisions.iter().find(|(kind, _)| *kind == cfg.quantizer.kind) {
+            map.insert("quantizer_revision".into(), (*revision).into());
+        }
     }
     let canonical = canonical_json(&value);
     let digest = Sha256::digest(canonical.as_bytes());
     digest.iter().take(4).map(|b| format!("{b:02x}")).collect()
 }
 
-/// The readable directory name of a run: `vqgan-K1024-s0-<id>`.
+/// The readable directory name of a run: `vqgan-K1024-s0-<id>`; a residual quantizer of 4
+/// levels: `vqvae-K512x4-s0-<id>`.
 pub fn run_dir_name(cfg: &ExperimentConfig, id: &str) -> String {
-    format!("{}-K{}-s{}-{}", cfg.model.variant.name(), cfg.quantizer.codebook_size, cfg.train.seed, id)
+    let levels = if cfg.quantizer.levels > 1 { format!("x{}", cfg.quantizer.levels) } else { String::new() };
+    format!("{}-K{}{levels}-s{}-{}", cfg.model.variant.name(), cfg.quantizer.codebook_size, cfg.train.seed, id)
 }
 
 /// JSON with object keys sorted, whatever serde_json's map ordering feature says.
@@ -357,5 +375,40 @@ mod tests {
         k.quantizer.codebook_size = 1024;
         assert_ne!(run_id(&base), run_id(&k));
         assert_eq!(run_id(&base).len(), 8);
+    }
+
+    #[test]
+    fn new_keys_at_their_default_keep_the_old_ids() {
+        let base = ExperimentConfig::default();
+        let mut value = serde_json::to_value(&base).unwrap();
+        remove_key(&mut value, "quantizer.gradient");
+        remove_key(&mut value, "quantizer.levels");
+        // The id of a config without the keys, as the code before them hashed it.
+        for key in NON_RESULT_KEYS {
+            remove_key(&mut value, key);
+        }
+        if let serde_json::Value::Object(map) = &mut value {
+            map.insert("training_revision".into(), TRAINING_REVISION.into());
+        }
+        let digest = Sha256::digest(canonical_json(&value).as_bytes());
+        let old: String = digest.iter().take(4).map(|b| format!("{b:02x}")).collect();
+        assert_eq!(run_id(&base), old);
+        let mut residual = base.clone();
+        residual.quantizer.levels = 4;
+        assert_ne!(run_id(&residual), old);
+        assert_eq!(run_dir_name(&residual, "ab"), "vqvae-K512x4-s0-ab");
+        assert_eq!(run_dir_name(&base, "ab"), "vqvae-K512-s0-ab");
+    }
+
+    #[test]
+    fn a_kind_revision_moves_the_ids_of_that_kind_only() {
+        let mut lfq = ExperimentConfig::default();
+        (lfq.quantizer.kind, lfq.quantizer.codebook_size) = (QuantizerKind::Lfq, 64);
+        assert_ne!(run_id(&lfq), run_id_with(&lfq, &[]));
+        for kind in [QuantizerKind::Vq, QuantizerKind::Ema, QuantizerKind::Fsq, QuantizerKind::Simvq] {
+            let mut other = lfq.clone();
+            other.quantizer.kind = kind;
+            assert_eq!(run_id(&other), run_id_with(&other, &[]), "{kind:?}");
+        }
     }
 }

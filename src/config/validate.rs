@@ -143,6 +143,17 @@ pub fn validate(cfg: &ExperimentConfig, origin: &dyn Fn(&str) -> String) -> Resu
         bad("quantizer.ema_epsilon", format!("expected a positive number, found {}", q.ema_epsilon));
     }
     nonneg(&mut bad, "quantizer.dead_code_threshold", q.dead_code_threshold);
+    if !(1..=16).contains(&q.levels) {
+        bad("quantizer.levels", format!("expected 1 (one quantizer) to 16 residual levels, found {}", q.levels));
+    } else if q.levels > 1 && matches!(q.kind, QuantizerKind::Fsq | QuantizerKind::Lfq) {
+        bad(
+            "quantizer.levels",
+            format!(
+                "residual quantization stacks codebook quantizers (kind = \"vq\", \"ema\" or \"simvq\"); kind = \"{}\" has a fixed grid: leave levels at 1",
+                crate::config::quantizer_kind_name(q.kind)
+            ),
+        );
+    }
     if q.kind == QuantizerKind::Lfq {
         check_lfq(q, &mut bad);
     } else {

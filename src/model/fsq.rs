@@ -63,7 +63,7 @@ impl Fsq {
     pub fn new(ps: &mut ParamStore, embed_dim: usize, levels: &[u32]) -> Result<Self> {
         let d = levels.len();
         let dev = ps.device().clone();
-        let proj = if d == embed_dim { None } else { Some(CodeProjection::new(ps, embed_dim, d)?) };
+        let proj = if d == embed_dim { None } else { Some(CodeProjection::new(ps, "quantizer.", embed_dim, d)?) };
         let consts = bound_constants(levels);
         let row = |f: fn(&(f64, f64, f64, f64)) -> f64| -> Result<Tensor> {
             Tensor::from_vec(consts.iter().map(|c| f(c) as f32).collect::<Vec<f32>>(), (1, d), &dev)

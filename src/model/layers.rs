@@ -136,7 +136,8 @@ impl ResidualStack {
 }
 
 /// A quantizer's 1×1 convolutions into its code space and back (`quantizer.proj_in`,
-/// `quantizer.proj_out`), and the latents as the rows the quantizers work on.
+/// `quantizer.proj_out`; `quantizer.l1.proj_in`, … for the levels of a residual quantizer),
+/// and the latents as the rows the quantizers work on.
 #[derive(Debug, Clone)]
 pub struct CodeProjection {
     into: Conv2d,
@@ -144,11 +145,12 @@ pub struct CodeProjection {
 }
 
 impl CodeProjection {
-    /// Projections between the latent's `from` channels and `to` code channels.
-    pub fn new(ps: &mut ParamStore, from: usize, to: usize) -> Result<Self> {
+    /// Projections between the latent's `from` channels and `to` code channels, their
+    /// parameters named `{prefix}proj_in` and `{prefix}proj_out`.
+    pub fn new(ps: &mut ParamStore, prefix: &str, from: usize, to: usize) -> Result<Self> {
         Ok(CodeProjection {
-            into: Conv2d::new(ps, "quantizer.proj_in", from, to, 1, 1, 0)?,
-            out: Conv2d::new(ps, "quantizer.proj_out", to, from, 1, 1, 0)?,
+            into: Conv2d::new(ps, &format!("{prefix}proj_in"), from, to, 1, 1, 0)?,
+            out: Conv2d::new(ps, &format!("{prefix}proj_out"), to, from, 1, 1, 0)?,
         })
     }
 }

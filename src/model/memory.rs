@@ -20,7 +20,9 @@ pub fn training_bytes(c: &ExperimentConfig, params: usize) -> f64 {
         per_image += 2.0 * 2.0 * ch * side * side; // encoder stage + mirrored decoder stage
     }
     per_image += 2.0 * lat * (h * 2.0 + c.model.res_blocks as f64 * (2.0 * r + 2.0 * h)); // conv3/conv_in + residual stacks
-    per_image += lat * (c.quantizer.embed_dim as f64 * 4.0 + c.quantizer.codebook_size as f64 * 2.0);
+    per_image += lat
+        * c.quantizer.levels.max(1) as f64
+        * (c.quantizer.embed_dim as f64 * 4.0 + c.quantizer.codebook_size as f64 * 2.0);
     if c.model.variant == Variant::Vqgan {
         // Three discriminator passes a step (fake for G, real and fake for D), two tensors a layer.
         let layers = if c.loss.disc_layers == 0 {

@@ -10,6 +10,7 @@ pub mod lfq;
 pub mod memory;
 pub mod params;
 pub mod quantizer;
+pub mod residual;
 
 use candle_core::{Device, Result, Tensor};
 
@@ -17,6 +18,7 @@ pub use autoencoder::{Decoder, Encoder};
 pub use discriminator::Discriminator;
 pub use params::{Init, ParamStore};
 pub use quantizer::{Quantized, Quantizer};
+pub use residual::ModelQuantizer;
 
 use crate::config::{ExperimentConfig, Variant};
 
@@ -24,7 +26,7 @@ use crate::config::{ExperimentConfig, Variant};
 pub struct VqModel {
     pub params: ParamStore,
     pub encoder: Encoder,
-    pub quantizer: Quantizer,
+    pub quantizer: ModelQuantizer,
     pub decoder: Decoder,
     pub discriminator: Option<Discriminator>,
 }
@@ -43,7 +45,7 @@ impl VqModel {
         let channels = cfg.data.channels as usize;
         let embed_dim = cfg.quantizer.embed_dim as usize;
         let encoder = Encoder::new(&mut ps, &cfg.model, channels, embed_dim)?;
-        let quantizer = Quantizer::new(&mut ps, &cfg.quantizer)?;
+        let quantizer = ModelQuantizer::new(&mut ps, &cfg.quantizer)?;
         let decoder = Decoder::new(&mut ps, &cfg.model, channels, embed_dim)?;
         let discriminator = match cfg.model.variant {
             Variant::Vqvae => None,
@@ -145,8 +147,16 @@ pub fn mermaid(cfg: &ExperimentConfig) -> String {
             extras.push(format!("lookup in {} dims", q.lookup_dim));
         }
         let extras = if extras.is_empty() { String::new() } else { format!(", {}", extras.join(", ")) };
+        let residual = if q.levels > 1 {
+            format!(
+                "Residual VQ: {} levels, each K = {} codes on the residual of the levels before; output Σ q_l, losses summed<br/>",
+                q.levels, q.codebook_size
+            )
+        } else {
+            String::new()
+        };
         out.push_str(&format!(
-            "  enc --> vq{{\"VQ: K = {}, D = {}, β = {}<br/>{kind}{extras}<br/>{}\"}}\n",
+            "  enc --> vq{{\"{residual}VQ: K = {}, D = {}, β = {}<br/>{kind}{extras}<br/>{}\"}}\n",
             q.codebook_size,
             q.embed_dim,
             q.beta,

@@ -11,10 +11,11 @@ use super::lfq::Lfq;
 use super::params::{Init, ParamStore};
 use crate::config::{GradientEstimator, QuantizerConfig, QuantizerKind};
 
-/// Names of the EMA state tensors: the hidden (un-debiased) cluster sizes and sums, and γᵗ,
-/// the weight the zero start still has in them (1 before the first update; 0 after a
-/// k-means seed, which is a real average and needs no debiasing).
-pub const EMA_BUFFERS: &[&str] = &["quantizer.ema_cluster_size", "quantizer.ema_dw", "quantizer.ema_decay_power"];
+/// Names of the EMA state tensors after the quantizer's prefix (`quantizer.`, or
+/// `quantizer.l1.` for a level of a residual quantizer): the hidden (un-debiased) cluster
+/// sizes and sums, and γᵗ, the weight the zero start still has in them (1 before the first
+/// update; 0 after a k-means seed, which is a real average and needs no debiasing).
+pub const EMA_BUFFERS: &[&str] = &["ema_cluster_size", "ema_dw", "ema_decay_power"];
 
 #[derive(Debug, Clone)]
 pub struct Quantizer {
@@ -62,6 +63,8 @@ pub struct Quantized {
     /// Vectors per code in this batch (K,), computed once in training passes for the EMA
     /// update, dead-code restarts and batch statistics; `None` in eval passes.
     pub counts: Option<Tensor>,
+    /// A residual quantizer's passes, one per level (empty for a single quantizer).
+    pub levels: Vec<Quantized>,
 }
 
 impl Quantized {
@@ -80,7 +83,14 @@ fn l2norm(x: &Tensor) -> Result<Tensor> {
 }
 
 impl Quantizer {
+    /// The quantizer of a config (one level), its parameters named `quantizer.…`.
     pub fn new(ps: &mut ParamStore, q: &QuantizerConfig) -> Result<Self> {
+        Self::named(ps, q, "quantizer.")
+    }
+
+    /// A quantizer whose parameters are named `{prefix}codebook`, ….
+    pub fn named(ps: &mut ParamStore, q: &QuantizerConfig, prefix: &str) -> Result<Self> {
+        let name = |what: &str| format!("{prefix}{what}");
         let k = q.codebook_size as usize;
         let d = q.embed_dim as usize;
         let others = |codebook_size: usize, fsq: Option<Fsq>, lfq: Option<Lfq>, beta: f64| Quantizer {
@@ -112,7 +122,7 @@ impl Quantizer {
             return Ok(others(fsq.codes, Some(fsq), None, 0.0));
         }
         let code_dim = if q.lookup_dim > 0 { q.lookup_dim as usize } else { d };
-        let proj = if q.lookup_dim > 0 { Some(CodeProjection::new(ps, d, code_dim)?) } else { None };
+        let proj = if q.lookup_dim > 0 { Some(CodeProjection::new(ps, prefix, d, code_dim)?) } else { None };
         // uniform(−1/K, 1/K) as in taming and the reference PyTorch implementations: a N(0, 1)
         // codebook against small encoder outputs leaves one or two codes in use. Cosine codes
         // start as unit vectors (normalised N(0, 1) rows, as lucidrains' CosineSimCodebook and
@@ -123,7 +133,7 @@ impl Quantizer {
         // init, U(±1/√D), as lucidrains' SimVQ has them.
         let code_transform = if q.kind == QuantizerKind::Simvq {
             let bound = 1.0 / (code_dim as f64).sqrt();
-            Some(ps.param_var("quantizer.code_transform", &[code_dim, code_dim], Init::Uniform(-bound, bound))?)
+            Some(ps.param_var(&name("code_transform"), &[code_dim, code_dim], Init::Uniform(-bound, bound))?)
         } else {
             None
         };
@@ -133,23 +143,23 @@ impl Quantizer {
             init
         };
         let (codebook, ema) = if q.kind == QuantizerKind::Simvq {
-            (ps.buffer("quantizer.codebook", &[k, code_dim], init)?, None)
+            (ps.buffer(&name("codebook"), &[k, code_dim], init)?, None)
         } else if q.kind == QuantizerKind::Ema {
             // The EMA codebook is state, not a trained parameter.
-            let codebook = ps.buffer("quantizer.codebook", &[k, code_dim], init)?;
-            let cs = ps.buffer(EMA_BUFFERS[0], &[k], Init::Const(0.0))?;
-            let dw = ps.buffer(EMA_BUFFERS[1], &[k, code_dim], Init::Const(0.0))?;
-            let decay_power = ps.buffer(EMA_BUFFERS[2], &[1], Init::Const(1.0))?;
+            let codebook = ps.buffer(&name("codebook"), &[k, code_dim], init)?;
+            let cs = ps.buffer(&name(EMA_BUFFERS[0]), &[k], Init::Const(0.0))?;
+            let dw = ps.buffer(&name(EMA_BUFFERS[1]), &[k, code_dim], Init::Const(0.0))?;
+            let decay_power = ps.buffer(&name(EMA_BUFFERS[2]), &[1], Init::Const(1.0))?;
             (codebook, Some((cs, dw, decay_power)))
         } else {
-            (ps.param_var("quantizer.codebook", &[k, code_dim], init)?, None)
+            (ps.param_var(&name("codebook"), &[k, code_dim], init)?, None)
         };
         if q.l2_normalize {
             codebook.set(&l2norm(codebook.as_tensor())?)?;
         }
         let usage_ema = if q.dead_code_threshold > 0.0 {
             // Start "alive": a code is restarted only after it has gone unused for a while.
-            Some(ps.buffer("quantizer.usage_ema", &[k], Init::Const(q.dead_code_threshold))?)
+            Some(ps.buffer(&name("usage_ema"), &[k], Init::Const(q.dead_code_threshold))?)
         } else {
             None
         };
@@ -226,6 +236,7 @@ impl Quantizer {
                 entropy_loss,
                 flat,
                 counts,
+                levels: Vec::new(),
             });
         }
         let flat = self.lookup_vectors(z)?;
@@ -243,7 +254,16 @@ impl Quantizer {
             GradientEstimator::Rotation => rotate_to(&flat, &chosen)?,
         };
         let z_q = rows_to_latents(&st, z, self.proj.as_ref())?;
-        Ok(Quantized { z_q, indices, codebook_loss, commit_loss, entropy_loss: None, flat: flat.detach(), counts })
+        Ok(Quantized {
+            z_q,
+            indices,
+            codebook_loss,
+            commit_loss,
+            entropy_loss: None,
+            flat: flat.detach(),
+            counts,
+            levels: Vec::new(),
+        })
     }
 
     /// Sonnet's update: hidden ← hidden − (hidden − value)(1 − γ); average = hidden / (1 − γᵗ);

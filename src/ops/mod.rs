@@ -7,6 +7,11 @@ pub mod kernels;
 
 pub use conv::{conv2d, conv_transpose2d, Fuse};
 
+/// softplus(x) = ln(1 + eˣ) = max(x, 0) + ln(1 + e^{−|x|}), stable for large |x|.
+pub fn softplus(x: &candle_core::Tensor) -> candle_core::Result<candle_core::Tensor> {
+    x.relu()? + (x.abs()?.neg()?.exp()? + 1.0)?.log()?
+}
+
 /// Keep freed memory in the process for the next step instead of handing it back to the
 /// kernel. A training step allocates and frees the same set of tensors (up to tens of MiB
 /// each) every time; with glibc's defaults each large one is a fresh mmap whose pages fault in

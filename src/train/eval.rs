@@ -58,7 +58,10 @@ pub struct EvalResult {
     pub rec_mse: f64,
     /// Mean over images of the per-image PSNR (dB).
     pub psnr: f64,
+    /// Over all codes (all levels' together for a residual quantizer).
     pub codes: CodebookStats,
+    /// A residual quantizer's levels, each over its own K codes; empty for one quantizer.
+    pub levels: Vec<CodebookStats>,
     pub counts: Vec<u64>,
     pub fid: Option<FidScores>,
 }
@@ -99,7 +102,16 @@ pub fn evaluate(
         let (kid, kid_std) = kid(&ctx.real, &fake, FEATURE_DIM, &ctx.subsets);
         FidScores { rfid, kid, kid_std }
     });
-    Ok(EvalResult { rec_mse: sq_sum / n, psnr: psnr_sum / n, codes: codebook_stats(&counts), counts, fid })
+    let mut levels = Vec::new();
+    if model.quantizer.is_residual() {
+        let mut rest = counts.as_slice();
+        for level in model.quantizer.levels() {
+            let (own, more) = rest.split_at(level.codebook_size);
+            levels.push(codebook_stats(own));
+            rest = more;
+        }
+    }
+    Ok(EvalResult { rec_mse: sq_sum / n, psnr: psnr_sum / n, codes: codebook_stats(&counts), levels, counts, fid })
 }
 
 /// Originals (top rows) above their reconstructions (bottom rows), up to 8 per row, with a

@@ -264,8 +264,13 @@ fn fail_before_start(run_dir: &Path, status: &mut RunStatus, reason: String) -> 
     Ok(Outcome::Failed(reason))
 }
 
-/// The measures of one eval, each under its metric, and the code counts.
-type Measured = (Vec<(&'static Metric, f64)>, Vec<u64>);
+/// The measures of one eval, each under its metric; a residual quantizer's per-level
+/// measures (level, metric, value); and the code counts.
+struct Measured {
+    values: Vec<(&'static Metric, f64)>,
+    levels: Vec<(u32, &'static Metric, f64)>,
+    counts: Vec<u64>,
+}
 
 /// The feature network of the FID-style scores and the reference statistics of the two sets
 /// it scores reconstructions of.
@@ -438,9 +443,11 @@ impl<'a> Trainer<'a> {
         }
         let cfg = self.cfg;
         let mut metrics = metric::names(Split::Eval, cfg.eval.fid, false);
+        metrics.extend(metric::level_names(Split::Eval, cfg.quantizer.levels));
         if cfg.data.val_images() > 0 {
             for split in [Split::Val, Split::Best] {
                 metrics.extend(metric::names(split, cfg.eval.fid, false));
+                metrics.extend(metric::level_names(split, cfg.quantizer.levels));
             }
         }
         metrics.push(metric::IMG_PER_S.at(Split::Train));
@@ -455,27 +462,26 @@ impl<'a> Trainer<'a> {
     }
 
     /// k-means codebook from the encoder outputs of the first batches the run will train on
-    /// (at least 20 vectors per code, at most 50 batches), 10 Lloyd iterations.
+    /// (at least 20 vectors per code, at most 50 batches), 10 Lloyd iterations; each level of
+    /// a residual quantizer from the residuals of the levels before it.
     fn kmeans_init(&self, splits: &data::Splits) -> anyhow::Result<()> {
         let t0 = Instant::now();
         let cfg = self.cfg;
         let k = cfg.quantizer.codebook_size as usize;
         let mut order = BatchOrder::new(splits.train.len, cfg.train.batch_size, cfg.train.seed);
-        let mut parts = Vec::new();
+        let mut latents = Vec::new();
         let mut rows = 0;
         for step in 0..50 {
             let x = splits.train.batch(&order.indices(step), self.device)?;
-            let v = self.model.quantizer.lookup_vectors(&self.model.encode(&x)?)?.detach();
-            rows += v.dim(0)?;
-            parts.push(v);
+            let z = self.model.encode(&x)?.detach();
+            let (b, _, h, w) = z.dims4()?;
+            rows += b * h * w;
+            latents.push(z);
             if rows >= 20 * k {
                 break;
             }
         }
-        let vectors = candle_core::Tensor::cat(&parts, 0)?;
-        let (centroids, counts) = crate::model::quantizer::kmeans(&vectors, k, 10, cfg.train.seed)?;
-        // One batch's worth of latent vectors: the scale of the counts the EMA averages.
-        self.model.quantizer.seed_from_kmeans(&centroids, &counts, parts[0].dim(0)?)?;
+        self.model.quantizer.seed_from_kmeans(&latents, 10, cfg.train.seed)?;
         tracing::info!("k-means codebook init from {rows} encoder outputs ({:.1}s)", t0.elapsed().as_secs_f64());
         Ok(())
     }
@@ -649,7 +655,17 @@ impl<'a> Trainer<'a> {
         if let Some((m, _)) = values.iter().find(|(_, v)| !v.is_finite()) {
             anyhow::bail!("non-finite {} at step {step}", m.key);
         }
-        Ok((values, r.counts))
+        let levels = (0u32..)
+            .zip(&r.levels)
+            .flat_map(|(l, c)| {
+                [
+                    (l, &metric::PERPLEXITY, c.perplexity),
+                    (l, &metric::USAGE, c.usage),
+                    (l, &metric::DEAD_CODES, c.dead_codes as f64),
+                ]
+            })
+            .collect();
+        Ok(Measured { values, levels, counts: r.counts })
     }
 
     /// Record measures under `split/` and log them; returns the full names.
@@ -657,11 +673,14 @@ impl<'a> Trainer<'a> {
         &mut self,
         step: u64,
         split: Split,
-        values: &[(&'static Metric, f64)],
-        counts: Option<&[u64]>,
+        measured: &Measured,
+        counts: bool,
         what: &str,
     ) -> anyhow::Result<Vec<(String, f64)>> {
-        let named: Vec<(String, f64)> = values.iter().map(|(m, v)| (m.at(split), *v)).collect();
+        let values = &measured.values;
+        let mut named: Vec<(String, f64)> = values.iter().map(|(m, v)| (m.at(split), *v)).collect();
+        named.extend(measured.levels.iter().map(|(l, m, v)| (m.at_level(split, *l), *v)));
+        let counts = counts.then_some(measured.counts.as_slice());
         for (name, v) in &named {
             self.sinks.scalar(step, name, *v)?;
         }
@@ -692,8 +711,9 @@ impl<'a> Trainer<'a> {
         let t0 = Instant::now();
         let mut named = Vec::new();
         if splits.val.len > 0 {
-            let (values, counts) = self.measure(splits, false, step)?;
-            named = self.record(step, Split::Val, &values, Some(&counts), "validation eval")?;
+            let measured = self.measure(splits, false, step)?;
+            named = self.record(step, Split::Val, &measured, true, "validation eval")?;
+            let values = measured.values;
             let rule = self.best_rule;
             let value = values.iter().find(|(m, _)| m.key == rule.metric.metric.key).map(|(_, v)| *v);
             if let Some(value) = value.filter(|v| rule.improves(*v, self.best_value)) {
@@ -721,11 +741,11 @@ impl<'a> Trainer<'a> {
     /// this step).
     fn evaluate_test(&mut self, step: u64, splits: &data::Splits) -> anyhow::Result<()> {
         let t0 = Instant::now();
-        let (values, counts) = self.measure(splits, true, step)?;
-        self.record(step, Split::Eval, &values, Some(&counts), "test eval (last step)")?;
+        let measured = self.measure(splits, true, step)?;
+        self.record(step, Split::Eval, &measured, true, "test eval (last step)")?;
         if self.best_step > 0 {
             let best_values = if self.best_step == step {
-                values
+                measured
             } else {
                 let best = checkpoint::read(&self.run.best_checkpoint(), self.device)
                     .context("reading the best checkpoint")?;
@@ -742,10 +762,10 @@ impl<'a> Trainer<'a> {
                 self.model.params.load(&weights)?;
                 let measured = self.measure(splits, true, step);
                 self.model.params.load(&current)?;
-                measured?.0
+                measured?
             };
             let what = format!("test eval (best checkpoint, step {})", self.best_step);
-            self.record(step, Split::Best, &best_values, None, &what)?;
+            self.record(step, Split::Best, &best_values, false, &what)?;
         }
         tracing::info!("test eval took {:.1}s", t0.elapsed().as_secs_f64());
         Ok(())
@@ -800,8 +820,10 @@ impl<'a> Trainer<'a> {
                 summary.insert("run.feature_net_test_accuracy".into(), info.test_accuracy.into());
             }
         }
-        let names = metric::MEASURES.iter().flat_map(|m| [Split::Eval, Split::Val, Split::Best].map(|s| m.at(s)));
-        for name in names.chain([metric::IMG_PER_S.at(Split::Train)]) {
+        let splits_measured = [Split::Eval, Split::Val, Split::Best];
+        let names = metric::MEASURES.iter().flat_map(|m| splits_measured.map(|s| m.at(s)));
+        let levels = splits_measured.into_iter().flat_map(|s| metric::level_names(s, self.cfg.quantizer.levels));
+        for name in names.chain(levels).chain([metric::IMG_PER_S.at(Split::Train)]) {
             if let Some(v) = self.sinks.last(&name) {
                 summary.insert(name, v.into());
             }

@@ -106,10 +106,7 @@ pub fn disc_loss(real: &Tensor, fake: &Tensor, kind: DiscLoss) -> Result<Tensor>
     (a + b)? * 0.5
 }
 
-/// softplus(x) = max(x, 0) + ln(1 + e^{−|x|}), stable for large |x|.
-pub fn softplus(x: &Tensor) -> Result<Tensor> {
-    x.relu()? + (x.abs()?.neg()?.exp()? + 1.0)?.log()?
-}
+pub use crate::ops::softplus;
 
 /// taming's adaptive weight: ‖∇_L rec‖ / (‖∇_L g‖ + 1e-4), clamped to [0, 1e4], detached.
 pub fn adaptive_weight(grad_rec: &Tensor, grad_g: &Tensor) -> Result<Tensor> {

@@ -3,7 +3,7 @@
 
 use candle_core::{Device, Tensor, Var};
 use vqlab::config::{QuantizerConfig, QuantizerKind};
-use vqlab::model::{ParamStore, Quantizer};
+use vqlab::model::{ModelQuantizer, ParamStore, Quantizer};
 
 use crate::common::{oracle, stderr, tiny_experiment, vqlab, write};
 
@@ -21,6 +21,17 @@ fn rows(t: &Tensor) -> Vec<Vec<f64>> {
 /// Rows of numbers from an oracle's JSON.
 fn json_rows(v: &serde_json::Value) -> Vec<Vec<f64>> {
     v.as_array().unwrap().iter().map(|r| r.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect()).collect()
+}
+
+/// Every number of `got` within `tol` (relative, absolute below 1) of the oracle's rows.
+fn assert_rows_close(got: &[Vec<f64>], want: &serde_json::Value, tol: f64, what: &str) {
+    let want = json_rows(want);
+    assert_eq!(got.len(), want.len(), "{what}: rows");
+    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+        for (a, b) in g.iter().zip(w) {
+            assert!((a - b).abs() <= tol * b.abs().max(1.0), "{what}, row {i}: {g:?} vs oracle {w:?}");
+        }
+    }
 }
 
 /// Run an oracle script on a JSON spec (written to a temporary file).
@@ -246,8 +257,16 @@ fn a_rotation_trick_run_resumes_exactly_and_fsq_refuses_it() {
 
 #[test]
 fn lfq_follows_the_numpy_oracle_codes_losses_and_gradient() {
-    let (n, bits) = (32usize, 4usize);
-    let (beta, weight, tau) = (0.25, 0.1, 0.5);
+    // An even and an odd number of bits (the batch entropy splits them in halves), a soft and
+    // a sharp temperature (at τ = 0.05 most p_n(c) fall below the oracle's 1e-5 clamp).
+    for (bits, tau) in [(4usize, 0.5), (5, 0.05)] {
+        lfq_against_the_oracle(bits, tau);
+    }
+}
+
+fn lfq_against_the_oracle(bits: usize, tau: f64) {
+    let n = 32usize;
+    let (beta, weight) = (0.25, 0.1);
     let cfg = QuantizerConfig {
         kind: QuantizerKind::Lfq,
         codebook_size: 1 << bits,
@@ -259,7 +278,7 @@ fn lfq_follows_the_numpy_oracle_codes_losses_and_gradient() {
     };
     let mut ps = ParamStore::new(&Device::Cpu, 0);
     let q = Quantizer::new(&mut ps, &cfg).unwrap();
-    assert_eq!(q.codebook_size, 16);
+    assert_eq!(q.codebook_size, 1 << bits);
     let values: Vec<f32> = (0..n * bits).map(|i| (i as f32 * 0.611).sin() * 1.2 + 0.05).collect();
     let weights: Vec<f32> = (0..n * bits).map(|i| (i as f32 * 1.7).cos() * 0.3).collect();
     let z = Var::from_tensor(&Tensor::from_vec(values.clone(), (n, bits, 1, 1), &Device::Cpu).unwrap()).unwrap();
@@ -284,12 +303,8 @@ fn lfq_follows_the_numpy_oracle_codes_losses_and_gradient() {
     let commit = f64::from(out.commit_loss.to_scalar::<f32>().unwrap());
     assert!(close(commit, want["commit"].as_f64().unwrap(), 1e-5), "commit {commit} vs {}", want["commit"]);
     let ent = f64::from(entropy.to_scalar::<f32>().unwrap());
-    assert!(close(ent, want["entropy"].as_f64().unwrap(), 1e-4), "entropy {ent} vs {}", want["entropy"]);
-    for (i, (got, exp)) in rows(grad).iter().zip(&json_rows(&want["grad"])).enumerate() {
-        for (a, b) in got.iter().zip(exp) {
-            assert!(close(*a, *b, 2e-3), "row {i}: grad {got:?} vs oracle {exp:?}");
-        }
-    }
+    assert!(close(ent, want["entropy"].as_f64().unwrap(), 1e-4), "bits {bits}: entropy {ent} vs {}", want["entropy"]);
+    assert_rows_close(&rows(grad), &want["grad"], 2e-3, &format!("bits {bits}: grad"));
 }
 
 #[test]
@@ -428,4 +443,124 @@ fn every_kind_and_its_options_can_be_swept_side_by_side() {
     for label in ["vq ste", "vq rotation", "ema ste", "fsq ste", "lfq ste", "simvq ste"] {
         assert!(svg.contains(label), "no series {label:?} in the figure");
     }
+}
+
+#[test]
+fn residual_vq_follows_the_numpy_oracle_codes_losses_and_gradients() {
+    let (n, d, k, levels) = (24usize, 4usize, 8usize, 3u32);
+    let (beta, w) = (0.25, 1.0);
+    let cfg = QuantizerConfig { codebook_size: k as u32, embed_dim: d as u32, beta, levels, ..Default::default() };
+    let mut ps = ParamStore::new(&Device::Cpu, 0);
+    let q = ModelQuantizer::new(&mut ps, &cfg).unwrap();
+    assert_eq!((q.levels().len(), q.codebook_size), (3, 24), "three codebooks of 8, counted together");
+    for l in 0..3 {
+        assert!(ps.count(&format!("quantizer.l{l}.codebook")) == k * d, "level {l}'s own codebook");
+    }
+    // Codebooks at shrinking scales, as residuals shrink.
+    let books: Vec<Vec<Vec<f64>>> = (0..3)
+        .map(|l| {
+            (0..k)
+                .map(|c| {
+                    (0..d).map(|j| ((c * 7 + j * 3 + l * 11) as f64 * 0.917).sin() * 1.5 / (1 + 2 * l) as f64).collect()
+                })
+                .collect()
+        })
+        .collect();
+    for (level, book) in q.levels().iter().zip(&books) {
+        let flat: Vec<f32> = book.iter().flatten().map(|x| *x as f32).collect();
+        level.set_codebook(&Tensor::from_vec(flat, (k, d), &Device::Cpu).unwrap()).unwrap();
+    }
+    let values: Vec<f32> = (0..n * d).map(|i| (i as f32 * 0.389).cos() * 1.7 + 0.1).collect();
+    let weights: Vec<f32> = (0..n * d).map(|i| (i as f32 * 1.3).sin() * 0.2).collect();
+    let z = Var::from_tensor(&Tensor::from_vec(values.clone(), (n, d, 1, 1), &Device::Cpu).unwrap()).unwrap();
+    let g = Tensor::from_vec(weights.clone(), (n, d, 1, 1), &Device::Cpu).unwrap();
+    let out = q.forward(z.as_tensor(), true).unwrap();
+    let loss = ((&out.commit_loss * beta).unwrap() + (&out.codebook_loss * w).unwrap()).unwrap();
+    let loss = (loss + (&out.z_q * &g).unwrap().sum_all().unwrap()).unwrap();
+    let grads = loss.backward().unwrap();
+
+    let chunk =
+        |v: &[f32]| v.chunks(d).map(|r| r.iter().map(|x| f64::from(*x)).collect::<Vec<f64>>()).collect::<Vec<_>>();
+    let spec =
+        serde_json::json!({ "z": chunk(&values), "g": chunk(&weights), "codebooks": books, "beta": beta, "w": w });
+    let want = json_oracle("rvq.py", &spec);
+    // Pooled indices: level l's code c is l·K + c.
+    let pooled: Vec<u32> = out.indices.to_vec1().unwrap();
+    for (l, codes) in want["codes"].as_array().unwrap().iter().enumerate() {
+        let codes: Vec<u32> = codes.as_array().unwrap().iter().map(|c| c.as_u64().unwrap() as u32).collect();
+        assert_eq!(out.levels[l].indices.to_vec1::<u32>().unwrap(), codes, "level {l}");
+        let offset: Vec<u32> = codes.iter().map(|c| c + (l * k) as u32).collect();
+        assert_eq!(&pooled[l * n..(l + 1) * n], offset.as_slice(), "level {l} pooled");
+    }
+    let close = |a: f64, b: f64, tol: f64| (a - b).abs() <= tol * b.abs().max(1.0);
+    assert_rows_close(&rows(&out.z_q), &want["out"], 1e-5, "output");
+    for (name, t) in [("codebook_loss", &out.codebook_loss), ("commit", &out.commit_loss)] {
+        let v = f64::from(t.to_scalar::<f32>().unwrap());
+        assert!(close(v, want[name].as_f64().unwrap(), 1e-5), "{name} {v} vs {}", want[name]);
+    }
+    assert_rows_close(&rows(grads.get(z.as_tensor()).unwrap()), &want["grad_z"], 1e-5, "grad z");
+    for (l, level) in q.levels().iter().enumerate() {
+        let ge = rows(grads.get(level.codebook().unwrap().as_tensor()).unwrap());
+        assert_rows_close(&ge, &want["grad_codebooks"][l], 1e-5, &format!("level {l} codebook grad"));
+    }
+    // With the rotation trick the forward value is the same sum.
+    let rotated = QuantizerConfig { gradient: vqlab::config::GradientEstimator::Rotation, ..cfg };
+    let mut ps = ParamStore::new(&Device::Cpu, 0);
+    let qr = ModelQuantizer::new(&mut ps, &rotated).unwrap();
+    for (level, book) in qr.levels().iter().zip(&books) {
+        let flat: Vec<f32> = book.iter().flatten().map(|x| *x as f32).collect();
+        level.set_codebook(&Tensor::from_vec(flat, (k, d), &Device::Cpu).unwrap()).unwrap();
+    }
+    let out_r = qr.forward(z.as_tensor(), false).unwrap();
+    assert_rows_close(&rows(&out_r.z_q), &want["out"], 1e-5, "rotated output");
+}
+
+#[test]
+fn residual_vq_runs_count_levels_and_resume_exactly_and_bad_levels_are_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "exp.toml", &tiny_experiment("rvqbad", ""));
+    for sets in [
+        &["quantizer.levels=0"][..],
+        &["quantizer.levels=17"],
+        &["quantizer.levels=2", "quantizer.kind=fsq", "quantizer.codebook_size=256"],
+        &["quantizer.levels=2", "quantizer.kind=lfq", "quantizer.codebook_size=64"],
+    ] {
+        assert_plan_refuses(dir.path(), sets, "key `quantizer.levels`");
+    }
+    // EMA levels seeded by k-means one after another, with dead-code restarts: every piece of
+    // per-level state goes through the checkpoint.
+    let t = crate::train::assert_resume_is_exact(
+        "rvqresume",
+        &["quantizer.kind=ema", "quantizer.levels=3", "quantizer.init=kmeans", "quantizer.dead_code_threshold=1"],
+    );
+    for l in 0..3 {
+        for name in ["codebook", "ema_cluster_size", "ema_dw", "ema_decay_power", "usage_ema"] {
+            assert!(t.contains_key(&format!("model.quantizer.l{l}.{name}")), "level {l} {name}");
+        }
+    }
+    crate::train::assert_resume_is_exact("rvqvq", &["quantizer.levels=2", "quantizer.gradient=rotation"]);
+
+    let out = vqlab(dir.path(), &["run", "exp.toml", "--set", "quantizer.levels=4"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let run = &crate::common::run_dirs(&dir.path().join("runs/rvqbad"))[0];
+    let name = run.file_name().unwrap().to_string_lossy().to_string();
+    assert!(name.starts_with("vqvae-K32x4-s0-"), "{name}");
+    let summary: serde_json::Value = serde_json::from_slice(&std::fs::read(run.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["run.codebook_codes"], 128, "4 levels of 32 codes");
+    // Counted together, the used codes are the levels' used codes summed; dead codes too.
+    for split in ["eval", "val", "best"] {
+        let level = |m: &str, l: u32| summary[format!("{split}/{m}_l{l}")].as_f64().unwrap();
+        let used: f64 = (0..4).map(|l| level("usage", l) * 32.0).sum();
+        let all = summary[format!("{split}/usage")].as_f64().unwrap();
+        assert!((all * 128.0 - used).abs() < 1e-6, "{split}: usage {all} vs levels' {used} of 128");
+        let dead: f64 = (0..4).map(|l| level("dead_codes", l)).sum();
+        assert_eq!(summary[format!("{split}/dead_codes")].as_f64().unwrap(), dead, "{split}");
+        for l in 0..4 {
+            let p = level("perplexity", l);
+            assert!((1.0..=32.0).contains(&p), "{split} level {l} perplexity {p}");
+        }
+    }
+    let out = vqlab(dir.path(), &["describe", "exp.toml", "--set", "quantizer.levels=4"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(crate::common::stdout(&out).contains("Residual VQ: 4 levels"), "{}", crate::common::stdout(&out));
 }

@@ -4,7 +4,9 @@ definitions rather than from vqlab:
   bits: b_i = z_i > 0; q = 2b - 1; code = sum_i b_i 2^(d-1-i) (first channel most significant)
   commitment = mean((z - q)^2)
   p_n = softmax_k(2 z_n . c_k / tau) over the K = 2^d codes c_k in {-1, 1}^d
-  H(p) = -sum p ln max(p, 1e-5);  entropy = mean_n H(p_n) - H(mean_n p_n)
+  entropy = mean_n H(p_n) - H'(mean_n p_n), with the exact H(p) = -sum p ln p (0 ln 0 = 0)
+  per sample and lucidrains' clamped H'(p) = -sum p ln max(p, 1e-5) for the batch mean.
+  Both over the full N x K matrix of p_n, the direct form of the definition.
   loss = beta * commitment + weight * entropy + sum(q_st * g), with q_st = q forward and the
   identity backward (straight-through).
 
@@ -33,12 +35,16 @@ def entropy_rows(p):
     return -(p * np.log(np.maximum(p, 1e-5))).sum(-1)
 
 
+def exact_entropy_rows(p):
+    return -np.where(p > 0, p * np.log(np.where(p > 0, p, 1.0)), 0.0).sum(-1)
+
+
 def aux(zz):
     logits = 2 * zz @ codebook.T / tau
     logits -= logits.max(1, keepdims=True)
     p = np.exp(logits)
     p /= p.sum(1, keepdims=True)
-    ent = entropy_rows(p).mean() - entropy_rows(p.mean(0))
+    ent = exact_entropy_rows(p).mean() - entropy_rows(p.mean(0))
     commit = ((zz - q) ** 2).mean()
     return beta * commit + weight * ent, commit, ent
 
