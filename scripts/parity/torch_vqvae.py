@@ -16,6 +16,10 @@ vector_quantize_pytorch, sharing no code or random stream with vqlab.
   per code, <= 50 batches, 10 Lloyd iterations from K distinct rows); the EMA statistics start
   as those clusters (lucidrains' init_embed_), rescaled to one batch of vectors, empty
   clusters counted as one vector, no zero-debiasing of a seeded average.
+- Quantizers "fsq" and "lfq": vector-quantize-pytorch's own `FSQ` (the FSQ paper's levels
+  for K) and `LFQ` (entropy weight 0.1, commitment 0.25, its default inv_temperature 100),
+  imported from the installed package (`pip install vector-quantize-pytorch`): the
+  reference implementations themselves, for calibrating vqlab's kinds of the same names.
 - Adam (0.9, 0.999), lr 1e-3, batch 64, 625 steps, a fresh permutation each epoch.
 
 Prints one JSON object: eval rec MSE (clamped reconstructions), PSNR, usage and perplexity
@@ -140,6 +144,33 @@ class EMA(nn.Module):
         return unflat(f + (e - f).detach(), z), loss, idx
 
 
+FSQ_LEVELS = {256: [8, 6, 5], 1024: [8, 5, 5, 5], 4096: [7, 5, 5, 5, 5]}
+
+
+class Reference(nn.Module):
+    """vector-quantize-pytorch's FSQ or LFQ behind this script's (z_q, loss, indices) form;
+    indices of the implicit codebook (Π levels codes, or K bit patterns)."""
+
+    def __init__(self, kind, k, d):
+        super().__init__()
+        import vector_quantize_pytorch as vqp
+        self.kind = kind
+        if kind == "fsq":
+            self.q = vqp.FSQ(FSQ_LEVELS[k], dim=d)
+            self.codes = int(np.prod(FSQ_LEVELS[k]))
+        else:
+            self.q = vqp.LFQ(dim=d, codebook_size=k, entropy_loss_weight=0.1, commitment_loss_weight=0.25)
+            self.codes = k
+
+    def forward(self, z):
+        if self.kind == "fsq":
+            zq, idx = self.q(z)
+            loss = z.new_zeros(())
+        else:
+            zq, idx, loss = self.q(z)
+        return zq, loss, idx.reshape(-1)
+
+
 def kmeans(x, k, iters, gen):
     c = x[torch.randperm(x.shape[0], generator=gen)[:k]].clone()
     for _ in range(iters):
@@ -154,7 +185,7 @@ def kmeans(x, k, iters, gen):
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--data", default="/usr/share/datasets/fashion-mnist")
-    p.add_argument("--kind", choices=["vq", "ema"], required=True)
+    p.add_argument("--kind", choices=["vq", "ema", "fsq", "lfq"], required=True)
     p.add_argument("--k", type=int, required=True)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, default=625)
@@ -179,7 +210,11 @@ def main():
     test = torch.from_numpy(test.astype(np.float32) / 255.0)
 
     ae = Autoencoder(a.hidden, a.res, a.res_blocks, a.dim)
-    vq = (VQ if a.kind == "vq" else EMA)(a.k, a.dim, 0.25)
+    if a.kind in ("fsq", "lfq"):
+        vq = Reference(a.kind, a.k, a.dim)
+    else:
+        vq = (VQ if a.kind == "vq" else EMA)(a.k, a.dim, 0.25)
+    codes = getattr(vq, "codes", a.k)
     params = list(ae.parameters()) + list(vq.parameters())
     opt = torch.optim.Adam(params, lr=a.lr, betas=(0.9, 0.999))
 
@@ -216,7 +251,7 @@ def main():
 
     ae.eval()
     vq.eval()
-    sq, psnr, counts = 0.0, 0.0, torch.zeros(a.k, dtype=torch.float64)
+    sq, psnr, counts = 0.0, 0.0, torch.zeros(codes, dtype=torch.float64)
     with torch.no_grad():
         for i in range(0, len(test), 500):
             x = test[i:i + 500]
@@ -224,7 +259,7 @@ def main():
             mse = ((ae.decode(zq).clamp(0, 1) - x) ** 2).flatten(1).mean(1).double()
             sq += mse.sum().item()
             psnr += (10 * torch.log10(1.0 / mse.clamp(min=1e-10))).sum().item()
-            counts += torch.bincount(idx, minlength=a.k).double()
+            counts += torch.bincount(idx, minlength=codes).double()
     p_k = counts / counts.sum()
     nz = p_k[p_k > 0]
     print(json.dumps({
