@@ -31,6 +31,10 @@ pub fn info(metric: &str) -> MetricInfo {
         Split::Best => format!("{} (best ckpt)", m.label),
         Split::Train | Split::Eval => m.label.to_string(),
     };
+    let label = match name.level {
+        Some(l) => format!("{label} l{l}"),
+        None => label,
+    };
     MetricInfo { better: m.better, label, digits: m.digits, fid_style: m.needs.fid }
 }
 
@@ -186,6 +190,15 @@ mod tests {
         assert_eq!(NumberFormat::for_values(3, [0.873]).text(0.87349), "0.873");
         assert_eq!(NumberFormat { exponent: 0, decimals: 2 }.text(-0.001), "0.00");
         assert_eq!(times_ten_unicode(-3), "×10⁻³");
+    }
+
+    #[test]
+    fn labels_name_the_split_and_the_residual_level() {
+        assert_eq!(info("eval/usage").label, "usage");
+        assert_eq!(info("val/usage_l2").label, "val usage l2");
+        assert_eq!(info("best/dead_codes_l0").label, "dead codes (best ckpt) l0");
+        assert_eq!(info("eval/input_psnr").label, "input PSNR (dB)");
+        assert_eq!(info("eval/unknown_l1").label, "eval/unknown_l1");
     }
 
     #[test]
