@@ -36,8 +36,8 @@ if ((${#missing[@]})); then
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
-# numpy, scipy, pyarrow, pandas and tensorboard for the test oracles (tests/oracles).
-if ! python3 -c "import numpy, scipy, pyarrow, pandas, tensorboard" 2>/dev/null; then
+# numpy, scipy, pyarrow, pandas, tensorboard and pillow for the test oracles (tests/oracles).
+if ! python3 -c "import numpy, scipy, pyarrow, pandas, tensorboard, PIL" 2>/dev/null; then
   echo "installing the test oracles' Python packages: $(tr '\n' ' ' < tests/oracles/requirements.txt)"
   python3 -m pip install --quiet -r tests/oracles/requirements.txt 2>/dev/null \
     || python3 -m pip install --quiet --break-system-packages -r tests/oracles/requirements.txt

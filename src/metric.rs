@@ -67,6 +67,8 @@ pub struct Needs {
     pub fid: bool,
     /// A discriminator (`model.variant = "vqgan"`).
     pub discriminator: bool,
+    /// A degraded input (`task.kind` = `denoise` or `superres`).
+    pub task: bool,
 }
 
 /// One metric.
@@ -96,9 +98,10 @@ pub struct Metric {
 
 const MEASURED: &[Split] = &[Split::Val, Split::Eval, Split::Best];
 const TRAINING: &[Split] = &[Split::Train];
-const NONE: Needs = Needs { fid: false, discriminator: false };
-const FID: Needs = Needs { fid: true, discriminator: false };
-const DISC: Needs = Needs { fid: false, discriminator: true };
+const NONE: Needs = Needs { fid: false, discriminator: false, task: false };
+const FID: Needs = Needs { fid: true, discriminator: false, task: false };
+const DISC: Needs = Needs { fid: false, discriminator: true, task: false };
+const TASK: Needs = Needs { fid: false, discriminator: false, task: true };
 
 /// An eval measure, on the validation and test splits.
 const fn measure(
@@ -137,7 +140,24 @@ pub const REC_MSE: Metric = measure(
     3,
     "mean squared error of the reconstructions, pixels on [0, 1]",
 );
-pub const PSNR: Metric = measure("psnr", Some(Higher), "dB", NONE, "PSNR (dB)", 4, "10·log10(1 / rec_mse)");
+pub const PSNR: Metric = measure(
+    "psnr",
+    Some(Higher),
+    "dB",
+    NONE,
+    "PSNR (dB)",
+    4,
+    "mean over images of 10·log10(1 / the image's MSE), against the clean image",
+);
+pub const INPUT_PSNR: Metric = measure(
+    "input_psnr",
+    Some(Higher),
+    "dB",
+    TASK,
+    "input PSNR (dB)",
+    4,
+    "the degraded input's own PSNR against the clean image (the noisy image; the box-down, bicubic-up image): the baseline a denoising or super-resolution model must beat",
+);
 pub const PERPLEXITY: Metric = Metric {
     per_level: true,
     ..measure(
@@ -180,7 +200,8 @@ pub const KID_STD: Metric =
     measure("kid_std", None, "", FID, "KID std", 2, "standard deviation of KID over the subsets");
 
 /// The measures of an eval, in table order.
-pub const MEASURES: [&Metric; 8] = [&REC_MSE, &PSNR, &PERPLEXITY, &USAGE, &DEAD_CODES, &RFID, &KID, &KID_STD];
+pub const MEASURES: [&Metric; 9] =
+    [&REC_MSE, &PSNR, &INPUT_PSNR, &PERPLEXITY, &USAGE, &DEAD_CODES, &RFID, &KID, &KID_STD];
 
 pub const REC_LOSS: Metric = train(
     "rec_loss",
@@ -305,8 +326,8 @@ impl Metric {
     }
 
     /// A metric computed by a run with these settings.
-    pub fn is_measured(&self, fid: bool, discriminator: bool) -> bool {
-        (fid || !self.needs.fid) && (discriminator || !self.needs.discriminator)
+    pub fn is_measured(&self, fid: bool, discriminator: bool, task: bool) -> bool {
+        (fid || !self.needs.fid) && (discriminator || !self.needs.discriminator) && (task || !self.needs.task)
     }
 }
 
@@ -359,9 +380,10 @@ fn on_split(split: Split) -> &'static [&'static Metric] {
     }
 }
 
-/// The full names a run records on a split, in table order.
-pub fn names(split: Split, fid: bool, discriminator: bool) -> Vec<String> {
-    on_split(split).iter().filter(|m| m.is_measured(fid, discriminator)).map(|m| m.at(split)).collect()
+/// The full names a run records on a split, in table order (`task`: the run degrades its
+/// inputs).
+pub fn names(split: Split, fid: bool, discriminator: bool, task: bool) -> Vec<String> {
+    on_split(split).iter().filter(|m| m.is_measured(fid, discriminator, task)).map(|m| m.at(split)).collect()
 }
 
 /// The per-level names a run with a residual quantizer of `levels` levels also records on a
@@ -377,7 +399,7 @@ pub fn level_names(split: Split, levels: u32) -> Vec<String> {
 
 /// Every full name vqlab can record (the plain names; per-level names follow the levels).
 pub fn all_names() -> Vec<String> {
-    Split::ALL.into_iter().flat_map(|s| names(s, true, true)).collect()
+    Split::ALL.into_iter().flat_map(|s| names(s, true, true, true)).collect()
 }
 
 /// How a run picks its best checkpoint: the eval step with the best value of a validation
@@ -470,6 +492,9 @@ pub fn table() -> String {
         if m.needs.discriminator {
             needs.push("vqgan");
         }
+        if m.needs.task {
+            needs.push("`task.kind` denoise/superres");
+        }
         let kinds = format!("kind {}", m.kinds.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join("/"));
         if !m.kinds.is_empty() {
             needs.push(&kinds);
@@ -517,13 +542,14 @@ mod tests {
     #[test]
     fn a_run_without_fid_or_discriminator_records_fewer_names() {
         assert_eq!(
-            names(Split::Val, false, false),
+            names(Split::Val, false, false, false),
             ["val/rec_mse", "val/psnr", "val/perplexity", "val/usage", "val/dead_codes"]
         );
-        assert_eq!(names(Split::Eval, true, false).len(), 8);
-        assert_eq!(names(Split::Train, false, false).len(), 7);
-        assert_eq!(names(Split::Train, false, true).len(), 12);
-        assert_eq!(all_names().len(), 12 + 3 * 8);
+        assert_eq!(names(Split::Eval, true, false, false).len(), 8);
+        assert_eq!(names(Split::Eval, false, false, true)[..3], ["eval/rec_mse", "eval/psnr", "eval/input_psnr"]);
+        assert_eq!(names(Split::Train, false, false, false).len(), 7);
+        assert_eq!(names(Split::Train, false, true, false).len(), 12);
+        assert_eq!(all_names().len(), 12 + 3 * 9);
         assert!(COMMIT_LOSS.applies_to("lfq") && !COMMIT_LOSS.applies_to("fsq"));
         assert!(REC_LOSS.applies_to("fsq") && !ENTROPY_LOSS.applies_to("vq"));
     }

@@ -15,6 +15,9 @@ pub struct ExperimentConfig {
     pub data: DataConfig,
     pub model: ModelConfig,
     pub quantizer: QuantizerConfig,
+    /// What the model learns to produce from what: reconstruction, denoising or
+    /// super-resolution (left out of the run id at its default, reconstruction).
+    pub task: TaskConfig,
     pub loss: LossConfig,
     pub train: TrainConfig,
     pub eval: EvalConfig,
@@ -298,6 +301,32 @@ impl Default for QuantizerConfig {
     }
 }
 
+/// The image-to-image task of the seed article's §6.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TaskKind {
+    /// The input is the clean image.
+    #[default]
+    Reconstruct,
+    /// The input is the image plus Gaussian noise of `task.noise_std`, clipped to [0, 1].
+    Denoise,
+    /// The input is the image box-downscaled by `task.scale` and bicubic-upscaled back.
+    Superres,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct TaskConfig {
+    pub kind: TaskKind,
+    /// denoise: σ of the Gaussian noise on the [0, 1] pixel scale (resolved to 0.2; unset
+    /// for the other kinds).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub noise_std: Option<f64>,
+    /// superres: the downscaling factor (resolved to 2; unset for the other kinds).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scale: Option<u32>,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ReconLoss {
@@ -408,7 +437,7 @@ impl EarlyStopRule {
             format!(
                 "metric {:?} is not a validation metric (expected one of {})",
                 self.metric,
-                crate::metric::names(Split::Val, true, false).join(", ")
+                crate::metric::names(Split::Val, true, false, true).join(", ")
             )
         })?;
         let bound = match (self.below, self.above) {

@@ -17,7 +17,8 @@ use crate::error::InputError;
 /// Keys added after runs existed, with the value every earlier run had (as JSON): at that
 /// value a key is left out of the run id, so those runs keep their ids (and stay done); any
 /// other value is hashed like every key.
-pub const HASHED_UNLESS_DEFAULT: &[(&str, &str)] = &[("quantizer.gradient", "\"ste\""), ("quantizer.levels", "1")];
+pub const HASHED_UNLESS_DEFAULT: &[(&str, &str)] =
+    &[("quantizer.gradient", "\"ste\""), ("quantizer.levels", "1"), ("task", r#"{"kind":"reconstruct"}"#)];
 
 pub const NON_RESULT_KEYS: &[&str] = &[
     "experiment",
@@ -383,6 +384,7 @@ mod tests {
         let mut value = serde_json::to_value(&base).unwrap();
         remove_key(&mut value, "quantizer.gradient");
         remove_key(&mut value, "quantizer.levels");
+        remove_key(&mut value, "task");
         // The id of a config without the keys, as the code before them hashed it.
         for key in NON_RESULT_KEYS {
             remove_key(&mut value, key);
@@ -396,6 +398,9 @@ mod tests {
         let mut residual = base.clone();
         residual.quantizer.levels = 4;
         assert_ne!(run_id(&residual), old);
+        let mut denoise = base.clone();
+        denoise.task.kind = crate::config::TaskKind::Denoise;
+        assert_ne!(run_id(&denoise), old);
         assert_eq!(run_dir_name(&residual, "ab"), "vqvae-K512x4-s0-ab");
         assert_eq!(run_dir_name(&base, "ab"), "vqvae-K512-s0-ab");
     }

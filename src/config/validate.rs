@@ -33,6 +33,15 @@ pub fn resolve(cfg: &mut ExperimentConfig) {
             Variant::Vqgan => ReconLoss::L1,
         };
     }
+    match cfg.task.kind {
+        TaskKind::Denoise => {
+            cfg.task.noise_std.get_or_insert(0.2);
+        }
+        TaskKind::Superres => {
+            cfg.task.scale.get_or_insert(2);
+        }
+        TaskKind::Reconstruct => {}
+    }
     if cfg.quantizer.kind == QuantizerKind::Lfq {
         // The MAGVIT-v2 authors' defaults, as lucidrains' LFQ has them.
         cfg.quantizer.lfq_entropy_weight.get_or_insert(0.1);
@@ -92,6 +101,7 @@ pub fn validate(cfg: &ExperimentConfig, origin: &dyn Fn(&str) -> String) -> Resu
     if d.dataset == DatasetKind::Synthetic && d.val_images() > 1_000_000 {
         bad("data.val_images", format!("expected at most 1000000 synthetic images, found {}", d.val_images()));
     }
+    check_task(cfg, &mut bad);
     let m = &cfg.model;
     if m.downsample == 0 || m.downsample > 6 {
         bad("model.downsample", format!("expected 1 to 6 stride-2 stages, found {}", m.downsample));
@@ -331,6 +341,33 @@ fn check_lfq(q: &QuantizerConfig, bad: &mut impl FnMut(&'static str, String)) {
     }
     for key in codebook_options_set(q) {
         bad(key, "an option of the codebook kinds (vq, ema); lfq has a fixed ±1 code per bit".into());
+    }
+}
+
+/// The task's options: each only with its kind, in range, and a scale that divides the images.
+fn check_task(cfg: &ExperimentConfig, bad: &mut impl FnMut(&'static str, String)) {
+    let t = &cfg.task;
+    match (t.kind, t.noise_std) {
+        (TaskKind::Denoise, Some(s)) if !(s.is_finite() && s > 0.0 && s <= 1.0) => {
+            bad("task.noise_std", format!("expected a σ in (0, 1] on the [0, 1] pixel scale, found {s}"));
+        }
+        (TaskKind::Denoise, _) | (_, None) => {}
+        (_, Some(_)) => bad("task.noise_std", "an option of task.kind = \"denoise\" only".into()),
+    }
+    match (t.kind, t.scale) {
+        (TaskKind::Superres, Some(s)) => {
+            let side = cfg.data.image_size;
+            if !(2..=16).contains(&s) {
+                bad("task.scale", format!("expected a downscaling factor from 2 to 16, found {s}"));
+            } else if side != 0 && !side.is_multiple_of(s) {
+                bad(
+                    "task.scale",
+                    format!("{s} does not divide data.image_size = {side}: the box downscale needs whole blocks"),
+                );
+            }
+        }
+        (_, None) => {}
+        (_, Some(_)) => bad("task.scale", "an option of task.kind = \"superres\" only".into()),
     }
 }
 

@@ -7,6 +7,7 @@
 
 mod batch;
 mod cifar;
+pub mod degrade;
 mod folder;
 mod idx;
 mod synthetic;
@@ -18,6 +19,7 @@ use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 
 pub use batch::BatchOrder;
+pub use degrade::Degradation;
 
 use crate::config::{DataConfig, DatasetKind};
 use crate::error::InputError;

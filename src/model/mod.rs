@@ -93,7 +93,21 @@ pub fn mermaid(cfg: &ExperimentConfig) -> String {
     let latent = s >> n;
     let q = &cfg.quantizer;
     let mut out = String::from("flowchart LR\n");
-    out.push_str(&format!("  x[\"input {c}×{s}×{s}\"] --> enc\n"));
+    match cfg.task.kind {
+        crate::config::TaskKind::Reconstruct => out.push_str(&format!("  x[\"input {c}×{s}×{s}\"] --> enc\n")),
+        kind => {
+            let what = match kind {
+                crate::config::TaskKind::Denoise => {
+                    format!("denoise: + N(0, {}²) noise, clipped to [0, 1]", cfg.task.noise_std.unwrap_or(0.2))
+                }
+                _ => {
+                    let f = cfg.task.scale.unwrap_or(2);
+                    format!("superres: box ↓{f} to {}×{}, bicubic ↑{f}", s / f, s / f)
+                }
+            };
+            out.push_str(&format!("  x[\"clean image {c}×{s}×{s} (the target)\"] --> deg[\"{what}\"] --> enc\n"));
+        }
+    }
     out.push_str("  subgraph enc[Encoder]\n    direction TB\n");
     let mut side = s;
     let mut prev = "x0".to_string();

@@ -254,7 +254,7 @@ pub fn page(c: &Collection) -> anyhow::Result<String> {
         );
     } else {
         html.push_str(
-            "<p class=\"meta\">The same first eval images for every run: originals above, reconstructions below.</p>\n",
+            "<p class=\"meta\">The same first eval images for every run: originals above, reconstructions below (with the degraded inputs between them for the denoising and super-resolution tasks).</p>\n",
         );
     }
     html.push_str("<div class=\"grids\">\n");

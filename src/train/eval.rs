@@ -6,6 +6,7 @@
 use candle_core::{Device, Result};
 
 use crate::config::EvalConfig;
+use crate::data::degrade::{eval_key, Degradation};
 use crate::data::ImageSet;
 use crate::metrics::features::{FeatureNet, FEATURE_DIM};
 use crate::metrics::fid::{frechet_distance, gaussian, kid, kid_subsets, Gaussian};
@@ -58,6 +59,8 @@ pub struct EvalResult {
     pub rec_mse: f64,
     /// Mean over images of the per-image PSNR (dB).
     pub psnr: f64,
+    /// The degraded inputs' own mean PSNR against the clean images (None for reconstruction).
+    pub input_psnr: Option<f64>,
     /// Over all codes (all levels' together for a residual quantizer).
     pub codes: CodebookStats,
     /// A residual quantizer's levels, each over its own K codes; empty for one quantizer.
@@ -66,9 +69,13 @@ pub struct EvalResult {
     pub fid: Option<FidScores>,
 }
 
+/// Measure `model` on `set`: the inputs degraded as the task says (image i's noise keyed by
+/// `stream` and i), the outputs compared with the clean images.
 pub fn evaluate(
     model: &VqModel,
     set: &ImageSet,
+    degradation: &Degradation,
+    stream: u64,
     batch_size: usize,
     device: &Device,
     fid: Option<(&FeatureNet, &FidReference)>,
@@ -77,18 +84,23 @@ pub fn evaluate(
     let mut counts = vec![0u64; k];
     let mut sq_sum = 0.0f64;
     let mut psnr_sum = 0.0f64;
+    let mut input_psnr_sum = 0.0f64;
     let mut fake = Vec::with_capacity(if fid.is_some() { set.len * FEATURE_DIM } else { 0 });
     let indices: Vec<usize> = (0..set.len).collect();
     for chunk in indices.chunks(batch_size.max(1)) {
         let x = set.batch(chunk, device)?;
-        let r = model.reconstruct(&x, false)?;
+        let input = degraded(&x, chunk, degradation, stream)?;
+        if !degradation.is_none() {
+            for mse in per_image_mse(&input, &x)? {
+                input_psnr_sum += psnr_from_mse(mse);
+            }
+        }
+        let r = model.reconstruct(&input, false)?;
         let x_hat = r.x_hat.clamp(0.0, 1.0)?;
         if let Some((net, _)) = fid {
             fake.extend(net.features_vec(&x_hat)?);
         }
-        let err = (x_hat - &x)?.sqr()?;
-        let per_image = err.flatten_from(1)?.mean(1)?.to_dtype(candle_core::DType::F64)?.to_vec1::<f64>()?;
-        for mse in per_image {
+        for mse in per_image_mse(&x_hat, &x)? {
             sq_sum += mse;
             psnr_sum += psnr_from_mse(mse);
         }
@@ -111,18 +123,50 @@ pub fn evaluate(
             rest = more;
         }
     }
-    Ok(EvalResult { rec_mse: sq_sum / n, psnr: psnr_sum / n, codes: codebook_stats(&counts), levels, counts, fid })
+    let input_psnr = (!degradation.is_none()).then_some(input_psnr_sum / n);
+    Ok(EvalResult {
+        rec_mse: sq_sum / n,
+        psnr: psnr_sum / n,
+        input_psnr,
+        codes: codebook_stats(&counts),
+        levels,
+        counts,
+        fid,
+    })
 }
 
-/// Originals (top rows) above their reconstructions (bottom rows), up to 8 per row, with a
-/// 2-pixel gap. Returns an RGB image.
-pub fn reconstruction_grid(model: &VqModel, set: &ImageSet, n: usize, device: &Device) -> Result<image::RgbImage> {
+/// The task's input for images `indices` of an eval set.
+fn degraded(x: &candle_core::Tensor, indices: &[usize], d: &Degradation, stream: u64) -> Result<candle_core::Tensor> {
+    let keys: Vec<u64> = indices.iter().map(|&i| eval_key(stream, i)).collect();
+    d.apply(x, &keys)
+}
+
+/// Mean squared error of each image of `a` against `b` (B, C, H, W).
+fn per_image_mse(a: &candle_core::Tensor, b: &candle_core::Tensor) -> Result<Vec<f64>> {
+    (a - b)?.sqr()?.flatten_from(1)?.mean(1)?.to_dtype(candle_core::DType::F64)?.to_vec1::<f64>()
+}
+
+/// Originals (top rows) above their reconstructions (bottom rows), with the degraded inputs
+/// between them for the denoising and super-resolution tasks; up to 8 per row, with a 2-pixel
+/// gap. Returns an RGB image.
+pub fn reconstruction_grid(
+    model: &VqModel,
+    set: &ImageSet,
+    degradation: &Degradation,
+    stream: u64,
+    n: usize,
+    device: &Device,
+) -> Result<image::RgbImage> {
     let n = n.min(set.len).max(1);
     let idx: Vec<usize> = (0..n).collect();
     let x = set.batch(&idx, device)?;
-    let x_hat = model.reconstruct(&x, false)?.x_hat.clamp(0.0, 1.0)?;
-    let orig = x.flatten_all()?.to_vec1::<f32>()?;
-    let rec = x_hat.flatten_all()?.to_vec1::<f32>()?;
+    let input = degraded(&x, &idx, degradation, stream)?;
+    let x_hat = model.reconstruct(&input, false)?.x_hat.clamp(0.0, 1.0)?;
+    let mut blocks = vec![x.flatten_all()?.to_vec1::<f32>()?];
+    if !degradation.is_none() {
+        blocks.push(input.flatten_all()?.to_vec1::<f32>()?);
+    }
+    blocks.push(x_hat.flatten_all()?.to_vec1::<f32>()?);
     let (c, s) = (set.channels, set.side);
     let per_row = n.min(8);
     let rows = n.div_ceil(per_row);
@@ -130,10 +174,10 @@ pub fn reconstruction_grid(model: &VqModel, set: &ImageSet, n: usize, device: &D
     let cell = s + gap;
     let mut img = image::RgbImage::from_pixel(
         (per_row * cell + gap) as u32,
-        (2 * rows * cell + gap) as u32,
+        (blocks.len() * rows * cell + gap) as u32,
         image::Rgb([255, 255, 255]),
     );
-    for (block, data) in [(0usize, &orig), (1usize, &rec)] {
+    for (block, data) in blocks.iter().enumerate() {
         for i in 0..n {
             let (r, col) = (i / per_row, i % per_row);
             let y0 = gap + (block * rows + r) * cell;

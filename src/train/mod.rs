@@ -13,7 +13,7 @@ use anyhow::Context;
 use candle_core::Device;
 
 use crate::config::{self, CodebookInit, DeviceKind, ExperimentConfig, Variant, TRAINING_REVISION};
-use crate::data::{self, BatchOrder};
+use crate::data::{self, BatchOrder, Degradation};
 use crate::metric::{self, CheckpointRule, Metric, Split};
 use crate::metrics::features::{self, FeatureNet};
 use crate::metrics::sink::SamplesSink;
@@ -302,7 +302,13 @@ struct Trainer<'a> {
     step_reached: u64,
     /// The largest device memory measured at the probe steps (MiB).
     peak_memory_mib: Option<u64>,
+    /// What the task does to the model's inputs (`task.kind`).
+    degradation: Degradation,
 }
+
+/// The noise streams of the two eval sets (`data::degrade::eval_key`).
+const VAL_STREAM: u64 = 1;
+const TEST_STREAM: u64 = 2;
 
 impl<'a> Trainer<'a> {
     fn run(
@@ -370,6 +376,7 @@ impl<'a> Trainer<'a> {
             train_seconds: 0.0,
             step_reached: 0,
             peak_memory_mib: status.peak_memory_mib,
+            degradation: Degradation::of(&cfg.task),
         };
         let start = match ckpt {
             Some(c) => {
@@ -442,11 +449,12 @@ impl<'a> Trainer<'a> {
             self.sinks.remember(&name, v);
         }
         let cfg = self.cfg;
-        let mut metrics = metric::names(Split::Eval, cfg.eval.fid, false);
+        let task = cfg.task.kind != config::TaskKind::Reconstruct;
+        let mut metrics = metric::names(Split::Eval, cfg.eval.fid, false, task);
         metrics.extend(metric::level_names(Split::Eval, cfg.quantizer.levels));
         if cfg.data.val_images() > 0 {
             for split in [Split::Val, Split::Best] {
-                metrics.extend(metric::names(split, cfg.eval.fid, false));
+                metrics.extend(metric::names(split, cfg.eval.fid, false, task));
                 metrics.extend(metric::level_names(split, cfg.quantizer.levels));
             }
         }
@@ -473,7 +481,7 @@ impl<'a> Trainer<'a> {
         let mut rows = 0;
         for step in 0..50 {
             let x = splits.train.batch(&order.indices(step), self.device)?;
-            let z = self.model.encode(&x)?.detach();
+            let z = self.model.encode(&self.train_input(&x, step)?)?.detach();
             let (b, _, h, w) = z.dims4()?;
             rows += b * h * w;
             latents.push(z);
@@ -484,6 +492,13 @@ impl<'a> Trainer<'a> {
         self.model.quantizer.seed_from_kmeans(&latents, 10, cfg.train.seed)?;
         tracing::info!("k-means codebook init from {rows} encoder outputs ({:.1}s)", t0.elapsed().as_secs_f64());
         Ok(())
+    }
+
+    /// The model's input for training batch `x` of `step`: `x` degraded as the task says, with
+    /// noise keyed by the run's seed, the step and the image's place in the batch.
+    fn train_input(&self, x: &candle_core::Tensor, step: u64) -> candle_core::Result<candle_core::Tensor> {
+        let keys: Vec<u64> = (0..x.dim(0)?).map(|i| data::degrade::train_key(self.cfg.train.seed, step, i)).collect();
+        self.degradation.apply(x, &keys)
     }
 
     fn restore(&mut self, c: &Checkpoint) -> anyhow::Result<()> {
@@ -553,11 +568,13 @@ impl<'a> Trainer<'a> {
             let ckpt = done % t.checkpoint_every == 0 || last;
             let eval = done % t.eval_every == 0 || last;
             let x = splits.train.batch(&order.indices(step), self.device)?;
+            let input = self.train_input(&x, step)?;
+            let batch = step::Batch { input: &input, target: &x };
             images_since_log += order.batch_size();
             let dv = self.data_variance;
             let losses = match &mut self.opt_d {
-                None => step::vqvae_step(cfg, &self.model, &mut self.opt_g, &x, dv, step, log)?,
-                Some(opt_d) => step::vqgan_step(cfg, &self.model, &mut self.opt_g, opt_d, &x, dv, step, log)?,
+                None => step::vqvae_step(cfg, &self.model, &mut self.opt_g, batch, dv, step, log)?,
+                Some(opt_d) => step::vqgan_step(cfg, &self.model, &mut self.opt_g, opt_d, batch, dv, step, log)?,
             };
             self.step_reached = done;
             if probes.contains(&done) {
@@ -641,14 +658,18 @@ impl<'a> Trainer<'a> {
             let reference = if test { Some(&f.test) } else { f.val.as_ref() };
             Some((&f.net, reference?))
         });
-        let r = eval::evaluate(&self.model, set, self.cfg.eval.batch_size, self.device, fid)?;
-        let mut values: Vec<(&'static Metric, f64)> = vec![
-            (&metric::REC_MSE, r.rec_mse),
-            (&metric::PSNR, r.psnr),
+        let stream = if test { TEST_STREAM } else { VAL_STREAM };
+        let r =
+            eval::evaluate(&self.model, set, &self.degradation, stream, self.cfg.eval.batch_size, self.device, fid)?;
+        let mut values: Vec<(&'static Metric, f64)> = vec![(&metric::REC_MSE, r.rec_mse), (&metric::PSNR, r.psnr)];
+        if let Some(p) = r.input_psnr {
+            values.push((&metric::INPUT_PSNR, p));
+        }
+        values.extend([
             (&metric::PERPLEXITY, r.codes.perplexity),
             (&metric::USAGE, r.codes.usage),
             (&metric::DEAD_CODES, r.codes.dead_codes as f64),
-        ];
+        ]);
         if let Some(f) = r.fid {
             values.extend([(&metric::RFID, f.rfid), (&metric::KID, f.kid), (&metric::KID_STD, f.kid_std)]);
         }
@@ -727,8 +748,14 @@ impl<'a> Trainer<'a> {
                 checkpoint::save_best(&self.run, &weights, &rule.metric.to_string(), value)?;
             }
         }
-        let grid =
-            eval::reconstruction_grid(&self.model, &splits.eval, self.cfg.eval.sample_images as usize, self.device)?;
+        let grid = eval::reconstruction_grid(
+            &self.model,
+            &splits.eval,
+            &self.degradation,
+            TEST_STREAM,
+            self.cfg.eval.sample_images as usize,
+            self.device,
+        )?;
         let mut png = Vec::new();
         grid.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)?;
         self.sinks.image(step, metric::RECONSTRUCTIONS_TAG, &png, grid.width(), grid.height())?;

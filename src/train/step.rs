@@ -65,23 +65,38 @@ fn quantizer_values(cfg: &ExperimentConfig, q: &crate::model::Quantized) -> Step
     out
 }
 
+/// A training batch: what the model sees and what it must produce, pixels on [0, 1] (one
+/// tensor for reconstruction; a `&Tensor` converts to that).
+#[derive(Clone, Copy)]
+pub struct Batch<'a> {
+    pub input: &'a Tensor,
+    pub target: &'a Tensor,
+}
+
+impl<'a> From<&'a Tensor> for Batch<'a> {
+    fn from(x: &'a Tensor) -> Self {
+        Batch { input: x, target: x }
+    }
+}
+
 /// The optimizer's view of a gradient store.
 fn from_store(grads: &GradStore) -> impl FnMut(usize, &str, &Var) -> Result<Option<Tensor>> + '_ {
     move |_, _, var| Ok(grads.get(var.as_tensor()).cloned())
 }
 
 /// VQ-VAE: loss = recon + codebook_weight·codebook + β·commitment; one Adam step.
-pub fn vqvae_step(
+pub fn vqvae_step<'a>(
     cfg: &ExperimentConfig,
     model: &VqModel,
     opt: &mut Adam,
-    x: &Tensor,
+    batch: impl Into<Batch<'a>>,
     data_variance: f64,
     step: u64,
     log: bool,
 ) -> Result<StepLosses> {
-    let r = model.reconstruct(x, true)?;
-    let rec = recon_loss(&r.x_hat, x, cfg.loss.recon, data_variance)?;
+    let Batch { input, target } = batch.into();
+    let r = model.reconstruct(input, true)?;
+    let rec = recon_loss(&r.x_hat, target, cfg.loss.recon, data_variance)?;
     let loss = (&rec + quantizer_loss(cfg, model, &r.quantized)?)?;
     let grads = loss.backward()?;
     opt.step(from_store(&grads))?;
@@ -125,23 +140,25 @@ pub fn adaptive_weight(grad_rec: &Tensor, grad_g: &Tensor) -> Result<Tensor> {
 /// discriminator with its weights held constant), and the rest of the generator is then
 /// backpropagated once, with the weighted sum of the two gradients at that leaf.
 #[allow(clippy::too_many_arguments)] // a step's inputs, as the loop and `vqlab bench` both pass them
-pub fn vqgan_step(
+pub fn vqgan_step<'a>(
     cfg: &ExperimentConfig,
     model: &VqModel,
     opt_g: &mut Adam,
     opt_d: &mut Adam,
-    x: &Tensor,
+    batch: impl Into<Batch<'a>>,
     data_variance: f64,
     step: u64,
     log: bool,
 ) -> Result<StepLosses> {
+    // The discriminator's real images are the clean targets.
+    let Batch { input, target: x } = batch.into();
     let disc = model
         .discriminator
         .as_ref()
         .ok_or_else(|| candle_core::Error::Msg("vqgan model without discriminator".into()))?;
     let zero = Tensor::zeros((), DType::F32, x.device())?;
     let (mut out, quantized, rec): (StepLosses, _, _) = if step < cfg.loss.disc_start {
-        let r = model.reconstruct(x, true)?;
+        let r = model.reconstruct(input, true)?;
         let rec = recon_loss(&r.x_hat, x, cfg.loss.recon, data_variance)?;
         let ae_loss = (&rec + quantizer_loss(cfg, model, &r.quantized)?)?;
         let grads = ae_loss.backward()?;
@@ -155,7 +172,7 @@ pub fn vqgan_step(
         ];
         (out, r.quantized, rec)
     } else {
-        let quantized = model.quantizer.forward(&model.encode(x)?, true)?;
+        let quantized = model.quantizer.forward(&model.encode(input)?, true)?;
         let h = model.decoder.forward_to_last(&quantized.z_q)?;
         let h_leaf = Var::from_tensor(&h.detach())?;
         let x_hat = (model.decoder.last_layer(h_leaf.as_tensor())? + 0.5)?;

@@ -17,4 +17,5 @@ mod sched;
 mod sinks;
 mod slurm;
 mod snapshots;
+mod tasks;
 mod train;
