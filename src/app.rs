@@ -52,7 +52,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitStatus> {
         Command::Status { sweep_dir, runs_dir } => commands::status(sweep_dir.as_deref(), &runs_dir, out),
         Command::Describe { exp } => commands::describe(&exp, out),
         Command::Docs { topic } => commands::docs(topic, out),
-        Command::Bench { exp, steps, warmup, json } => commands::bench(&exp, steps, warmup, json, out),
+        Command::Bench { exp, steps, warmup, json, profile } => {
+            commands::bench(&exp, steps, warmup, json, profile, out)
+        }
         Command::Report { dirs, rows, cols, metrics, filters, format, out: file, caption, label, standalone } => {
             let spec = TableSpec { rows, cols, metrics, caption, label };
             commands::report(&dirs, ReportArgs { spec, filters, format, out: file, standalone }, out)

@@ -216,6 +216,10 @@ pub enum Command {
         /// Print one JSON object instead of a line of text.
         #[arg(long)]
         json: bool,
+        /// Also time each of vqlab's op passes (convolutions forward and backward, ActNorm +
+        /// LeakyReLU, the nearest-code search) and print where the step time goes.
+        #[arg(long)]
+        profile: bool,
     },
     /// Resolved config, parameter counts, estimated memory and a Mermaid diagram of the model.
     Describe {

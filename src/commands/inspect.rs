@@ -91,13 +91,20 @@ pub fn status(sweep_dir: Option<&Path>, runs_dir: &Path, out: Out<'_>) -> anyhow
 }
 
 /// `vqlab bench`: time training steps of the experiment's first run.
-pub fn bench(exp: &ExperimentArgs, steps: u64, warmup: u64, json: bool, out: Out<'_>) -> anyhow::Result<ExitStatus> {
+pub fn bench(
+    exp: &ExperimentArgs,
+    steps: u64,
+    warmup: u64,
+    json: bool,
+    profile: bool,
+    out: Out<'_>,
+) -> anyhow::Result<ExitStatus> {
     let sweep = load(exp)?;
     let cfg = &sweep.runs.first().context("the sweep expands to no runs")?.config;
     if sweep.runs.len() > 1 {
         tracing::warn!("the sweep has {} runs; timing the first: {}", sweep.runs.len(), config::short_description(cfg));
     }
-    let r = crate::train::bench(cfg, warmup, steps)?;
+    let r = crate::train::bench(cfg, warmup, steps, profile)?;
     if json {
         writeln!(out, "{}", serde_json::to_string(&r)?)?;
     } else {
@@ -106,6 +113,22 @@ pub fn bench(exp: &ExperimentArgs, steps: u64, warmup: u64, json: bool, out: Out
             "{}: {:.1} img/s (median step {:.1} ms over {} steps of batch {}, {} thread(s), {})",
             r.model, r.img_per_s, r.median_step_ms, r.steps, r.batch_size, r.threads, r.device
         )?;
+        if !r.profile.is_empty() {
+            let rows: Vec<Vec<String>> = r
+                .profile
+                .iter()
+                .map(|p| {
+                    vec![
+                        p.op.clone(),
+                        if p.calls_per_step > 0.0 { format!("{:.0}", p.calls_per_step) } else { String::new() },
+                        format!("{:.2}", p.ms_per_step),
+                        format!("{:.1}%", 100.0 * p.share),
+                    ]
+                })
+                .collect();
+            writeln!(out, "\nwhere a step's time goes (mean over the timed steps):")?;
+            write!(out, "{}", table::render(&["op pass", "calls/step", "ms/step", "of the step"], &rows))?;
+        }
     }
     Ok(ExitStatus::Success)
 }
@@ -121,15 +144,9 @@ pub fn describe(exp: &ExperimentArgs, out: Out<'_>) -> anyhow::Result<ExitStatus
     let mut rows = Vec::new();
     for run in &sweep.runs {
         let c = &run.config;
-        let key = (
-            c.model.variant.name(),
-            c.quantizer.codebook_size,
-            c.quantizer.embed_dim,
-            c.model.hidden_channels,
-            c.model.res_channels,
-            c.model.res_blocks,
-            c.quantizer.lookup_dim,
-        );
+        // Runs that differ only in what does not change the parameters (seed, training) share a row.
+        let key =
+            (&c.model, &c.quantizer, c.loss.disc_layers, c.loss.disc_channels, c.data.channels, c.data.image_size);
         if !seen.insert(format!("{key:?}")) {
             continue;
         }

@@ -52,8 +52,14 @@ pub fn quantizer_kind_name(kind: QuantizerKind) -> &'static str {
 pub fn short_description(cfg: &ExperimentConfig) -> String {
     let q = &cfg.quantizer;
     let kind = quantizer_kind_name(q.kind);
+    let levels = if q.levels > 1 { format!("x{}", q.levels) } else { String::new() };
+    let task = match cfg.task.kind {
+        TaskKind::Reconstruct => "",
+        TaskKind::Denoise => " denoise",
+        TaskKind::Superres => " superres",
+    };
     format!(
-        "{} K={} D={} {kind} hidden={} seed={}",
+        "{} K={}{levels} D={} {kind}{task} hidden={} seed={}",
         cfg.model.variant.name(),
         q.codebook_size,
         q.embed_dim,

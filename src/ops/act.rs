@@ -62,20 +62,22 @@ impl CustomOp3 for AffineLeaky {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (x, loc, scale) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?, f32_slice(s3, l3)?);
-        let (c, hw) = geometry(l1.dims(), loc.len(), scale.len())?;
-        let mut y = vec![0.0f32; x.len()];
-        let slope = self.slope;
-        if hw > 0 {
-            y.par_chunks_mut(hw).zip(x.par_chunks(hw)).enumerate().for_each(|(plane, (y, x))| {
-                let (l, s) = if loc.is_empty() { (0.0, 1.0) } else { (loc[plane % c], scale[plane % c]) };
-                for (y, x) in y.iter_mut().zip(x) {
-                    let t = (x + l) * s;
-                    *y = if t > 0.0 { t } else { t * slope };
-                }
-            });
-        }
-        Ok((CpuStorage::F32(y), l1.shape().clone()))
+        crate::ops::profile::time("ActNorm + LeakyReLU forward", || {
+            let (x, loc, scale) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?, f32_slice(s3, l3)?);
+            let (c, hw) = geometry(l1.dims(), loc.len(), scale.len())?;
+            let mut y = vec![0.0f32; x.len()];
+            let slope = self.slope;
+            if hw > 0 {
+                y.par_chunks_mut(hw).zip(x.par_chunks(hw)).enumerate().for_each(|(plane, (y, x))| {
+                    let (l, s) = if loc.is_empty() { (0.0, 1.0) } else { (loc[plane % c], scale[plane % c]) };
+                    for (y, x) in y.iter_mut().zip(x) {
+                        let t = (x + l) * s;
+                        *y = if t > 0.0 { t } else { t * slope };
+                    }
+                });
+            }
+            Ok((CpuStorage::F32(y), l1.shape().clone()))
+        })
     }
 
     fn bwd(
@@ -86,64 +88,66 @@ impl CustomOp3 for AffineLeaky {
         _y: &Tensor,
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (x_c, dy_c) = (x.contiguous()?, dy.contiguous()?);
-        let (xg, xl) = x_c.storage_and_layout();
-        let (dg, dl) = dy_c.storage_and_layout();
-        let (lg, ll) = loc.storage_and_layout();
-        let (sg, sl) = scale.storage_and_layout();
-        let (
-            candle_core::Storage::Cpu(xs),
-            candle_core::Storage::Cpu(ds),
-            candle_core::Storage::Cpu(ls),
-            candle_core::Storage::Cpu(ss),
-        ) = (&*xg, &*dg, &*lg, &*sg)
-        else {
-            bail!("affine leaky relu backward: CPU tensors only")
-        };
-        let (xv, dv, lv, sv) = (f32_slice(xs, xl)?, f32_slice(ds, dl)?, f32_slice(ls, ll)?, f32_slice(ss, sl)?);
-        let (c, hw) = geometry(x.dims(), lv.len(), sv.len())?;
-        let slope = self.slope;
-        let mut dx = vec![0.0f32; xv.len()];
-        // Per plane: Σ dt (the loc gradient over scale) and Σ dt·(x + loc) (the scale
-        // gradient), added up per channel in plane order (the same result on any thread count).
-        let mut plane_sums = vec![(0.0f32, 0.0f32); xv.len().checked_div(hw).unwrap_or(0)];
-        if hw > 0 {
-            dx.par_chunks_mut(hw)
-                .zip(xv.par_chunks(hw).zip(dv.par_chunks(hw)))
-                .zip(plane_sums.par_iter_mut())
-                .enumerate()
-                .for_each(|(plane, ((dx, (x, dy)), sums))| {
-                    let ch = plane % c;
-                    let (l, s) = if lv.is_empty() { (0.0, 1.0) } else { (lv[ch], sv[ch]) };
-                    let (mut sum_dt, mut sum_dtu) = (0.0f32, 0.0f32);
-                    for ((dx, x), dy) in dx.iter_mut().zip(x).zip(dy) {
-                        let u = x + l;
-                        let dt = if u * s > 0.0 { *dy } else { dy * slope };
-                        *dx = dt * s;
-                        sum_dt += dt;
-                        sum_dtu += dt * u;
-                    }
-                    *sums = (sum_dt, sum_dtu);
-                });
-        }
-        let mut sums = vec![0.0f64; 2 * c];
-        for (plane, (a, b)) in plane_sums.iter().enumerate() {
-            sums[plane % c] += *a as f64;
-            sums[c + plane % c] += *b as f64;
-        }
-        let dev = Device::Cpu;
-        let dx = if x.track_op() { Some(Tensor::from_vec(dx, x.shape(), &dev)?) } else { None };
-        let (dloc, dscale) = if lv.is_empty() {
-            (None, None)
-        } else {
-            let dloc: Vec<f32> = (0..c).map(|ch| (sums[ch] * sv[ch] as f64) as f32).collect();
-            let dscale: Vec<f32> = (0..c).map(|ch| sums[c + ch] as f32).collect();
-            (
-                loc.track_op().then(|| Tensor::from_vec(dloc, loc.shape(), &dev)).transpose()?,
-                scale.track_op().then(|| Tensor::from_vec(dscale, scale.shape(), &dev)).transpose()?,
-            )
-        };
-        Ok((dx, dloc, dscale))
+        crate::ops::profile::time("ActNorm + LeakyReLU backward", || {
+            let (x_c, dy_c) = (x.contiguous()?, dy.contiguous()?);
+            let (xg, xl) = x_c.storage_and_layout();
+            let (dg, dl) = dy_c.storage_and_layout();
+            let (lg, ll) = loc.storage_and_layout();
+            let (sg, sl) = scale.storage_and_layout();
+            let (
+                candle_core::Storage::Cpu(xs),
+                candle_core::Storage::Cpu(ds),
+                candle_core::Storage::Cpu(ls),
+                candle_core::Storage::Cpu(ss),
+            ) = (&*xg, &*dg, &*lg, &*sg)
+            else {
+                bail!("affine leaky relu backward: CPU tensors only")
+            };
+            let (xv, dv, lv, sv) = (f32_slice(xs, xl)?, f32_slice(ds, dl)?, f32_slice(ls, ll)?, f32_slice(ss, sl)?);
+            let (c, hw) = geometry(x.dims(), lv.len(), sv.len())?;
+            let slope = self.slope;
+            let mut dx = vec![0.0f32; xv.len()];
+            // Per plane: Σ dt (the loc gradient over scale) and Σ dt·(x + loc) (the scale
+            // gradient), added up per channel in plane order (the same result on any thread count).
+            let mut plane_sums = vec![(0.0f32, 0.0f32); xv.len().checked_div(hw).unwrap_or(0)];
+            if hw > 0 {
+                dx.par_chunks_mut(hw)
+                    .zip(xv.par_chunks(hw).zip(dv.par_chunks(hw)))
+                    .zip(plane_sums.par_iter_mut())
+                    .enumerate()
+                    .for_each(|(plane, ((dx, (x, dy)), sums))| {
+                        let ch = plane % c;
+                        let (l, s) = if lv.is_empty() { (0.0, 1.0) } else { (lv[ch], sv[ch]) };
+                        let (mut sum_dt, mut sum_dtu) = (0.0f32, 0.0f32);
+                        for ((dx, x), dy) in dx.iter_mut().zip(x).zip(dy) {
+                            let u = x + l;
+                            let dt = if u * s > 0.0 { *dy } else { dy * slope };
+                            *dx = dt * s;
+                            sum_dt += dt;
+                            sum_dtu += dt * u;
+                        }
+                        *sums = (sum_dt, sum_dtu);
+                    });
+            }
+            let mut sums = vec![0.0f64; 2 * c];
+            for (plane, (a, b)) in plane_sums.iter().enumerate() {
+                sums[plane % c] += *a as f64;
+                sums[c + plane % c] += *b as f64;
+            }
+            let dev = Device::Cpu;
+            let dx = if x.track_op() { Some(Tensor::from_vec(dx, x.shape(), &dev)?) } else { None };
+            let (dloc, dscale) = if lv.is_empty() {
+                (None, None)
+            } else {
+                let dloc: Vec<f32> = (0..c).map(|ch| (sums[ch] * sv[ch] as f64) as f32).collect();
+                let dscale: Vec<f32> = (0..c).map(|ch| sums[c + ch] as f32).collect();
+                (
+                    loc.track_op().then(|| Tensor::from_vec(dloc, loc.shape(), &dev)).transpose()?,
+                    scale.track_op().then(|| Tensor::from_vec(dscale, scale.shape(), &dev)).transpose()?,
+                )
+            };
+            Ok((dx, dloc, dscale))
+        })
     }
 }
 

@@ -286,58 +286,60 @@ impl CustomOp3 for ConvOp {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let g = self.geom(l1.dims(), l2.dims())?;
-        let (x, w, b) =
-            (cpu_f32(s1, l1, self.name_())?, cpu_f32(s2, l2, self.name_())?, cpu_f32(s3, l3, self.name_())?);
-        let out_channels = if self.transpose { g.c } else { g.o };
-        let bias = match b.len() {
-            0 => None,
-            n if n == out_channels => Some(b),
-            n => bail!("{}: bias has {n} elements for {out_channels} output channels", self.name_()),
-        };
-        let (q, p, hw) = (g.q(), g.p(), g.hw());
-        let (in_img, out_img) = if self.transpose { (g.o * p, g.c * hw) } else { (g.c * hw, g.o * p) };
-        let shape =
-            if self.transpose { Shape::from((g.n, g.c, g.h, g.w)) } else { Shape::from((g.n, g.o, g.ho, g.wo)) };
-        // Filled chunk by chunk by the threads that compute it (no serial zero-fill first).
-        let len = g.n * out_img;
-        let mut y: Vec<f32> = Vec::with_capacity(len);
-        if len == 0 {
-            return Ok((CpuStorage::F32(y), shape));
-        }
-        let chunk = chunk_images(&g);
-        let (wr, wrt) = self.row_weights(w, &g);
-        let fuse = self.fuse;
-        y.spare_capacity_mut()[..len].par_chunks_mut(chunk * out_img).enumerate().for_each(|(ci, ys)| {
-            let ys = zeroed(ys);
-            with_buffers(|s| {
-                let imgs = ys.len() / out_img;
-                let np = imgs * p;
-                let xs = &x[ci * chunk * in_img..][..imgs * in_img];
-                if !self.transpose {
-                    let rows = resized(&mut s.a, np * q);
-                    kernels::im2row(xs, &g, imgs, fuse.relu_input, rows, &mut s.k);
-                    // Pixel-major output (np × o) = R · Wᵀ: gemm packs both operands from
-                    // contiguous runs this way round.
-                    let yp = resized(&mut s.b, np * g.o);
-                    kernels::gemm(np, g.o, q, MatRef::rows(&s.a[..np * q], q), MatRef::rows(wrt, g.o), yp, false);
-                    kernels::from_pixel_major(&s.b[..np * g.o], imgs, g.o, p, bias, fuse.relu_output, None, ys);
-                } else {
-                    let xt = resized(&mut s.a, g.o * np);
-                    kernels::to_channel_major(xs, imgs, g.o, p, fuse.relu_input, None, xt, None);
-                    let drows = resized(&mut s.b, np * q);
-                    let xt = MatRef::rows(&s.a[..g.o * np], np).t();
-                    kernels::gemm(np, q, g.o, xt, MatRef::rows(wr, q), drows, false);
-                    kernels::row2im(&s.b[..np * q], &g, imgs, None, bias, ys, &mut s.k);
-                    if fuse.relu_output {
-                        ys.iter_mut().for_each(|v| *v = v.max(0.0));
+        crate::ops::profile::time(if self.transpose { "conv_transpose2d forward" } else { "conv2d forward" }, || {
+            let g = self.geom(l1.dims(), l2.dims())?;
+            let (x, w, b) =
+                (cpu_f32(s1, l1, self.name_())?, cpu_f32(s2, l2, self.name_())?, cpu_f32(s3, l3, self.name_())?);
+            let out_channels = if self.transpose { g.c } else { g.o };
+            let bias = match b.len() {
+                0 => None,
+                n if n == out_channels => Some(b),
+                n => bail!("{}: bias has {n} elements for {out_channels} output channels", self.name_()),
+            };
+            let (q, p, hw) = (g.q(), g.p(), g.hw());
+            let (in_img, out_img) = if self.transpose { (g.o * p, g.c * hw) } else { (g.c * hw, g.o * p) };
+            let shape =
+                if self.transpose { Shape::from((g.n, g.c, g.h, g.w)) } else { Shape::from((g.n, g.o, g.ho, g.wo)) };
+            // Filled chunk by chunk by the threads that compute it (no serial zero-fill first).
+            let len = g.n * out_img;
+            let mut y: Vec<f32> = Vec::with_capacity(len);
+            if len == 0 {
+                return Ok((CpuStorage::F32(y), shape));
+            }
+            let chunk = chunk_images(&g);
+            let (wr, wrt) = self.row_weights(w, &g);
+            let fuse = self.fuse;
+            y.spare_capacity_mut()[..len].par_chunks_mut(chunk * out_img).enumerate().for_each(|(ci, ys)| {
+                let ys = zeroed(ys);
+                with_buffers(|s| {
+                    let imgs = ys.len() / out_img;
+                    let np = imgs * p;
+                    let xs = &x[ci * chunk * in_img..][..imgs * in_img];
+                    if !self.transpose {
+                        let rows = resized(&mut s.a, np * q);
+                        kernels::im2row(xs, &g, imgs, fuse.relu_input, rows, &mut s.k);
+                        // Pixel-major output (np × o) = R · Wᵀ: gemm packs both operands from
+                        // contiguous runs this way round.
+                        let yp = resized(&mut s.b, np * g.o);
+                        kernels::gemm(np, g.o, q, MatRef::rows(&s.a[..np * q], q), MatRef::rows(wrt, g.o), yp, false);
+                        kernels::from_pixel_major(&s.b[..np * g.o], imgs, g.o, p, bias, fuse.relu_output, None, ys);
+                    } else {
+                        let xt = resized(&mut s.a, g.o * np);
+                        kernels::to_channel_major(xs, imgs, g.o, p, fuse.relu_input, None, xt, None);
+                        let drows = resized(&mut s.b, np * q);
+                        let xt = MatRef::rows(&s.a[..g.o * np], np).t();
+                        kernels::gemm(np, q, g.o, xt, MatRef::rows(wr, q), drows, false);
+                        kernels::row2im(&s.b[..np * q], &g, imgs, None, bias, ys, &mut s.k);
+                        if fuse.relu_output {
+                            ys.iter_mut().for_each(|v| *v = v.max(0.0));
+                        }
                     }
-                }
-            })
-        });
-        // SAFETY: every chunk of the first `len` elements was initialised by `zeroed` above.
-        unsafe { y.set_len(len) };
-        Ok((CpuStorage::F32(y), shape))
+                })
+            });
+            // SAFETY: every chunk of the first `len` elements was initialised by `zeroed` above.
+            unsafe { y.set_len(len) };
+            Ok((CpuStorage::F32(y), shape))
+        })
     }
 
     fn bwd(
@@ -348,118 +350,120 @@ impl CustomOp3 for ConvOp {
         y: &Tensor,
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let g = self.geom(x.dims(), w.dims())?;
-        let (q, p, hw) = (g.q(), g.p(), g.hw());
-        let (need_x, need_w, need_b) = (x.track_op(), w.track_op(), b.elem_count() > 0 && b.track_op());
-        let (in_img, out_img) = if self.transpose { (g.o * p, g.c * hw) } else { (g.c * hw, g.o * p) };
-        let out_channels = if self.transpose { g.c } else { g.o };
-        let fuse = self.fuse;
-        let chunk = chunk_images(&g);
-        // Like y in the forward pass: each chunk is filled by the thread that computes it.
-        let dx_len = if need_x { g.n * in_img } else { 0 };
-        let mut dx: Vec<f32> = Vec::with_capacity(dx_len);
-        let n_chunks = g.n.div_ceil(chunk);
-        let dx_chunks: Vec<Option<&mut [MaybeUninit<f32>]>> = if dx_len > 0 {
-            dx.spare_capacity_mut()[..dx_len].chunks_mut(chunk * in_img).map(Some).collect()
-        } else {
-            (0..n_chunks).map(|_| None).collect()
-        };
-        let total = with_slices([x, w, y, dy], |[xs, ws, ys, dys]| {
-            let (wr, wrt) = self.row_weights(ws, &g);
-            // Chunks go to a fixed number of groups, each summing its weight and bias gradients
-            // in chunk order, and the groups' sums are added in group order: the result does
-            // not depend on which thread ran what.
-            let groups = n_chunks.min(2 * rayon::current_num_threads()).max(1);
-            let per_group = n_chunks.div_ceil(groups);
-            type Group<'a> = Vec<(usize, Option<&'a mut [MaybeUninit<f32>]>)>;
-            let mut grouped: Vec<Group<'_>> = (0..groups).map(|_| Vec::new()).collect();
-            for (ci, dxc) in dx_chunks.into_iter().enumerate() {
-                grouped[ci / per_group].push((ci, dxc));
-            }
-            let process = |part: &mut Partial, s: &mut Buffers, ci: usize, dxc: Option<&mut [MaybeUninit<f32>]>| {
-                let dxc = dxc.map(zeroed);
-                let i0 = ci * chunk;
-                let imgs = chunk.min(g.n - i0);
-                let np = imgs * p;
-                let xc = &xs[i0 * in_img..][..imgs * in_img];
-                let yc = &ys[i0 * out_img..][..imgs * out_img];
-                let dyc = &dys[i0 * out_img..][..imgs * out_img];
-                resized(&mut part.dw, g.o * q);
-                resized(&mut part.db, out_channels);
-                if !self.transpose {
-                    // dyt = dy (through the output relu) in channel-major form; its row
-                    // sums are the bias gradient.
-                    let dyt = resized(&mut s.b, g.o * np);
-                    let mask = fuse.relu_output.then_some(yc);
-                    kernels::to_channel_major(dyc, imgs, g.o, p, false, mask, dyt, Some(&mut part.db));
-                    let dyt = &s.b[..g.o * np];
-                    if need_w {
-                        let rows = resized(&mut s.a, np * q);
-                        kernels::im2row(xc, &g, imgs, fuse.relu_input, rows, &mut s.k);
-                        let rows = MatRef::rows(&s.a[..np * q], q);
-                        kernels::gemm(g.o, q, np, MatRef::rows(dyt, np), rows, &mut part.dw, true);
-                    }
-                    if let Some(dxc) = dxc {
-                        let drows = resized(&mut s.c, np * q);
-                        kernels::gemm(np, q, g.o, MatRef::rows(dyt, np).t(), MatRef::rows(wr, q), drows, false);
-                        let mask = fuse.relu_input.then_some(xc);
-                        kernels::row2im(&s.c[..np * q], &g, imgs, mask, None, dxc, &mut s.k);
-                    }
-                } else {
-                    let dym: &[f32] = if fuse.relu_output {
-                        let m = resized(&mut s.c, imgs * out_img);
-                        kernels::masked(dyc, yc, g.c, hw, m, &mut part.db);
-                        &s.c[..imgs * out_img]
-                    } else {
-                        kernels::channel_sums(dyc, g.c, hw, &mut part.db);
-                        dyc
-                    };
-                    let rows = resized(&mut s.a, np * q);
-                    kernels::im2row(dym, &g, imgs, false, rows, &mut s.k);
-                    let rows = &s.a[..np * q];
-                    if need_w {
-                        let xt = resized(&mut s.b, g.o * np);
-                        kernels::to_channel_major(xc, imgs, g.o, p, fuse.relu_input, None, xt, None);
-                        let xt = MatRef::rows(&s.b[..g.o * np], np);
-                        kernels::gemm(g.o, q, np, xt, MatRef::rows(rows, q), &mut part.dw, true);
-                    }
-                    if let Some(dxc) = dxc {
-                        let dxp = resized(&mut s.b, np * g.o);
-                        kernels::gemm(np, g.o, q, MatRef::rows(rows, q), MatRef::rows(wrt, g.o), dxp, false);
-                        let mask = fuse.relu_input.then_some(xc);
-                        kernels::from_pixel_major(&s.b[..np * g.o], imgs, g.o, p, None, false, mask, dxc);
-                    }
-                }
+        crate::ops::profile::time(if self.transpose { "conv_transpose2d backward" } else { "conv2d backward" }, || {
+            let g = self.geom(x.dims(), w.dims())?;
+            let (q, p, hw) = (g.q(), g.p(), g.hw());
+            let (need_x, need_w, need_b) = (x.track_op(), w.track_op(), b.elem_count() > 0 && b.track_op());
+            let (in_img, out_img) = if self.transpose { (g.o * p, g.c * hw) } else { (g.c * hw, g.o * p) };
+            let out_channels = if self.transpose { g.c } else { g.o };
+            let fuse = self.fuse;
+            let chunk = chunk_images(&g);
+            // Like y in the forward pass: each chunk is filled by the thread that computes it.
+            let dx_len = if need_x { g.n * in_img } else { 0 };
+            let mut dx: Vec<f32> = Vec::with_capacity(dx_len);
+            let n_chunks = g.n.div_ceil(chunk);
+            let dx_chunks: Vec<Option<&mut [MaybeUninit<f32>]>> = if dx_len > 0 {
+                dx.spare_capacity_mut()[..dx_len].chunks_mut(chunk * in_img).map(Some).collect()
+            } else {
+                (0..n_chunks).map(|_| None).collect()
             };
-            let partials: Vec<Partial> = grouped
-                .into_par_iter()
-                .map(|items| {
-                    let mut part = Partial::default();
-                    with_buffers(|s| {
-                        for (ci, dxc) in items {
-                            process(&mut part, s, ci, dxc);
+            let total = with_slices([x, w, y, dy], |[xs, ws, ys, dys]| {
+                let (wr, wrt) = self.row_weights(ws, &g);
+                // Chunks go to a fixed number of groups, each summing its weight and bias gradients
+                // in chunk order, and the groups' sums are added in group order: the result does
+                // not depend on which thread ran what.
+                let groups = n_chunks.min(2 * rayon::current_num_threads()).max(1);
+                let per_group = n_chunks.div_ceil(groups);
+                type Group<'a> = Vec<(usize, Option<&'a mut [MaybeUninit<f32>]>)>;
+                let mut grouped: Vec<Group<'_>> = (0..groups).map(|_| Vec::new()).collect();
+                for (ci, dxc) in dx_chunks.into_iter().enumerate() {
+                    grouped[ci / per_group].push((ci, dxc));
+                }
+                let process = |part: &mut Partial, s: &mut Buffers, ci: usize, dxc: Option<&mut [MaybeUninit<f32>]>| {
+                    let dxc = dxc.map(zeroed);
+                    let i0 = ci * chunk;
+                    let imgs = chunk.min(g.n - i0);
+                    let np = imgs * p;
+                    let xc = &xs[i0 * in_img..][..imgs * in_img];
+                    let yc = &ys[i0 * out_img..][..imgs * out_img];
+                    let dyc = &dys[i0 * out_img..][..imgs * out_img];
+                    resized(&mut part.dw, g.o * q);
+                    resized(&mut part.db, out_channels);
+                    if !self.transpose {
+                        // dyt = dy (through the output relu) in channel-major form; its row
+                        // sums are the bias gradient.
+                        let dyt = resized(&mut s.b, g.o * np);
+                        let mask = fuse.relu_output.then_some(yc);
+                        kernels::to_channel_major(dyc, imgs, g.o, p, false, mask, dyt, Some(&mut part.db));
+                        let dyt = &s.b[..g.o * np];
+                        if need_w {
+                            let rows = resized(&mut s.a, np * q);
+                            kernels::im2row(xc, &g, imgs, fuse.relu_input, rows, &mut s.k);
+                            let rows = MatRef::rows(&s.a[..np * q], q);
+                            kernels::gemm(g.o, q, np, MatRef::rows(dyt, np), rows, &mut part.dw, true);
                         }
-                    });
-                    part
-                })
-                .collect();
-            let (mut dw, mut db) = (vec![0.0f32; g.o * q], vec![0.0f32; out_channels]);
-            for s in partials.iter().filter(|s| !s.dw.is_empty()) {
-                dw.iter_mut().zip(&s.dw).for_each(|(a, b)| *a += b);
-                db.iter_mut().zip(&s.db).for_each(|(a, b)| *a += b);
-            }
-            // dw was summed in the row matrix's column order (o, kh, kw, c).
-            Ok((kernels::weight_from_rows(&dw, &g), db))
-        })?;
-        let (dw, db) = total;
-        // SAFETY: with dx_len > 0 every chunk went through `process`, which initialised it
-        // with `zeroed`; an error above returned before this line.
-        unsafe { dx.set_len(dx_len) };
-        let dev = Device::Cpu;
-        let dx = if need_x { Some(Tensor::from_vec(dx, x.shape(), &dev)?) } else { None };
-        let dw = if need_w { Some(Tensor::from_vec(dw, w.shape(), &dev)?) } else { None };
-        let db = if need_b { Some(Tensor::from_vec(db, b.shape(), &dev)?) } else { None };
-        Ok((dx, dw, db))
+                        if let Some(dxc) = dxc {
+                            let drows = resized(&mut s.c, np * q);
+                            kernels::gemm(np, q, g.o, MatRef::rows(dyt, np).t(), MatRef::rows(wr, q), drows, false);
+                            let mask = fuse.relu_input.then_some(xc);
+                            kernels::row2im(&s.c[..np * q], &g, imgs, mask, None, dxc, &mut s.k);
+                        }
+                    } else {
+                        let dym: &[f32] = if fuse.relu_output {
+                            let m = resized(&mut s.c, imgs * out_img);
+                            kernels::masked(dyc, yc, g.c, hw, m, &mut part.db);
+                            &s.c[..imgs * out_img]
+                        } else {
+                            kernels::channel_sums(dyc, g.c, hw, &mut part.db);
+                            dyc
+                        };
+                        let rows = resized(&mut s.a, np * q);
+                        kernels::im2row(dym, &g, imgs, false, rows, &mut s.k);
+                        let rows = &s.a[..np * q];
+                        if need_w {
+                            let xt = resized(&mut s.b, g.o * np);
+                            kernels::to_channel_major(xc, imgs, g.o, p, fuse.relu_input, None, xt, None);
+                            let xt = MatRef::rows(&s.b[..g.o * np], np);
+                            kernels::gemm(g.o, q, np, xt, MatRef::rows(rows, q), &mut part.dw, true);
+                        }
+                        if let Some(dxc) = dxc {
+                            let dxp = resized(&mut s.b, np * g.o);
+                            kernels::gemm(np, g.o, q, MatRef::rows(rows, q), MatRef::rows(wrt, g.o), dxp, false);
+                            let mask = fuse.relu_input.then_some(xc);
+                            kernels::from_pixel_major(&s.b[..np * g.o], imgs, g.o, p, None, false, mask, dxc);
+                        }
+                    }
+                };
+                let partials: Vec<Partial> = grouped
+                    .into_par_iter()
+                    .map(|items| {
+                        let mut part = Partial::default();
+                        with_buffers(|s| {
+                            for (ci, dxc) in items {
+                                process(&mut part, s, ci, dxc);
+                            }
+                        });
+                        part
+                    })
+                    .collect();
+                let (mut dw, mut db) = (vec![0.0f32; g.o * q], vec![0.0f32; out_channels]);
+                for s in partials.iter().filter(|s| !s.dw.is_empty()) {
+                    dw.iter_mut().zip(&s.dw).for_each(|(a, b)| *a += b);
+                    db.iter_mut().zip(&s.db).for_each(|(a, b)| *a += b);
+                }
+                // dw was summed in the row matrix's column order (o, kh, kw, c).
+                Ok((kernels::weight_from_rows(&dw, &g), db))
+            })?;
+            let (dw, db) = total;
+            // SAFETY: with dx_len > 0 every chunk went through `process`, which initialised it
+            // with `zeroed`; an error above returned before this line.
+            unsafe { dx.set_len(dx_len) };
+            let dev = Device::Cpu;
+            let dx = if need_x { Some(Tensor::from_vec(dx, x.shape(), &dev)?) } else { None };
+            let dw = if need_w { Some(Tensor::from_vec(dw, w.shape(), &dev)?) } else { None };
+            let db = if need_b { Some(Tensor::from_vec(db, b.shape(), &dev)?) } else { None };
+            Ok((dx, dw, db))
+        })
     }
 }
 

@@ -4,6 +4,7 @@
 
 pub mod conv;
 pub mod kernels;
+pub mod profile;
 
 pub use conv::{conv2d, conv_transpose2d, Fuse};
 

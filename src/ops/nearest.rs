@@ -41,43 +41,45 @@ impl CustomOp2 for Nearest {
     }
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (CpuStorage::F32(xv), CpuStorage::F32(ev)) = (s1, s2) else { bail!("nearest code: f32 tensors only") };
-        let (Some((xa, xb)), Some((ea, eb))) = (l1.contiguous_offsets(), l2.contiguous_offsets()) else {
-            bail!("nearest code: contiguous tensors only")
-        };
-        let (x, e) = (&xv[xa..xb], &ev[ea..eb]);
-        let ([n, d], [k, d2]) = (l1.dims(), l2.dims()) else { bail!("nearest code: expected (N, D) and (K, D)") };
-        let (n, d, k) = (*n, *d, *k);
-        if d != *d2 {
-            bail!("nearest code: vectors of {d} dims against codes of {d2}")
-        }
-        if k == 0 {
-            bail!("nearest code: empty codebook")
-        }
-        let half: Vec<f32> =
-            e.chunks_exact(d.max(1)).map(|r| 0.5 * r.iter().map(|v| v * v).sum::<f32>()).take(k).collect();
-        let half = if d == 0 { vec![0.0; k] } else { half };
-        let mut out = vec![0u32; n];
-        let rows = chunk_rows(k);
-        out.par_chunks_mut(rows).enumerate().for_each_init(Vec::new, |scores: &mut Vec<f32>, (ci, idx)| {
-            let m = idx.len();
-            scores.resize(m * k, 0.0);
-            let xs = &x[ci * rows * d..][..m * d];
-            kernels::gemm(m, k, d, MatRef::rows(xs, d), MatRef::rows(e, d).t(), scores, false);
-            for (r, slot) in idx.iter_mut().enumerate() {
-                let row = &scores[r * k..][..k];
-                let (mut best, mut best_v) = (0u32, f32::INFINITY);
-                for (j, (s, h)) in row.iter().zip(&half).enumerate() {
-                    let v = h - s;
-                    if v < best_v {
-                        best_v = v;
-                        best = j as u32;
-                    }
-                }
-                *slot = best;
+        crate::ops::profile::time("nearest code", || {
+            let (CpuStorage::F32(xv), CpuStorage::F32(ev)) = (s1, s2) else { bail!("nearest code: f32 tensors only") };
+            let (Some((xa, xb)), Some((ea, eb))) = (l1.contiguous_offsets(), l2.contiguous_offsets()) else {
+                bail!("nearest code: contiguous tensors only")
+            };
+            let (x, e) = (&xv[xa..xb], &ev[ea..eb]);
+            let ([n, d], [k, d2]) = (l1.dims(), l2.dims()) else { bail!("nearest code: expected (N, D) and (K, D)") };
+            let (n, d, k) = (*n, *d, *k);
+            if d != *d2 {
+                bail!("nearest code: vectors of {d} dims against codes of {d2}")
             }
-        });
-        Ok((CpuStorage::U32(out), Shape::from(n)))
+            if k == 0 {
+                bail!("nearest code: empty codebook")
+            }
+            let half: Vec<f32> =
+                e.chunks_exact(d.max(1)).map(|r| 0.5 * r.iter().map(|v| v * v).sum::<f32>()).take(k).collect();
+            let half = if d == 0 { vec![0.0; k] } else { half };
+            let mut out = vec![0u32; n];
+            let rows = chunk_rows(k);
+            out.par_chunks_mut(rows).enumerate().for_each_init(Vec::new, |scores: &mut Vec<f32>, (ci, idx)| {
+                let m = idx.len();
+                scores.resize(m * k, 0.0);
+                let xs = &x[ci * rows * d..][..m * d];
+                kernels::gemm(m, k, d, MatRef::rows(xs, d), MatRef::rows(e, d).t(), scores, false);
+                for (r, slot) in idx.iter_mut().enumerate() {
+                    let row = &scores[r * k..][..k];
+                    let (mut best, mut best_v) = (0u32, f32::INFINITY);
+                    for (j, (s, h)) in row.iter().zip(&half).enumerate() {
+                        let v = h - s;
+                        if v < best_v {
+                            best_v = v;
+                            best = j as u32;
+                        }
+                    }
+                    *slot = best;
+                }
+            });
+            Ok((CpuStorage::U32(out), Shape::from(n)))
+        })
     }
 }
 

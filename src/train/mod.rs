@@ -117,13 +117,28 @@ pub struct BenchResult {
     pub img_per_s: f64,
     pub median_step_ms: f64,
     pub step_ms: Vec<f64>,
+    /// With `--profile`: where the timed steps' time went, vqlab's op passes slowest first and
+    /// then the rest.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub profile: Vec<ProfileRow>,
+}
+
+/// One line of `vqlab bench --profile`.
+#[derive(Debug, serde::Serialize)]
+pub struct ProfileRow {
+    pub op: String,
+    pub calls_per_step: f64,
+    pub ms_per_step: f64,
+    /// Of the mean step time.
+    pub share: f64,
 }
 
 /// Time `steps` training steps (after `warmup` untimed ones) of a run's model, optimizers and
 /// batches, exactly as the training loop runs them at a step that does not log: the same
 /// data loading, step functions and dead-code restarts, no sinks, eval or checkpoints.
 /// VQ-GAN steps before `loss.disc_start` skip the discriminator, as in training.
-pub fn bench(cfg: &ExperimentConfig, warmup: u64, steps: u64) -> anyhow::Result<BenchResult> {
+/// `profile` also times each of vqlab's op passes over the timed steps (`ops::profile`).
+pub fn bench(cfg: &ExperimentConfig, warmup: u64, steps: u64, profile: bool) -> anyhow::Result<BenchResult> {
     if cfg.hardware.threads_per_run > 0 {
         let _ = rayon::ThreadPoolBuilder::new().num_threads(cfg.hardware.threads_per_run as usize).build_global();
     }
@@ -139,6 +154,7 @@ pub fn bench(cfg: &ExperimentConfig, warmup: u64, steps: u64) -> anyhow::Result<
     let mut timed_from = t_all;
     for step in 0..warmup + steps {
         if step == warmup {
+            crate::ops::profile::enable(profile);
             timed_from = Instant::now();
         }
         let t0 = Instant::now();
@@ -155,6 +171,25 @@ pub fn bench(cfg: &ExperimentConfig, warmup: u64, steps: u64) -> anyhow::Result<
         }
     }
     let secs = timed_from.elapsed().as_secs_f64();
+    let mut rows = Vec::new();
+    if profile {
+        crate::ops::profile::enable(false);
+        let step_ms_mean = secs * 1e3 / steps as f64;
+        let mut covered = 0.0;
+        for (op, calls, op_secs) in crate::ops::profile::totals() {
+            let ms = op_secs * 1e3 / steps as f64;
+            covered += ms;
+            let calls_per_step = calls as f64 / steps as f64;
+            rows.push(ProfileRow { op: op.to_string(), calls_per_step, ms_per_step: ms, share: ms / step_ms_mean });
+        }
+        let rest = (step_ms_mean - covered).max(0.0);
+        rows.push(ProfileRow {
+            op: "everything else: candle's ops (elementwise, reductions, matmuls, layout copies), Adam, batches".into(),
+            calls_per_step: 0.0,
+            ms_per_step: rest,
+            share: rest / step_ms_mean,
+        });
+    }
     let mut sorted = step_ms.clone();
     sorted.sort_by(f64::total_cmp);
     Ok(BenchResult {
@@ -166,6 +201,7 @@ pub fn bench(cfg: &ExperimentConfig, warmup: u64, steps: u64) -> anyhow::Result<
         img_per_s: images as f64 / secs,
         median_step_ms: sorted[sorted.len() / 2],
         step_ms,
+        profile: rows,
     })
 }
 

@@ -353,6 +353,33 @@ fn bench_prints_img_per_s_as_json_and_rejects_zero_steps() {
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
 }
 
+#[test]
+fn bench_profile_counts_each_op_pass_of_the_architecture() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "exp.toml", &tiny_experiment("benchprofile", ""));
+    let out = vqlab(dir.path(), &["bench", "exp.toml", "--steps", "3", "--warmup", "1", "--json", "--profile"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+    let rows = v["profile"].as_array().unwrap();
+    let calls = |op: &str| rows.iter().find(|r| r["op"] == op).map(|r| r["calls_per_step"].as_f64().unwrap());
+    // The tiny VQ-VAE (2 stride-2 stages, 1 residual block): the encoder's two 4×4 stride-2
+    // convs, its 3×3, the block's 3×3 and 1×1 and the 1×1 to D (6); the decoder's 3×3 and
+    // its block's two (3); two transposed convs up. Every conv has a trained weight: one
+    // backward pass each. One nearest-code search.
+    assert_eq!(calls("conv2d forward"), Some(9.0), "{rows:?}");
+    assert_eq!(calls("conv2d backward"), Some(9.0), "{rows:?}");
+    assert_eq!(calls("conv_transpose2d forward"), Some(2.0), "{rows:?}");
+    assert_eq!(calls("conv_transpose2d backward"), Some(2.0), "{rows:?}");
+    assert_eq!(calls("nearest code"), Some(1.0), "{rows:?}");
+    assert_eq!(calls("ActNorm + LeakyReLU forward"), None, "no discriminator in a VQ-VAE");
+    let share: f64 = rows.iter().map(|r| r["share"].as_f64().unwrap()).sum();
+    assert!(share >= 1.0 - 1e-6, "the rows cover the step: {share}");
+    // The text form prints the same table.
+    let out = vqlab(dir.path(), &["bench", "exp.toml", "--steps", "2", "--warmup", "0", "--profile"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(stdout(&out).contains("where a step's time goes") && stdout(&out).contains("conv2d backward"));
+}
+
 /// rec_loss per step of a run of the tiny experiment, with candle's ops or vqlab's.
 fn losses_with(dir: &Path, name: &str, variant: &str, reference: bool) -> Vec<f64> {
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_vqlab"));
