@@ -314,6 +314,11 @@ pub enum TaskKind {
     Superres,
 }
 
+/// denoise's σ when `task.noise_std` is unset.
+pub const DEFAULT_NOISE_STD: f64 = 0.2;
+/// superres's factor when `task.scale` is unset.
+pub const DEFAULT_SCALE: u32 = 2;
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct TaskConfig {
@@ -325,6 +330,18 @@ pub struct TaskConfig {
     /// superres: the downscaling factor (resolved to 2; unset for the other kinds).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub scale: Option<u32>,
+}
+
+impl TaskConfig {
+    /// denoise's σ: `task.noise_std`, or its default.
+    pub fn noise_std(&self) -> f64 {
+        self.noise_std.unwrap_or(DEFAULT_NOISE_STD)
+    }
+
+    /// superres's downscaling factor: `task.scale`, or its default.
+    pub fn scale(&self) -> u32 {
+        self.scale.unwrap_or(DEFAULT_SCALE)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

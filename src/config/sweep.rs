@@ -88,6 +88,7 @@ fn run_id_with(cfg: &ExperimentConfig, kind_revisions: &[(QuantizerKind, u32)]) 
         remove_key(&mut value, key);
     }
     for (key, default) in HASHED_UNLESS_DEFAULT {
+        // The constant above is JSON written in this file (a unit test hashes every entry).
         let default: serde_json::Value = serde_json::from_str(default).expect("HASHED_UNLESS_DEFAULT holds JSON");
         let at_default = key.split('.').try_fold(&value, |v, k| v.get(k)).is_some_and(|v| v == &default);
         if at_default {

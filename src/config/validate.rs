@@ -35,10 +35,10 @@ pub fn resolve(cfg: &mut ExperimentConfig) {
     }
     match cfg.task.kind {
         TaskKind::Denoise => {
-            cfg.task.noise_std.get_or_insert(0.2);
+            cfg.task.noise_std.get_or_insert(DEFAULT_NOISE_STD);
         }
         TaskKind::Superres => {
-            cfg.task.scale.get_or_insert(2);
+            cfg.task.scale.get_or_insert(DEFAULT_SCALE);
         }
         TaskKind::Reconstruct => {}
     }

@@ -9,7 +9,7 @@
 //!   pixel-centre coordinates, renormalised where it reaches past the border: the
 //!   convention of PIL's `Image.resize(…, BICUBIC)`.
 
-use candle_core::{DType, Device, Result, Tensor};
+use candle_core::{Device, Result, Tensor};
 use rand::SeedableRng;
 use rand_distr::{Distribution, StandardNormal};
 
@@ -43,8 +43,8 @@ impl Degradation {
     pub fn of(task: &TaskConfig) -> Self {
         match task.kind {
             TaskKind::Reconstruct => Degradation::None,
-            TaskKind::Denoise => Degradation::Noise { std: task.noise_std.unwrap_or(0.2) },
-            TaskKind::Superres => Degradation::Downscale { scale: task.scale.unwrap_or(2) as usize },
+            TaskKind::Denoise => Degradation::Noise { std: task.noise_std() },
+            TaskKind::Superres => Degradation::Downscale { scale: task.scale() as usize },
         }
     }
 
@@ -118,7 +118,7 @@ pub fn bicubic_weights(n_in: usize, n_out: usize) -> Vec<f64> {
 
 fn bicubic_matrix(n_in: usize, n_out: usize, device: &Device) -> Result<Tensor> {
     let m: Vec<f32> = bicubic_weights(n_in, n_out).into_iter().map(|w| w as f32).collect();
-    Tensor::from_vec(m, (n_out, n_in), device)?.to_dtype(DType::F32)
+    Tensor::from_vec(m, (n_out, n_in), device)
 }
 
 #[cfg(test)]

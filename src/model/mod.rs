@@ -98,10 +98,10 @@ pub fn mermaid(cfg: &ExperimentConfig) -> String {
         kind => {
             let what = match kind {
                 crate::config::TaskKind::Denoise => {
-                    format!("denoise: + N(0, {}²) noise, clipped to [0, 1]", cfg.task.noise_std.unwrap_or(0.2))
+                    format!("denoise: + N(0, {}²) noise, clipped to [0, 1]", cfg.task.noise_std())
                 }
                 _ => {
-                    let f = cfg.task.scale.unwrap_or(2);
+                    let f = cfg.task.scale();
                     format!("superres: box ↓{f} to {}×{}, bicubic ↑{f}", s / f, s / f)
                 }
             };

@@ -64,19 +64,16 @@ impl ModelQuantizer {
             return self.levels[0].forward(z, train);
         }
         let mut residual = z.clone();
-        let mut sum: Option<Tensor> = None;
+        // Σ q_l, without gradient (0 + q is q exactly).
+        let mut sum = z.detach().zeros_like()?;
         let mut passes = Vec::with_capacity(self.levels.len());
         for level in &self.levels {
             let pass = level.forward(&residual, train)?;
             let q = pass.z_q.detach();
             residual = (residual - &q)?;
-            sum = Some(match sum {
-                None => q,
-                Some(s) => (s + q)?,
-            });
+            sum = (sum + q)?;
             passes.push(pass);
         }
-        let sum = sum.expect("at least two levels");
         let z_q = match self.gradient {
             GradientEstimator::Ste => (z + (&sum - z)?.detach())?,
             GradientEstimator::Rotation => {
@@ -124,14 +121,12 @@ impl ModelQuantizer {
 
     /// k-means codebooks from encoder outputs `latents` (batches (B, D, H, W)): level 0 from
     /// the latents, then each level from the residuals the seeded levels before it leave,
-    /// `iterations` Lloyd iterations each. Returns the vectors each level clustered.
-    pub fn seed_from_kmeans(&self, latents: &[Tensor], iterations: usize, seed: u64) -> Result<usize> {
+    /// `iterations` Lloyd iterations each.
+    pub fn seed_from_kmeans(&self, latents: &[Tensor], iterations: usize, seed: u64) -> Result<()> {
         let mut residuals = latents.to_vec();
-        let mut rows = 0;
         for (l, level) in self.levels.iter().enumerate() {
             let parts = residuals.iter().map(|r| Ok(level.lookup_vectors(r)?.detach())).collect::<Result<Vec<_>>>()?;
             let vectors = Tensor::cat(&parts, 0)?;
-            rows = vectors.dim(0)?;
             let (centroids, counts) = kmeans(&vectors, level.codebook_size, iterations, level_seed(seed, l))?;
             // One batch's worth of latent vectors: the scale of the counts the EMA averages.
             level.seed_from_kmeans(&centroids, &counts, parts[0].dim(0)?)?;
@@ -140,7 +135,7 @@ impl ModelQuantizer {
                     residuals.iter().map(|r| r - level.forward(r, false)?.z_q.detach()).collect::<Result<Vec<_>>>()?;
             }
         }
-        Ok(rows)
+        Ok(())
     }
 }
 

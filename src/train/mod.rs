@@ -308,6 +308,11 @@ struct Measured {
     counts: Vec<u64>,
 }
 
+/// The code statistics of a set (or of one residual level) under their metrics.
+fn code_values(c: &crate::metrics::CodebookStats) -> [(&'static Metric, f64); 3] {
+    [(&metric::PERPLEXITY, c.perplexity), (&metric::USAGE, c.usage), (&metric::DEAD_CODES, c.dead_codes as f64)]
+}
+
 /// The feature network of the FID-style scores and the reference statistics of the two sets
 /// it scores reconstructions of.
 struct Fid {
@@ -701,27 +706,14 @@ impl<'a> Trainer<'a> {
         if let Some(p) = r.input_psnr {
             values.push((&metric::INPUT_PSNR, p));
         }
-        values.extend([
-            (&metric::PERPLEXITY, r.codes.perplexity),
-            (&metric::USAGE, r.codes.usage),
-            (&metric::DEAD_CODES, r.codes.dead_codes as f64),
-        ]);
+        values.extend(code_values(&r.codes));
         if let Some(f) = r.fid {
             values.extend([(&metric::RFID, f.rfid), (&metric::KID, f.kid), (&metric::KID_STD, f.kid_std)]);
         }
         if let Some((m, _)) = values.iter().find(|(_, v)| !v.is_finite()) {
             anyhow::bail!("non-finite {} at step {step}", m.key);
         }
-        let levels = (0u32..)
-            .zip(&r.levels)
-            .flat_map(|(l, c)| {
-                [
-                    (l, &metric::PERPLEXITY, c.perplexity),
-                    (l, &metric::USAGE, c.usage),
-                    (l, &metric::DEAD_CODES, c.dead_codes as f64),
-                ]
-            })
-            .collect();
+        let levels = (0u32..).zip(&r.levels).flat_map(|(l, c)| code_values(c).map(|(m, v)| (l, m, v))).collect();
         Ok(Measured { values, levels, counts: r.counts })
     }
 
