@@ -20,10 +20,12 @@ pub enum Split {
     Eval,
     /// The test split's eval subset, once at the end, with the best checkpoint's weights.
     Best,
+    /// A prior run's samples, decoded by its tokenizer, against the test split's eval subset.
+    Gen,
 }
 
 impl Split {
-    pub const ALL: [Split; 4] = [Split::Train, Split::Val, Split::Eval, Split::Best];
+    pub const ALL: [Split; 5] = [Split::Train, Split::Val, Split::Eval, Split::Best, Split::Gen];
 
     pub fn prefix(self) -> &'static str {
         match self {
@@ -31,6 +33,7 @@ impl Split {
             Split::Val => "val",
             Split::Eval => "eval",
             Split::Best => "best",
+            Split::Gen => "gen",
         }
     }
 
@@ -47,7 +50,10 @@ impl Split {
             }
             Split::Eval => "eval/…: the test split's eval subset (data.eval_images), weights of the last step",
             Split::Best => {
-                "best/…: the test split's eval subset, weights of the checkpoint with the lowest val/rec_mse"
+                "best/…: the test split's eval subset, weights of the checkpoint with the lowest val/rec_mse (a prior's: val/nll)"
+            }
+            Split::Gen => {
+                "gen/…: prior.samples samples of the prior (best checkpoint), decoded by its tokenizer, against the test split's eval subset"
             }
         }
     }
@@ -69,6 +75,8 @@ pub struct Needs {
     pub discriminator: bool,
     /// A degraded input (`task.kind` = `denoise` or `superres`).
     pub task: bool,
+    /// A stage-2 prior run (`prior.enabled`); a prior run records only these.
+    pub prior: bool,
 }
 
 /// One metric.
@@ -98,10 +106,13 @@ pub struct Metric {
 
 const MEASURED: &[Split] = &[Split::Val, Split::Eval, Split::Best];
 const TRAINING: &[Split] = &[Split::Train];
-const NONE: Needs = Needs { fid: false, discriminator: false, task: false };
-const FID: Needs = Needs { fid: true, discriminator: false, task: false };
-const DISC: Needs = Needs { fid: false, discriminator: true, task: false };
-const TASK: Needs = Needs { fid: false, discriminator: false, task: true };
+const NONE: Needs = Needs { fid: false, discriminator: false, task: false, prior: false };
+const FID: Needs = Needs { fid: true, discriminator: false, task: false, prior: false };
+const DISC: Needs = Needs { fid: false, discriminator: true, task: false, prior: false };
+const TASK: Needs = Needs { fid: false, discriminator: false, task: true, prior: false };
+const PRIOR: Needs = Needs { fid: false, discriminator: false, task: false, prior: true };
+const PRIOR_FID: Needs = Needs { fid: true, discriminator: false, task: false, prior: true };
+const GENERATED: &[Split] = &[Split::Gen];
 
 /// An eval measure, on the validation and test splits.
 const fn measure(
@@ -199,9 +210,61 @@ pub const KID: Metric = measure(
 pub const KID_STD: Metric =
     measure("kid_std", None, "", FID, "KID std", 2, "standard deviation of KID over the subsets");
 
+pub const NLL: Metric = measure(
+    "nll",
+    Some(Lower),
+    "bits/code",
+    PRIOR,
+    "NLL (bits/code)",
+    4,
+    "a prior's mean negative log-likelihood of the set's code grids (encoded by its tokenizer), in bits per code",
+);
+pub const UNIGRAM_NLL: Metric = measure(
+    "unigram_nll",
+    Some(Lower),
+    "bits/code",
+    PRIOR,
+    "unigram NLL (bits/code)",
+    4,
+    "the baseline of nll: the NLL of the set's codes under the training codes' marginal distribution (add-one smoothed), in bits per code",
+);
+
 /// The measures of an eval, in table order.
-pub const MEASURES: [&Metric; 9] =
-    [&REC_MSE, &PSNR, &INPUT_PSNR, &PERPLEXITY, &USAGE, &DEAD_CODES, &RFID, &KID, &KID_STD];
+pub const MEASURES: [&Metric; 11] =
+    [&REC_MSE, &PSNR, &INPUT_PSNR, &PERPLEXITY, &USAGE, &DEAD_CODES, &RFID, &KID, &KID_STD, &NLL, &UNIGRAM_NLL];
+
+/// A prior's generation score.
+const fn generated(
+    key: &'static str,
+    better: Option<Better>,
+    needs: Needs,
+    label: &'static str,
+    doc: &'static str,
+) -> Metric {
+    Metric { splits: GENERATED, ..measure(key, better, "", needs, label, 3, doc) }
+}
+
+pub const GEN_FID: Metric = generated(
+    "fid",
+    Some(Lower),
+    PRIOR_FID,
+    "gFID",
+    "Fréchet distance between feature statistics of the test images and the prior's decoded samples (the feature network of rFID: FID-style)",
+);
+pub const GEN_KID: Metric =
+    generated("kid", Some(Lower), PRIOR_FID, "gKID", "KID between the test images and the prior's decoded samples");
+pub const GEN_KID_STD: Metric =
+    generated("kid_std", None, PRIOR_FID, "gKID std", "standard deviation of gen/kid over the subsets");
+pub const GEN_MARGINAL_FID: Metric = generated(
+    "marginal_fid",
+    Some(Lower),
+    PRIOR_FID,
+    "marginal gFID",
+    "the baseline of gen/fid: images decoded from codes drawn independently per position from the training codes' marginal",
+);
+
+/// A prior run's generation scores, in table order.
+pub const GENERATION: [&Metric; 4] = [&GEN_FID, &GEN_KID, &GEN_KID_STD, &GEN_MARGINAL_FID];
 
 pub const REC_LOSS: Metric = train(
     "rec_loss",
@@ -283,9 +346,18 @@ pub const IMG_PER_S: Metric = train(
     3,
     "training images per second over the steps since the last log, eval and checkpoints excluded",
 );
+pub const TRAIN_NLL: Metric = train(
+    "nll",
+    Some(Lower),
+    "bits/code",
+    PRIOR,
+    "train/nll",
+    4,
+    "a prior's cross-entropy on the training batch (dropout on), in bits per code",
+);
 
 /// The values a training step logs, in the order of the docs.
-pub const TRAIN: [&Metric; 12] = [
+pub const TRAIN: [&Metric; 13] = [
     &REC_LOSS,
     &CODEBOOK_LOSS,
     &COMMIT_LOSS,
@@ -298,6 +370,7 @@ pub const TRAIN: [&Metric; 12] = [
     &D_FAKE,
     &ADAPTIVE_WEIGHT,
     &IMG_PER_S,
+    &TRAIN_NLL,
 ];
 
 /// The TensorBoard image tag of the reconstruction grids (originals above reconstructions of
@@ -325,9 +398,12 @@ impl Metric {
         self.kinds.is_empty() || self.kinds.contains(&kind)
     }
 
-    /// A metric computed by a run with these settings.
+    /// A metric computed by a tokenizer run with these settings.
     pub fn is_measured(&self, fid: bool, discriminator: bool, task: bool) -> bool {
-        (fid || !self.needs.fid) && (discriminator || !self.needs.discriminator) && (task || !self.needs.task)
+        !self.needs.prior
+            && (fid || !self.needs.fid)
+            && (discriminator || !self.needs.discriminator)
+            && (task || !self.needs.task)
     }
 }
 
@@ -373,11 +449,16 @@ impl fmt::Display for MetricName {
 
 /// The metrics recorded on a split: the training values, or the eval measures.
 fn on_split(split: Split) -> &'static [&'static Metric] {
-    if split == Split::Train {
-        &TRAIN
-    } else {
-        &MEASURES
+    match split {
+        Split::Train => &TRAIN,
+        Split::Gen => &GENERATION,
+        _ => &MEASURES,
     }
+}
+
+/// The full names a prior run records on a split (`fid`: with the generation scores).
+pub fn prior_names(split: Split, fid: bool) -> Vec<String> {
+    on_split(split).iter().filter(|m| m.needs.prior && (fid || !m.needs.fid)).map(|m| m.at(split)).collect()
 }
 
 /// The full names a run records on a split, in table order (`task`: the run degrades its
@@ -399,7 +480,7 @@ pub fn level_names(split: Split, levels: u32) -> Vec<String> {
 
 /// Every full name vqlab can record (the plain names; per-level names follow the levels).
 pub fn all_names() -> Vec<String> {
-    Split::ALL.into_iter().flat_map(|s| names(s, true, true, true)).collect()
+    Split::ALL.into_iter().flat_map(|s| names(s, true, true, true).into_iter().chain(prior_names(s, true))).collect()
 }
 
 /// How a run picks its best checkpoint: the eval step with the best value of a validation
@@ -471,7 +552,7 @@ impl StopRule {
 /// hold it verbatim).
 pub fn table() -> String {
     let mut s = String::from("| name | splits | better | unit | needs | definition |\n|---|---|---|---|---|---|\n");
-    for m in TRAIN.iter().chain(MEASURES.iter()) {
+    for m in TRAIN.iter().chain(MEASURES.iter()).chain(GENERATION.iter()) {
         let mut splits: Vec<String> = m.splits.iter().map(|s| format!("`{}`", m.at(*s))).collect();
         if m.per_level {
             splits.push(format!(
@@ -494,6 +575,9 @@ pub fn table() -> String {
         }
         if m.needs.task {
             needs.push("`task.kind` denoise/superres");
+        }
+        if m.needs.prior {
+            needs.push("`prior.enabled`");
         }
         let kinds = format!("kind {}", m.kinds.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join("/"));
         if !m.kinds.is_empty() {
@@ -549,7 +633,13 @@ mod tests {
         assert_eq!(names(Split::Eval, false, false, true)[..3], ["eval/rec_mse", "eval/psnr", "eval/input_psnr"]);
         assert_eq!(names(Split::Train, false, false, false).len(), 7);
         assert_eq!(names(Split::Train, false, true, false).len(), 12);
-        assert_eq!(all_names().len(), 12 + 3 * 9);
+        // Tokenizer runs: 12 training values, 9 measures on val/eval/best. Prior runs: train/nll,
+        // nll and unigram_nll on val/eval/best, 4 generation scores.
+        assert_eq!(all_names().len(), 12 + 3 * 9 + 1 + 3 * 2 + 4);
+        assert_eq!(prior_names(Split::Gen, true), ["gen/fid", "gen/kid", "gen/kid_std", "gen/marginal_fid"]);
+        assert!(prior_names(Split::Gen, false).is_empty());
+        assert_eq!(prior_names(Split::Best, false), ["best/nll", "best/unigram_nll"]);
+        assert_eq!(prior_names(Split::Train, false), ["train/nll"]);
         assert!(COMMIT_LOSS.applies_to("lfq") && !COMMIT_LOSS.applies_to("fsq"));
         assert!(REC_LOSS.applies_to("fsq") && !ENTROPY_LOSS.applies_to("vq"));
     }

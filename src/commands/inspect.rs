@@ -46,9 +46,18 @@ pub fn status(sweep_dir: Option<&Path>, runs_dir: &Path, out: Out<'_>) -> anyhow
         let slurm_view = slurm::run_view(&dir);
         for run in &runs {
             let st = run.read_status()?.with_context(|| format!("{} has no status file", run.path().display()))?;
-            let steps = run.read_config().map(|c| c.train.steps.to_string()).unwrap_or_else(|_| "?".into());
+            let cfg = run.read_config().ok();
+            let steps = cfg
+                .as_ref()
+                .map(|c| if c.prior.enabled { c.prior.steps } else { c.train.steps }.to_string())
+                .unwrap_or_else(|| "?".into());
             *counts.entry(st.state.name()).or_default() += 1;
             let name = run.name();
+            // A prior run sorts right after its parent (its name extends the parent's).
+            let shown = match &cfg {
+                Some(c) if c.prior.enabled => format!("└─ {name}"),
+                _ => name.clone(),
+            };
             let state = if st.worker_gone() {
                 "running (worker gone: resumes on the next `vqlab run`)".to_string()
             } else {
@@ -60,7 +69,7 @@ pub fn status(sweep_dir: Option<&Path>, runs_dir: &Path, out: Out<'_>) -> anyhow
                 (slot, d) => format!("{d} [{slot}]"),
             };
             let mut row = vec![
-                name.clone(),
+                shown,
                 state,
                 format!("{} ({} failed)", st.attempts, st.failures),
                 format!("{}/{steps}", st.progress_step.max(st.step)),

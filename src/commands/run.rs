@@ -132,10 +132,15 @@ fn plan_table(sweep: &Sweep, sweep_dir: &Path) -> String {
         .iter()
         .enumerate()
         .map(|(i, r)| {
+            // A later stage's run hangs under its parent, which comes before it.
+            let name = match &r.parent {
+                Some(_) => format!("└─ {}", r.dir_name),
+                None => r.dir_name.clone(),
+            };
             vec![
                 (i + 1).to_string(),
                 r.id.clone(),
-                r.dir_name.clone(),
+                name,
                 cell_text(r),
                 local::planned_state(sweep_dir, r).state.name().to_string(),
             ]
@@ -165,6 +170,7 @@ pub fn plan(exp: &ExperimentArgs, runs_dir: &Path, json: bool, out: Out<'_>) -> 
                     "dir": r.dir_name,
                     "path": sweep_dir.join(&r.dir_name),
                     "cell": r.cell,
+                    "parent": r.parent,
                     "state": local::planned_state(sweep_dir, r).state.name(),
                 })
             })

@@ -73,6 +73,18 @@ pub const KEYS: &[(&str, Option<&str>, &str)] = &[
     ("sweep.seeds", None, "repeat every cell per seed (sets `train.seed`)"),
     ("sweep.grid", None, "`{ \"dotted.key\" = [values…] }`: the cartesian product"),
     ("sweep.zip", None, "lists of equal length varied together"),
+    ("prior.enabled", None, "stage 2: follow every tokenizer run of the sweep with a prior run on its codes (a child run: it starts when its parent is done, is skipped when the parent failed for good, and hashes its parent's id)"),
+    ("prior.layers", None, "prior: transformer blocks (pre-LayerNorm, causal self-attention, 4× GELU MLP)"),
+    ("prior.width", None, "prior: model width; a multiple of `prior.heads`"),
+    ("prior.heads", None, "prior: attention heads"),
+    ("prior.dropout", None, "prior: dropout on the embeddings, attention weights and residual branches"),
+    ("prior.steps", None, "prior: optimizer steps"),
+    ("prior.batch_size", None, "prior: code grids per step"),
+    ("prior.lr", None, "prior: Adam learning rate, betas (0.9, 0.95)"),
+    ("prior.eval_every", None, "prior: validation NLL, best checkpoint and checkpoint cadence (and at the end)"),
+    ("prior.temperature", None, "prior: sampling temperature of the generation scores; 0 = argmax decoding"),
+    ("prior.top_k", None, "prior: sample among the k most likely codes (0 = all)"),
+    ("prior.samples", None, "prior: samples decoded for `gen/fid` and `gen/kid` (and their marginal baseline)"),
     ("launcher.kind", None, "`local` or `slurm` (`--launcher` overrides)"),
     ("launcher.max_attempts", None, "failures of a run before it is no longer retried (interruptions do not count)"),
     ("launcher.slurm.partition", None, "Slurm partition (empty: the cluster default)"),
@@ -102,6 +114,12 @@ pub fn defaults() -> Vec<(String, Value)> {
     // Plain structs, enums and string-keyed maps with finite numbers: serializing the defaults
     // to JSON cannot fail (`config::sweep::run_id` relies on the same).
     walk("", &serde_json::to_value(ExperimentConfig::default()).expect("the default config serializes"), &mut out);
+    // The prior section is left out of a config while disabled, which it is by default.
+    walk(
+        "prior",
+        &serde_json::to_value(super::PriorConfig::default()).expect("the prior section serializes"),
+        &mut out,
+    );
     out
 }
 

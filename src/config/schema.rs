@@ -24,6 +24,10 @@ pub struct ExperimentConfig {
     pub hardware: HardwareConfig,
     pub sweep: SweepConfig,
     pub launcher: LauncherConfig,
+    /// The stage-2 prior (`prior.enabled`): a run of its own, child of the tokenizer run of
+    /// the same config. Left out of config files and run ids while disabled.
+    #[serde(skip_serializing_if = "PriorConfig::is_disabled")]
+    pub prior: PriorConfig,
 }
 
 impl ExperimentConfig {
@@ -478,6 +482,56 @@ impl Default for TrainConfig {
             checkpoint_every: 1000,
             seed: 0,
             early_stop: Vec::new(),
+        }
+    }
+}
+
+/// The stage-2 prior: a decoder-only transformer over the tokenizer's code grid in raster
+/// order (VQGAN's stage 2, minGPT's blocks), trained on the codes of the training split.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PriorConfig {
+    /// Each tokenizer run of the sweep is followed by a prior run on its codes.
+    pub enabled: bool,
+    pub layers: u32,
+    /// The model width (embedding size); a multiple of `heads`.
+    pub width: u32,
+    pub heads: u32,
+    pub dropout: f64,
+    pub steps: u64,
+    pub batch_size: usize,
+    pub lr: f64,
+    /// Validation NLL (and the best checkpoint) cadence, and checkpoints.
+    pub eval_every: u64,
+    /// Sampling temperature; 0 = argmax decoding.
+    pub temperature: f64,
+    /// Sample from the k most likely codes only (0 = all).
+    pub top_k: u32,
+    /// Samples decoded for gen/fid and gen/kid.
+    pub samples: u32,
+}
+
+impl PriorConfig {
+    pub fn is_disabled(&self) -> bool {
+        !self.enabled
+    }
+}
+
+impl Default for PriorConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            layers: 4,
+            width: 128,
+            heads: 4,
+            dropout: 0.1,
+            steps: 5000,
+            batch_size: 64,
+            lr: 3e-4,
+            eval_every: 500,
+            temperature: 1.0,
+            top_k: 0,
+            samples: 2000,
         }
     }
 }

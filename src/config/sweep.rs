@@ -43,8 +43,20 @@ pub struct PlannedRun {
     pub dir_name: String,
     /// Swept keys and their values in this cell (seed included when seeds are swept).
     pub cell: BTreeMap<String, serde_json::Value>,
+    /// A later stage's run (a prior): the directory name of the run it consumes, which comes
+    /// before it in the sweep's list.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
     #[serde(skip)]
     pub config: ExperimentConfig,
+}
+
+impl Sweep {
+    /// The index of a run's parent in `runs` (None for a first-stage run).
+    pub fn parent_index(&self, run: usize) -> Option<usize> {
+        let parent = self.runs[run].parent.as_ref()?;
+        self.runs.iter().position(|r| &r.dir_name == parent)
+    }
 }
 
 /// A whole expanded sweep.
@@ -75,10 +87,32 @@ pub const TRAINING_REVISION: u32 = 2;
 /// without the 1e-5 clamp.
 pub const KIND_REVISIONS: &[(QuantizerKind, u32)] = &[(QuantizerKind::Lfq, 2)];
 
+/// What a stage-2 prior run computes from its config and its tokenizer's codes (bump it
+/// like [`TRAINING_REVISION`] when the prior's results change for the same config).
+pub const PRIOR_REVISION: u32 = 1;
+
 /// The run id: a short hash of the canonical JSON of the result-relevant config, the
-/// training revision and the revision of the run's quantizer kind.
+/// training revision and the revision of the run's quantizer kind. A prior run's id hashes
+/// its `[prior]` section, [`PRIOR_REVISION`] and its parent's id (which hashes the rest).
 pub fn run_id(cfg: &ExperimentConfig) -> String {
+    if cfg.prior.enabled {
+        let parent = run_id(&tokenizer_of(cfg));
+        // Plain structs: serializing cannot fail.
+        let prior = serde_json::to_value(&cfg.prior).expect("the prior section serializes");
+        let value = serde_json::json!({ "parent": parent, "prior": prior, "prior_revision": PRIOR_REVISION });
+        return short_hash(&canonical_json(&value));
+    }
     run_id_with(cfg, KIND_REVISIONS)
+}
+
+/// The tokenizer run a prior run's config consumes: the same config with the prior disabled.
+pub fn tokenizer_of(cfg: &ExperimentConfig) -> ExperimentConfig {
+    ExperimentConfig { prior: Default::default(), ..cfg.clone() }
+}
+
+fn short_hash(canonical: &str) -> String {
+    let digest = Sha256::digest(canonical.as_bytes());
+    digest.iter().take(4).map(|b| format!("{b:02x}")).collect()
 }
 
 fn run_id_with(cfg: &ExperimentConfig, kind_revisions: &[(QuantizerKind, u32)]) -> String {
@@ -101,14 +135,17 @@ fn run_id_with(cfg: &ExperimentConfig, kind_revisions: &[(QuantizerKind, u32)]) 
             map.insert("quantizer_revision".into(), (*revision).into());
         }
     }
-    let canonical = canonical_json(&value);
-    let digest = Sha256::digest(canonical.as_bytes());
-    digest.iter().take(4).map(|b| format!("{b:02x}")).collect()
+    short_hash(&canonical_json(&value))
 }
 
 /// The readable directory name of a run: `vqgan-K1024-s0-<id>`; a residual quantizer of 4
-/// levels: `vqvae-K512x4-s0-<id>`.
+/// levels: `vqvae-K512x4-s0-<id>`; a prior run after its parent's name:
+/// `vqgan-K1024-s0-<parent id>-prior-<id>`.
 pub fn run_dir_name(cfg: &ExperimentConfig, id: &str) -> String {
+    if cfg.prior.enabled {
+        let parent = tokenizer_of(cfg);
+        return format!("{}-prior-{id}", run_dir_name(&parent, &run_id(&parent)));
+    }
     let levels = if cfg.quantizer.levels > 1 { format!("x{}", cfg.quantizer.levels) } else { String::new() };
     format!("{}-K{}{levels}-s{}-{}", cfg.model.variant.name(), cfg.quantizer.codebook_size, cfg.train.seed, id)
 }
@@ -301,6 +338,26 @@ pub fn expand(layers: &Layers, cli_sweeps: &[String]) -> Result<Sweep, InputErro
                 }
                 continue;
             }
+            let mut parent = None;
+            if cfg.prior.enabled {
+                // The tokenizer stage first: one run however many priors follow it.
+                let tokenizer = tokenizer_of(&cfg);
+                let id = run_id(&tokenizer);
+                let dir_name = run_dir_name(&tokenizer, &id);
+                if !seen.contains_key(&id) {
+                    seen.insert(id.clone(), runs.len());
+                    let cell =
+                        shown.iter().filter(|(k, _)| !k.starts_with("prior.")).map(|(k, v)| (k.clone(), v.clone()));
+                    runs.push(PlannedRun {
+                        id,
+                        dir_name: dir_name.clone(),
+                        cell: cell.collect(),
+                        parent: None,
+                        config: tokenizer,
+                    });
+                }
+                parent = Some(dir_name);
+            }
             let id = run_id(&cfg);
             if let Some(prev) = seen.get(&id) {
                 let prev_cell: &PlannedRun = &runs[*prev];
@@ -316,7 +373,7 @@ pub fn expand(layers: &Layers, cli_sweeps: &[String]) -> Result<Sweep, InputErro
             }
             seen.insert(id.clone(), runs.len());
             let dir_name = run_dir_name(&cfg, &id);
-            runs.push(PlannedRun { id, dir_name, cell: shown, config: cfg });
+            runs.push(PlannedRun { id, dir_name, cell: shown, parent, config: cfg });
         }
     }
     if !problem_errors.is_empty() {

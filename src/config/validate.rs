@@ -102,6 +102,7 @@ pub fn validate(cfg: &ExperimentConfig, origin: &dyn Fn(&str) -> String) -> Resu
         bad("data.val_images", format!("expected at most 1000000 synthetic images, found {}", d.val_images()));
     }
     check_task(cfg, &mut bad);
+    check_prior(cfg, &mut bad);
     let m = &cfg.model;
     if m.downsample == 0 || m.downsample > 6 {
         bad("model.downsample", format!("expected 1 to 6 stride-2 stages, found {}", m.downsample));
@@ -368,6 +369,73 @@ fn check_task(cfg: &ExperimentConfig, bad: &mut impl FnMut(&'static str, String)
         }
         (_, None) => {}
         (_, Some(_)) => bad("task.scale", "an option of task.kind = \"superres\" only".into()),
+    }
+}
+
+/// The stage-2 prior: a transformer that can be built, over codes it can model.
+fn check_prior(cfg: &ExperimentConfig, bad: &mut impl FnMut(&'static str, String)) {
+    let p = &cfg.prior;
+    if !p.enabled {
+        return;
+    }
+    if cfg.quantizer.levels > 1 {
+        bad(
+            "prior.enabled",
+            format!(
+                "the prior models one code per position; quantizer.levels = {} stacks several (a depth transformer is not built yet): set quantizer.levels = 1",
+                cfg.quantizer.levels
+            ),
+        );
+    }
+    if cfg.task.kind != TaskKind::Reconstruct {
+        bad("prior.enabled", "a prior generates images from codes: it needs task.kind = \"reconstruct\"".into());
+    }
+    if !(1..=48).contains(&p.layers) {
+        bad("prior.layers", format!("expected 1 to 48 transformer blocks, found {}", p.layers));
+    }
+    if !(1..=64).contains(&p.heads) {
+        bad("prior.heads", format!("expected 1 to 64 heads, found {}", p.heads));
+    } else if p.width == 0 || !p.width.is_multiple_of(p.heads) || p.width > 4096 {
+        bad(
+            "prior.width",
+            format!("expected a width up to 4096 that prior.heads = {} divides, found {}", p.heads, p.width),
+        );
+    }
+    if !(p.dropout.is_finite() && (0.0..1.0).contains(&p.dropout)) {
+        bad("prior.dropout", format!("expected a probability in [0, 1), found {}", p.dropout));
+    }
+    if p.steps == 0 {
+        bad("prior.steps", "expected at least 1, found 0".into());
+    }
+    if p.batch_size == 0 {
+        bad("prior.batch_size", "expected at least 1, found 0".into());
+    }
+    if !(p.lr.is_finite() && p.lr > 0.0) {
+        bad("prior.lr", format!("expected a positive learning rate, found {}", p.lr));
+    }
+    if p.eval_every == 0 {
+        bad("prior.eval_every", "expected at least 1, found 0".into());
+    }
+    if !(p.temperature.is_finite() && p.temperature >= 0.0) {
+        bad("prior.temperature", format!("expected a finite temperature ≥ 0 (0 = argmax), found {}", p.temperature));
+    }
+    if p.top_k > cfg.quantizer.codebook_size {
+        bad(
+            "prior.top_k",
+            format!(
+                "{} is more than the {} codes (quantizer.codebook_size); 0 = all",
+                p.top_k, cfg.quantizer.codebook_size
+            ),
+        );
+    }
+    if cfg.eval.fid && (p.samples as usize) <= cfg.eval.kid_subset_size as usize {
+        bad(
+            "prior.samples",
+            format!(
+                "{} samples are not more than eval.kid_subset_size = {}: gen/kid draws subsets of that size from the samples",
+                p.samples, cfg.eval.kid_subset_size
+            ),
+        );
     }
 }
 

@@ -91,6 +91,11 @@ impl Fsq {
         flat.broadcast_add(&self.shift)?.tanh()?.broadcast_mul(&self.half_l)?.broadcast_sub(&self.offset)
     }
 
+    /// The projections between the latent's channels and the code channels (none when equal).
+    pub fn projection(&self) -> Option<&CodeProjection> {
+        self.proj.as_ref()
+    }
+
     /// Quantize encoder output (B, D, H, W).
     pub fn forward(&self, z: &Tensor) -> Result<FsqOutput> {
         let flat = latent_rows(z, self.proj.as_ref())?;

@@ -82,6 +82,11 @@ impl Lfq {
         })
     }
 
+    /// The projections between the latent's channels and the code channels (none when equal).
+    pub fn projection(&self) -> Option<&CodeProjection> {
+        self.proj.as_ref()
+    }
+
     /// Quantize encoder output (B, D, H, W); `train` computes the entropy penalty.
     pub fn forward(&self, z: &Tensor, train: bool) -> Result<LfqOutput> {
         let flat = latent_rows(z, self.proj.as_ref())?;

@@ -9,6 +9,7 @@ pub mod layers;
 pub mod lfq;
 pub mod memory;
 pub mod params;
+pub mod prior;
 pub mod quantizer;
 pub mod residual;
 
@@ -71,6 +72,12 @@ impl VqModel {
         let quantized = self.quantizer.forward(&z, train)?;
         let x_hat = (self.decoder.forward(&quantized.z_q)? + 0.5)?;
         Ok(Reconstruction { x_hat, quantized })
+    }
+
+    /// Images (B, C, H·f, W·f) on the [0, 1] scale from code indices on a (B, H, W) grid.
+    pub fn decode_indices(&self, indices: &Tensor, grid: (usize, usize, usize)) -> Result<Tensor> {
+        let z_q = self.quantizer.decode_indices(indices, grid)?;
+        self.decoder.forward(&z_q)? + 0.5
     }
 
     /// Parameter counts: (encoder, quantizer, decoder, discriminator).

@@ -369,6 +369,46 @@ impl Quantizer {
         }
     }
 
+    /// The quantized latents (B, D, H, W) of code indices (B·H·W,) u32 on a (B, H, W) grid:
+    /// what the decoder sees for those codes (a codebook row; fsq's grid point of the index's
+    /// mixed-radix digits; lfq's ±1 bits), projected out of a factorized lookup.
+    pub fn decode_indices(&self, indices: &Tensor, (b, h, w): (usize, usize, usize)) -> Result<Tensor> {
+        let dev = indices.device();
+        let rows = match (&self.fsq, &self.lfq) {
+            (Some(fsq), _) => {
+                let idx = indices.to_vec1::<u32>()?;
+                let d = fsq.levels.len();
+                let mut rows = Vec::with_capacity(idx.len() * d);
+                for &i in &idx {
+                    let mut rest = i;
+                    for &l in &fsq.levels {
+                        let half_width = (l / 2) as f32;
+                        rows.push(((rest % l) as f32 - half_width) / half_width);
+                        rest /= l;
+                    }
+                }
+                Tensor::from_vec(rows, (idx.len(), d), dev)?
+            }
+            (_, Some(lfq)) => {
+                let idx = indices.to_vec1::<u32>()?;
+                let d = lfq.bits;
+                let rows: Vec<f32> = idx
+                    .iter()
+                    .flat_map(|&i| (0..d).map(move |bit| if (i >> (d - 1 - bit)) & 1 == 1 { 1.0 } else { -1.0 }))
+                    .collect();
+                Tensor::from_vec(rows, (idx.len(), d), dev)?
+            }
+            _ => self.lookup_codebook()?.index_select(indices, 0)?,
+        };
+        let proj = match (&self.fsq, &self.lfq) {
+            (Some(fsq), _) => fsq.projection(),
+            (_, Some(lfq)) => lfq.projection(),
+            _ => self.proj.as_ref(),
+        };
+        let like = Tensor::zeros((b, 1, h, w), DType::F32, dev)?;
+        rows_to_latents(&rows, &like, proj)
+    }
+
     /// Code indices of latents (B, D, H, W), without losses or updates (eval).
     pub fn encode_indices(&self, z: &Tensor) -> Result<Tensor> {
         Ok(self.forward(z, false)?.indices)

@@ -58,6 +58,15 @@ impl ModelQuantizer {
         self.levels[0].codebook()
     }
 
+    /// The quantized latents of one quantizer's code indices (see
+    /// [`Quantizer::decode_indices`]); a residual stack's pooled codes are not one per position.
+    pub fn decode_indices(&self, indices: &Tensor, grid: (usize, usize, usize)) -> Result<Tensor> {
+        if self.is_residual() {
+            candle_core::bail!("decoding codes of a residual quantizer needs one code per level and position");
+        }
+        self.levels[0].decode_indices(indices, grid)
+    }
+
     /// Quantize encoder output (B, D, H, W); `train` enables the levels' EMA updates.
     pub fn forward(&self, z: &Tensor, train: bool) -> Result<Quantized> {
         if !self.is_residual() {

@@ -29,7 +29,7 @@ pub fn info(metric: &str) -> MetricInfo {
     let label = match name.split {
         Split::Val => format!("val {}", m.label),
         Split::Best => format!("{} (best ckpt)", m.label),
-        Split::Train | Split::Eval => m.label.to_string(),
+        Split::Train | Split::Eval | Split::Gen => m.label.to_string(),
     };
     let label = match name.level {
         Some(l) => format!("{label} l{l}"),

@@ -207,13 +207,20 @@ pub fn pivot(c: &Collection, spec: &TableSpec) -> Result<Pivot, InputError> {
     // result); otherwise the mean would mix different experiments.
     for (r, col, runs) in members.values() {
         let keys: BTreeSet<&String> = runs.iter().flat_map(|run| run.values.keys()).collect();
+        // A tokenizer and its prior share a cell (rFID beside gFID): the `prior.*` keys are
+        // compared among the prior runs only, every other key among all runs.
+        let is_prior = |run: &&Run| run.get("prior.enabled") == Some(&Value::Bool(true));
+        let priors: Vec<&Run> = runs.iter().copied().filter(is_prior).collect();
+        let compared = |k: &str| if k.starts_with("prior.") { priors.as_slice() } else { runs.as_slice() };
         let differing: Vec<&String> = keys
             .into_iter()
-            .filter(|k| !ignored_key(k) && runs.iter().any(|run| run.get(k) != runs[0].get(k)))
+            .filter(|k| !ignored_key(k) && compared(k).iter().any(|run| run.get(k) != compared(k)[0].get(k)))
             .collect();
         if let Some(key) = differing.first() {
             // `key` is in `differing` because some run's value differs from the first run's.
-            let other = runs.iter().find(|run| run.get(key) != runs[0].get(key)).expect("a run differs");
+            let group = compared(key);
+            let (first, other) =
+                (group[0], *group.iter().find(|run| run.get(key) != group[0].get(key)).expect("a run differs"));
             let cell: Vec<Value> = r.iter().chain(col.iter()).cloned().collect();
             let cell_keys: Vec<String> = spec.rows.iter().chain(&spec.cols).cloned().collect();
             let names = differing.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", ");
@@ -221,7 +228,7 @@ pub fn pivot(c: &Collection, spec: &TableSpec) -> Result<Pivot, InputError> {
                 "the runs of cell [{}] differ in {names} ({} and {}), which neither --rows nor --cols name: \
                  add them there, or keep one value with --where {key}=VALUE",
                 tuple_text(&cell_keys, &cell),
-                runs[0].name,
+                first.name,
                 other.name,
             )));
         }

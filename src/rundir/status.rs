@@ -21,6 +21,9 @@ pub enum RunState {
     Failed,
     Interrupted,
     StoppedEarly,
+    /// Not trained: its parent run (a later stage's input) failed for good. Reconsidered
+    /// whenever the sweep runs again.
+    Skipped,
 }
 
 impl RunState {
@@ -32,6 +35,7 @@ impl RunState {
             RunState::Failed => "failed",
             RunState::Interrupted => "interrupted",
             RunState::StoppedEarly => "stopped_early",
+            RunState::Skipped => "skipped",
         }
     }
     /// A run in this state needs no more work.
@@ -172,7 +176,7 @@ impl RunStatus {
 /// Every field of the status file with its meaning, in the file's order (`vqlab docs status`;
 /// the README and docs/design.md hold the table, and a test fails when they drift).
 pub const STATUS_FIELDS: &[(&str, &str)] = &[
-    ("state", "`pending`, `running`, `done`, `failed`, `interrupted` or `stopped_early`"),
+    ("state", "`pending`, `running`, `done`, `failed`, `interrupted`, `stopped_early` or `skipped` (a later stage's run whose parent failed for good)"),
     ("attempts", "attempts started, interruptions included"),
     ("reason", "why the last attempt failed, was interrupted or stopped early (empty when done)"),
     ("device", "the device of the last attempt (`cpu`, `cuda:0`, …)"),

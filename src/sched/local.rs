@@ -215,13 +215,21 @@ pub fn run_sweep(sweep_dir: &Path, sweep: &Sweep, opts: &LocalOptions) -> anyhow
     let dirs: Vec<PathBuf> = sweep.runs.iter().map(|r| sweep_dir.join(&r.dir_name)).collect();
     let mut queue: VecDeque<usize> = VecDeque::new();
     let (mut done, mut failed) = (0usize, 0usize);
+    // How each run ended in this sweep: finished (true) or failed for good (false). A later
+    // stage's run starts once its parent finished; it is skipped when the parent failed.
+    let mut ended: Vec<Option<bool>> = vec![None; total];
+    let parents: Vec<Option<usize>> = (0..total).map(|i| sweep.parent_index(i)).collect();
     for (i, dir) in dirs.iter().enumerate() {
         match next_step(dir, opts.max_attempts)? {
-            Next::Skip => done += 1,
+            Next::Skip => {
+                done += 1;
+                ended[i] = Some(true);
+            }
             Next::GaveUp => {
                 let st = RunStatus::read_or_pending(dir)?;
                 tracing::warn!("{}: failed {} times, not retried: {}", sweep.runs[i].dir_name, st.failures, st.reason);
                 failed += 1;
+                ended[i] = Some(false);
             }
             Next::Train => queue.push_back(i),
         }
@@ -258,18 +266,43 @@ pub fn run_sweep(sweep_dir: &Path, sweep: &Sweep, opts: &LocalOptions) -> anyhow
                 signals::send(r.child.id(), libc::SIGKILL);
             }
         }
-        // Start queued runs, in order, while one fits: a run that needs a whole GPU waits
-        // for one, and smaller runs behind it may start meanwhile.
+        // Runs whose parent failed for good are skipped (and their own children after them).
+        while let Some(pos) = queue.iter().position(|&r| parents[r].is_some_and(|p| ended[p] == Some(false))) {
+            let run = queue.remove(pos).expect("a queued run");
+            let parent = parents[run].map(|p| sweep.runs[p].dir_name.clone()).unwrap_or_default();
+            let mut st = RunStatus::read_or_pending(&dirs[run])?;
+            st.mark_finished(RunState::Skipped, format!("parent failed: {parent}"));
+            st.write(&dirs[run])?;
+            ended[run] = Some(false);
+            failed += 1;
+            progress.println(&format!(
+                "[{}/{total}] {}: skipped: parent failed ({parent})",
+                run + 1,
+                sweep.runs[run].dir_name
+            ));
+            progress.update(done, failed, queue.len() + running.len());
+        }
+        // Start queued runs, in order, while one fits and its parent (if any) is done: a run
+        // that needs a whole GPU waits for one, and smaller runs behind it may start meanwhile.
         while let Some((pos, slot)) = if stopping {
             None
         } else {
-            queue.iter().enumerate().find_map(|(pos, &r)| plan.pool.acquire(demand[r]).map(|s| (pos, s)))
+            queue.iter().enumerate().find_map(|(pos, &r)| {
+                let ready = parents[r].is_none_or(|p| ended[p] == Some(true));
+                if ready {
+                    plan.pool.acquire(demand[r]).map(|s| (pos, s))
+                } else {
+                    None
+                }
+            })
         } {
             // `pos` was just found by iterating this queue, so it is in range.
             let run = queue.remove(pos).expect("a queued run");
             let sharing = plan.pool.sharing(&slot);
             let child = spawn_worker(&exe, &dirs[run], &slot, plan.threads_per_run, sharing)?;
-            let bar = progress.add_run(&sweep.runs[run].dir_name, sweep.runs[run].config.train.steps);
+            let c = &sweep.runs[run].config;
+            let bar = progress
+                .add_run(&sweep.runs[run].dir_name, if c.prior.enabled { c.prior.steps } else { c.train.steps });
             let memory = match demand[run] {
                 Demand { memory_mib: 0, .. } => String::new(),
                 d => format!(", {} MiB{}", d.memory_mib, if d.alone { ", alone" } else { "" }),
@@ -328,6 +361,7 @@ pub fn run_sweep(sweep_dir: &Path, sweep: &Sweep, opts: &LocalOptions) -> anyhow
             match status.state {
                 RunState::Done | RunState::StoppedEarly => {
                     done += 1;
+                    ended[r.run] = Some(true);
                     let what = if status.state == RunState::Done {
                         "done".to_string()
                     } else {
@@ -354,6 +388,7 @@ pub fn run_sweep(sweep_dir: &Path, sweep: &Sweep, opts: &LocalOptions) -> anyhow
                         queue.push_back(r.run);
                     } else {
                         failed += 1;
+                        ended[r.run] = Some(false);
                         if opts.fail_fast && !stopping {
                             progress.println("--fail-fast: stopping the sweep");
                             stopping = true;

@@ -167,7 +167,12 @@ pub fn reconstruction_grid(
         blocks.push(input.flatten_all()?.to_vec1::<f32>()?);
     }
     blocks.push(x_hat.flatten_all()?.to_vec1::<f32>()?);
-    let (c, s) = (set.channels, set.side);
+    Ok(image_grid(&blocks, n, set.channels, set.side))
+}
+
+/// Blocks of `n` images (each `n·c·s·s` pixels on [0, 1], channel-major) drawn as rows of up
+/// to 8 images with a 2-pixel gap, block under block, as an RGB image.
+pub fn image_grid(blocks: &[Vec<f32>], n: usize, c: usize, s: usize) -> image::RgbImage {
     let per_row = n.min(8);
     let rows = n.div_ceil(per_row);
     let gap = 2;
@@ -191,5 +196,17 @@ pub fn reconstruction_grid(
             }
         }
     }
-    Ok(img)
+    img
+}
+
+/// FID-style scores of generated images' features (n samples, [`FEATURE_DIM`] each) against
+/// a reference set: Fréchet distance, and KID over `subsets` random pairs of subsets of
+/// `subset_size` (reference, samples), drawn from the seed every eval uses.
+pub fn generation_scores(reference: &FidReference, fake: &[f32], subsets: usize, subset_size: usize) -> FidScores {
+    let n_real = reference.real.len() / FEATURE_DIM;
+    let n_fake = fake.len() / FEATURE_DIM;
+    let rfid = frechet_distance(&reference.real_gaussian, &gaussian(fake, n_fake, FEATURE_DIM));
+    let pairs = kid_subsets(n_real, n_fake, subsets, subset_size, KID_SEED);
+    let (kid, kid_std) = kid(&reference.real, fake, FEATURE_DIM, &pairs);
+    FidScores { rfid, kid, kid_std }
 }

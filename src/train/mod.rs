@@ -3,6 +3,7 @@
 
 pub mod checkpoint;
 pub mod eval;
+pub mod prior;
 pub mod step;
 
 use std::collections::BTreeMap;
@@ -250,7 +251,11 @@ pub fn train_run(run_dir: &Path) -> anyhow::Result<Outcome> {
     crate::util::process::install();
     status.mark_running(&device_name(&device));
     status.write(run_dir)?;
-    let result = Trainer::run(&cfg, run_dir, &device, &mut status);
+    let result = if cfg.prior.enabled {
+        prior::run(&cfg, run_dir, &device, &mut status)
+    } else {
+        Trainer::run(&cfg, run_dir, &device, &mut status)
+    };
     let outcome = match result {
         Ok(Ending::Completed) => {
             status.mark_finished(RunState::Done, "");
@@ -345,6 +350,28 @@ struct Trainer<'a> {
     peak_memory_mib: Option<u64>,
     /// What the task does to the model's inputs (`task.kind`).
     degradation: Degradation,
+}
+
+/// Close a run's sinks as its training ended: flushed at a checkpoint when interrupted (the
+/// resume continues the same files), ended otherwise; a failure keeps what was recorded up to
+/// it (a resume drops the steps past its checkpoint) and marks the TensorBoard session failed.
+fn close_sinks(sinks: &mut SinkSet, step: u64, result: anyhow::Result<Ending>) -> anyhow::Result<Ending> {
+    match result {
+        Ok(Ending::Interrupted(at)) => {
+            sinks.checkpoint()?;
+            Ok(Ending::Interrupted(at))
+        }
+        Ok(ending) => {
+            sinks.end(step, true)?;
+            Ok(ending)
+        }
+        Err(e) => {
+            if let Err(e2) = sinks.end(step, false) {
+                tracing::warn!("recording the failure in the metrics: {e2:#}");
+            }
+            Err(e)
+        }
+    }
 }
 
 /// The noise streams of the two eval sets (`data::degrade::eval_key`).
@@ -452,24 +479,8 @@ impl<'a> Trainer<'a> {
             config::short_description(cfg),
             counts.iter().filter(|(_, n)| *n > 0).map(|(k, n)| format!("{k} {n}")).collect::<Vec<_>>().join(", ")
         );
-        match trainer.train_from(start, &splits, status) {
-            Ok(Ending::Interrupted(step)) => {
-                trainer.sinks.checkpoint()?;
-                Ok(Ending::Interrupted(step))
-            }
-            Ok(ending) => {
-                trainer.sinks.end(trainer.step_reached, true)?;
-                Ok(ending)
-            }
-            Err(e) => {
-                // Keep what was recorded up to the failure (a resume drops the steps past its
-                // checkpoint) and mark the TensorBoard session failed.
-                if let Err(e2) = trainer.sinks.end(trainer.step_reached, false) {
-                    tracing::warn!("recording the failure in the metrics: {e2:#}");
-                }
-                Err(e)
-            }
-        }
+        let result = trainer.train_from(start, &splits, status);
+        close_sinks(&mut trainer.sinks, trainer.step_reached, result)
     }
 
     /// The run's sinks: metrics.parquet (with the rows up to `start` read back on resume),

@@ -83,6 +83,30 @@ pub fn oracle(script: &str, args: &[&std::ffi::OsStr]) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("oracle {script} printed no JSON: {e}"))
 }
 
+/// Run a Python oracle script on a JSON spec (written to a temp file) and parse its output.
+pub fn json_oracle(script: &str, spec: &serde_json::Value) -> serde_json::Value {
+    let path = std::env::temp_dir().join(format!("{script}-{}.json", std::process::id()));
+    std::fs::write(&path, spec.to_string()).unwrap();
+    let want = oracle(script, &[path.as_os_str()]);
+    let _ = std::fs::remove_file(&path);
+    want
+}
+
+/// The worker pids of a sweep's runs whose status says `running`.
+pub fn running_workers(sweep: &Path) -> Vec<u32> {
+    if !sweep.is_dir() {
+        return Vec::new();
+    }
+    run_dirs(sweep)
+        .iter()
+        .filter(|r| r.join("status.json").is_file())
+        .map(|r| status(r))
+        .filter(|s| s["state"] == "running")
+        .filter_map(|s| s["pid"].as_u64())
+        .map(|p| p as u32)
+        .collect()
+}
+
 /// The run directories of a sweep dir (those with a config.toml), sorted.
 pub fn run_dirs(sweep: &Path) -> Vec<std::path::PathBuf> {
     let mut v: Vec<_> = std::fs::read_dir(sweep)

@@ -251,17 +251,7 @@ fn twenty_four_sigkills_at_random_moments_lose_nothing_and_rerun_nothing() {
         }
         // Kill the scheduler and, in most trials, its workers at the same instant (otherwise
         // the workers get SIGTERM from the kernel when their parent dies and checkpoint).
-        let workers: Vec<u32> = if sweep.is_dir() && rng.random_bool(0.75) {
-            run_dirs(&sweep)
-                .iter()
-                .map(|r| status(r))
-                .filter(|s| s["state"] == "running")
-                .filter_map(|s| s["pid"].as_u64())
-                .map(|p| p as u32)
-                .collect()
-        } else {
-            Vec::new()
-        };
+        let workers: Vec<u32> = if rng.random_bool(0.75) { crate::common::running_workers(&sweep) } else { Vec::new() };
         unsafe {
             libc::kill(child.id() as i32, libc::SIGKILL);
             for pid in &workers {

@@ -86,3 +86,95 @@ fn fashion_mnist_denoising_and_superresolution_beat_their_inputs() {
     assert!((bicubic - 19.324).abs() < 0.005, "bicubic input {bicubic} dB, numpy + PIL: 19.324");
     assert!(model > bicubic, "super-resolution {model} dB ≤ bicubic {bicubic} dB");
 }
+
+/// experiments/generation.toml, CPU-sized, one tokenizer (VQ-VAE, K = 64) and its prior: the
+/// prior's test NLL is at least 20% below the entropy of the test codes' marginal (numpy, from
+/// codes.safetensors), and its samples' gFID is below that of images decoded from codes drawn
+/// independently from the training codes' marginal, drawn and scored here.
+#[test]
+fn fashion_mnist_prior_learns_structure_and_beats_the_marginal_baseline() {
+    use candle_core::{Device, Tensor};
+    use rand::{Rng, SeedableRng};
+    if !real_data() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let exp = concat!(env!("CARGO_MANIFEST_DIR"), "/experiments/generation.toml");
+    let mut args = vec!["run", exp, "--runs-dir", "runs"];
+    let sets = [
+        "experiment.name=generation-check",
+        "train.steps=600",
+        "prior.steps=1500",
+        "prior.width=64",
+        "prior.layers=2",
+        "data.eval_images=2000",
+        "hardware.cpu_slots=1",
+        "sweep.seeds=[0]",
+        r#"sweep.grid={"quantizer.codebook_size"=[64],"model.variant"=["vqvae"]}"#,
+    ];
+    for s in &sets {
+        args.extend(["--set", s]);
+    }
+    let out = vqlab(dir.path(), &args);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let runs = crate::common::run_dirs(&dir.path().join("runs/generation-check"));
+    assert_eq!(runs.len(), 2, "{runs:?}");
+    let (tokenizer, prior) = (&runs[0], &runs[1]);
+    let s: serde_json::Value = serde_json::from_slice(&std::fs::read(prior.join("summary.json")).unwrap()).unwrap();
+    let entropy = crate::common::oracle("codes_entropy.py", &[prior.join("codes.safetensors").as_os_str()]);
+    let h_test = entropy["test"]["entropy_bits"].as_f64().unwrap();
+    let nll = s["eval/nll"].as_f64().unwrap();
+    eprintln!("prior: test NLL {nll:.4} bits/code, test codes' marginal entropy {h_test:.4} bits; {s}");
+    assert_eq!(entropy["test"]["count"], 2000);
+    assert!(nll <= 0.8 * h_test, "test NLL {nll} is not 20% below the marginal entropy {h_test}");
+
+    // The baseline: codes drawn independently per position from the training codes' marginal.
+    let device = Device::Cpu;
+    let cfg = vqlab::rundir::RunDir::new(tokenizer).read_config().unwrap();
+    let model = vqlab::model::VqModel::new(&cfg, &device).unwrap();
+    let ckpt =
+        vqlab::train::checkpoint::read(&vqlab::rundir::RunDir::new(tokenizer).best_checkpoint(), &device).unwrap();
+    let weights: std::collections::BTreeMap<String, Tensor> =
+        ckpt.tensors.iter().filter_map(|(k, v)| Some((k.strip_prefix("model.")?.to_string(), v.clone()))).collect();
+    model.params.load(&weights).unwrap();
+    let codes = vqlab::train::prior::read_codes(&prior.join("codes.safetensors")).unwrap();
+    let k = cfg.quantizer.codebook_size as usize;
+    let mut counts = vec![0f64; k];
+    for &c in &codes.train.grids {
+        counts[c as usize] += 1.0;
+    }
+    let total: f64 = counts.iter().sum();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(20261201);
+    let positions = codes.height * codes.width;
+    let n = 2000;
+    let drawn: Vec<u32> = (0..n * positions)
+        .map(|_| {
+            let mut u = rng.random::<f64>() * total;
+            let mut i = 0;
+            while i + 1 < k && u >= counts[i] {
+                u -= counts[i];
+                i += 1;
+            }
+            i as u32
+        })
+        .collect();
+    let net =
+        vqlab::metrics::features::feature_net(&cfg.data, &vqlab::rundir::RunDir::new(tokenizer).cache_dir(), &device)
+            .unwrap();
+    let splits = vqlab::data::load(&cfg.data).unwrap();
+    let reference =
+        vqlab::train::eval::FidReference::new(&net, &splits.eval, &cfg.eval, "data.eval_images", &device).unwrap();
+    let mut features = Vec::new();
+    for chunk in drawn.chunks(250 * positions) {
+        let m = chunk.len() / positions;
+        let idx = Tensor::from_vec(chunk.to_vec(), chunk.len(), &device).unwrap();
+        let x = model.decode_indices(&idx, (m, codes.height, codes.width)).unwrap().clamp(0.0, 1.0).unwrap();
+        features.extend(net.features_vec(&x).unwrap());
+    }
+    let baseline = vqlab::train::eval::generation_scores(&reference, &features, 10, 1000).rfid;
+    let gfid = s["gen/fid"].as_f64().unwrap();
+    let logged = s["gen/marginal_fid"].as_f64().unwrap();
+    eprintln!("gFID {gfid:.3}; marginal baseline {baseline:.3} here, {logged:.3} as the run logged it");
+    assert!(gfid < baseline, "the prior's gFID {gfid} is not below the marginal baseline's {baseline}");
+    assert!((logged - baseline).abs() <= 0.1 * baseline, "logged baseline {logged} vs {baseline} drawn here");
+}

@@ -10,6 +10,7 @@ mod layers;
 mod learning;
 mod metrics;
 mod plan;
+mod prior;
 mod quantizers;
 mod reference;
 mod report;

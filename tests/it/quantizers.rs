@@ -5,7 +5,7 @@ use candle_core::{Device, Tensor, Var};
 use vqlab::config::{QuantizerConfig, QuantizerKind};
 use vqlab::model::{ModelQuantizer, ParamStore, Quantizer};
 
-use crate::common::{oracle, stderr, tiny_experiment, vqlab, write};
+use crate::common::{json_oracle, stderr, tiny_experiment, vqlab, write};
 
 fn rows(t: &Tensor) -> Vec<Vec<f64>> {
     let (n, d) = (t.dim(0).unwrap(), t.elem_count() / t.dim(0).unwrap());
@@ -32,15 +32,6 @@ fn assert_rows_close(got: &[Vec<f64>], want: &serde_json::Value, tol: f64, what:
             assert!((a - b).abs() <= tol * b.abs().max(1.0), "{what}, row {i}: {g:?} vs oracle {w:?}");
         }
     }
-}
-
-/// Run an oracle script on a JSON spec (written to a temporary file).
-fn json_oracle(script: &str, spec: &serde_json::Value) -> serde_json::Value {
-    let path = std::env::temp_dir().join(format!("{script}-{}.json", std::process::id()));
-    std::fs::write(&path, spec.to_string()).unwrap();
-    let want = oracle(script, &[path.as_os_str()]);
-    let _ = std::fs::remove_file(&path);
-    want
 }
 
 /// `vqlab plan exp.toml --set …` is exit 2 with `expected` in its message.

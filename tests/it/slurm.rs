@@ -199,3 +199,76 @@ fn the_dry_run_and_the_submit_select_the_same_runs() {
     let script = std::fs::read_to_string(d.join("runs/slurmsel/.slurm/array.sbatch")).unwrap();
     assert_eq!(script_runs(&script), submitted, "array task i trains job.json's runs[i]");
 }
+
+#[test]
+fn a_two_stage_sweep_holds_each_prior_until_its_tokenizer_ends_well_through_a_requeue() {
+    if !slurm_up() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let exp = tiny_experiment(
+        "slurmdag",
+        "[prior]\nenabled = true\nlayers = 1\nwidth = 16\nheads = 2\nsteps = 20\nbatch_size = 16\neval_every = 10\nsamples = 8\n[launcher]\nmax_attempts = 1\n[sweep]\ngrid = { \"train.lr\" = [1e30, 1e-3] }",
+    )
+    .replace("steps = 12", "steps = 400")
+    .replace("checkpoint_every = 6", "checkpoint_every = 20")
+    .replace("eval_every = 6", "eval_every = 200");
+    write(dir.path(), "exp.toml", &exp);
+    let dry = vqlab(dir.path(), &["run", "exp.toml", "--launcher", "slurm", "--dry-run"]);
+    assert_eq!(dry.status.code(), Some(0), "{}", stderr(&dry));
+    assert_eq!(stdout(&dry).matches("--dependency=afterok:<job>_").count(), 2, "{}", stdout(&dry));
+    let child = Command::new(env!("CARGO_BIN_EXE_vqlab"))
+        .args(["run", "exp.toml", "--launcher", "slurm", "--wait"])
+        .current_dir(dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let sweep = dir.path().join("runs/slurmdag");
+    wait_until("the job file", Duration::from_secs(60), || sweep.join(".slurm/job.json").is_file());
+    let job: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(sweep.join(".slurm/job.json")).unwrap()).unwrap();
+    assert_eq!(job["runs"].as_array().unwrap().len(), 2, "{job}");
+    assert_eq!(job["children"].as_array().unwrap().len(), 2, "{job}");
+    let runs = run_dirs(&sweep);
+    let good = runs
+        .iter()
+        .find(|r| {
+            let c = std::fs::read_to_string(r.join("config.toml")).unwrap();
+            !r.to_string_lossy().contains("-prior-") && c.contains("lr = 0.001")
+        })
+        .unwrap()
+        .clone();
+    let task = job["runs"].as_array().unwrap().iter().position(|r| good.ends_with(r.as_str().unwrap())).unwrap();
+    // Requeue the good tokenizer mid-way: its prior stays held and runs after the resumed task.
+    wait_until("a tokenizer checkpoint", Duration::from_secs(300), || {
+        let st = status(&good);
+        st["state"] == "running" && st["step"].as_u64().unwrap_or(0) >= 20
+    });
+    let id = format!("{}_{task}", job["job_id"].as_str().unwrap());
+    let rq = Command::new("scontrol").args(["requeue", &id]).output().unwrap();
+    assert!(rq.status.success(), "{}", String::from_utf8_lossy(&rq.stderr));
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "the lr = 1e30 tokenizer fails: {}", String::from_utf8_lossy(&out.stderr));
+    for r in run_dirs(&sweep) {
+        let st = status(&r);
+        let name = r.file_name().unwrap().to_string_lossy().to_string();
+        match name.split_once("-prior-") {
+            None if r == good => {
+                assert_eq!(st["state"], "done", "{st}");
+                assert!(st["attempts"].as_u64().unwrap() >= 2, "requeued: {st}");
+            }
+            None => assert_eq!(st["state"], "failed", "{st}"),
+            Some((parent, _)) if sweep.join(parent) == good => {
+                assert_eq!(st["state"], "done", "{st}");
+                let p = status(&good);
+                assert!(st["start_time"].as_f64().unwrap() >= p["end_time"].as_f64().unwrap(), "{st} {p}");
+                assert_eq!(st["attempts"], 1, "it never started before its parent was done: {st}");
+            }
+            Some(_) => {
+                assert_eq!(st["state"], "skipped", "{st}");
+                assert_eq!(st["attempts"], 0, "{st}");
+            }
+        }
+    }
+}
