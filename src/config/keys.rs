@@ -51,6 +51,7 @@ pub const KEYS: &[(&str, Option<&str>, &str)] = &[
     ("loss.perceptual_weight", None, "LPIPS; its weights are not available offline, so it must stay 0"),
     ("loss.disc_layers", None, "PatchGAN stride-2 layers; 0 = as many as keep the patch map ≥ 2×2 (at most 3)"),
     ("loss.disc_channels", None, "PatchGAN base width"),
+    ("loss.branch", None, "VQ-GAN: `none`, or `shared_prefix`: start from the matching VQ-VAE run of the sweep (the same config but `model.variant` and the discriminator's keys; exit 2 naming the first other key that differs) at `loss.disc_start`, its weights and optimizer state bit for bit, instead of training the same prefix again. The run is that VQ-VAE run's child and hashes its id"),
     ("train.steps", None, "optimizer steps"),
     ("train.batch_size", None, "images per optimizer step"),
     ("train.lr", None, "Adam learning rate, both networks"),

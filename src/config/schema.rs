@@ -395,6 +395,22 @@ pub struct LossConfig {
     /// Discriminator conv layers; 0 = as many as keep the patch map at least 2×2.
     pub disc_layers: u32,
     pub disc_channels: u32,
+    /// VQ-GAN: `shared_prefix` starts from the matching VQ-VAE run's state at `disc_start`
+    /// instead of training the same prefix again.
+    pub branch: Branch,
+}
+
+/// Where a VQ-GAN run's steps before `loss.disc_start` come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Branch {
+    /// Trained by the run itself.
+    #[default]
+    None,
+    /// The matching VQ-VAE run of the sweep (same config but the variant and the
+    /// discriminator's keys) trains them; this run branches from its checkpoint at
+    /// `disc_start`, weights and optimizer state bit for bit.
+    SharedPrefix,
 }
 
 impl Default for LossConfig {
@@ -409,6 +425,7 @@ impl Default for LossConfig {
             perceptual_weight: 0.0,
             disc_layers: 0,
             disc_channels: 64,
+            branch: Branch::None,
         }
     }
 }

@@ -8,7 +8,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use super::load::{parse_sweep_arg, KeyOverride, Layers};
-use super::schema::{ExperimentConfig, QuantizerKind, SweepAxes};
+use super::schema::{Branch, ExperimentConfig, QuantizerKind, SweepAxes, Variant};
 use super::validate::{resolve, validate};
 use crate::error::InputError;
 
@@ -17,8 +17,12 @@ use crate::error::InputError;
 /// Keys added after runs existed, with the value every earlier run had (as JSON): at that
 /// value a key is left out of the run id, so those runs keep their ids (and stay done); any
 /// other value is hashed like every key.
-pub const HASHED_UNLESS_DEFAULT: &[(&str, &str)] =
-    &[("quantizer.gradient", "\"ste\""), ("quantizer.levels", "1"), ("task", r#"{"kind":"reconstruct"}"#)];
+pub const HASHED_UNLESS_DEFAULT: &[(&str, &str)] = &[
+    ("quantizer.gradient", "\"ste\""),
+    ("quantizer.levels", "1"),
+    ("task", r#"{"kind":"reconstruct"}"#),
+    ("loss.branch", "\"none\""),
+];
 
 pub const NON_RESULT_KEYS: &[&str] = &[
     "experiment",
@@ -102,7 +106,43 @@ pub fn run_id(cfg: &ExperimentConfig) -> String {
         let value = serde_json::json!({ "parent": parent, "prior": prior, "prior_revision": PRIOR_REVISION });
         return short_hash(&canonical_json(&value));
     }
+    if cfg.loss.branch == Branch::SharedPrefix {
+        let parent = run_id(&branch_parent_of(cfg));
+        let own = run_id_with(cfg, KIND_REVISIONS);
+        return short_hash(&canonical_json(&serde_json::json!({ "branch_parent": parent, "run": own })));
+    }
     run_id_with(cfg, KIND_REVISIONS)
+}
+
+/// The VQ-VAE run a `loss.branch = "shared_prefix"` VQ-GAN run starts from: the same config
+/// as a VQ-VAE, without the branch.
+pub fn branch_parent_of(cfg: &ExperimentConfig) -> ExperimentConfig {
+    let mut parent = cfg.clone();
+    parent.model.variant = Variant::Vqvae;
+    parent.loss.branch = Branch::None;
+    parent
+}
+
+/// The first result key (flattened) whose value differs between two configs, ignoring the
+/// variant and the keys only a VQ-GAN reads, with both values.
+fn first_prefix_difference(a: &ExperimentConfig, b: &ExperimentConfig) -> Option<(String, String, String)> {
+    let flat = |c: &ExperimentConfig| {
+        let mut m = serde_json::Map::new();
+        crate::util::flatten("", &serde_json::to_value(c).expect("a config serializes"), &mut m);
+        m
+    };
+    let (fa, fb) = (flat(a), flat(b));
+    let gan_only = |k: &str| {
+        k == "model.variant" || k == "loss.branch" || k == "loss.adaptive_weight" || k.starts_with("loss.disc_")
+    };
+    let skipped = |k: &str| gan_only(k) || NON_RESULT_KEYS.iter().any(|n| k == *n || k.starts_with(&format!("{n}.")));
+    let keys: std::collections::BTreeSet<&String> = fa.keys().chain(fb.keys()).collect();
+    let found = keys.into_iter().filter(|k| !skipped(k)).find_map(|k| {
+        let (va, vb) = (fa.get(k), fb.get(k));
+        let text = |v: Option<&serde_json::Value>| v.map_or("unset".to_string(), |v| v.to_string());
+        (va != vb).then(|| (k.clone(), text(va), text(vb)))
+    });
+    found
 }
 
 /// The tokenizer run a prior run's config consumes: the same config with the prior disabled.
@@ -376,6 +416,9 @@ pub fn expand(layers: &Layers, cli_sweeps: &[String]) -> Result<Sweep, InputErro
             runs.push(PlannedRun { id, dir_name, cell: shown, parent, config: cfg });
         }
     }
+    if problem_errors.is_empty() {
+        link_branches(&mut runs, &file)?;
+    }
     if !problem_errors.is_empty() {
         return Err(if problem_errors.len() == 1 {
             problem_errors.remove(0)
@@ -384,6 +427,42 @@ pub fn expand(layers: &Layers, cli_sweeps: &[String]) -> Result<Sweep, InputErro
         });
     }
     Ok(Sweep { name: base.experiment.name.clone(), base, runs })
+}
+
+/// `loss.branch = "shared_prefix"`: each such VQ-GAN run becomes the child of the sweep's VQ-VAE
+/// run of its cell, which must have the same config before `disc_start` (exit 2 naming the
+/// first key that differs).
+fn link_branches(runs: &mut [PlannedRun], file: &str) -> Result<(), InputError> {
+    for i in 0..runs.len() {
+        if runs[i].config.loss.branch != Branch::SharedPrefix || runs[i].config.prior.enabled {
+            continue;
+        }
+        let parent = branch_parent_of(&runs[i].config);
+        let parent_id = run_id(&parent);
+        if let Some(p) = runs.iter().position(|r| r.id == parent_id) {
+            runs[i].parent = Some(runs[p].dir_name.clone());
+            continue;
+        }
+        let mut cell = runs[i].cell.clone();
+        cell.insert("model.variant".into(), serde_json::json!("vqvae"));
+        let same_cell = runs.iter().find(|r| {
+            r.config.model.variant == Variant::Vqvae
+                && r.cell.iter().all(|(k, v)| k.starts_with("prior.") || cell.get(k).is_none_or(|c| c == v))
+                && cell.iter().all(|(k, v)| k == "model.variant" || r.cell.get(k).is_none_or(|c| c == v))
+        });
+        let name = &runs[i].dir_name;
+        let msg = match same_cell.and_then(|r| Some((r, first_prefix_difference(&parent, &r.config)?))) {
+            Some((r, (key, gan, vae))) => format!(
+                "{name} branches from {} at loss.disc_start, but the two differ before it in `{key}` ({gan} for the VQ-GAN arm, {vae} for the VQ-VAE run): set `{key}` explicitly so that both arms train the same prefix (the variants' defaults differ in loss.recon and train.betas)",
+                r.dir_name
+            ),
+            None => format!(
+                "{name} branches from the VQ-VAE run of its cell at loss.disc_start, but the sweep has none: sweep model.variant over [\"vqvae\", \"vqgan\"]"
+            ),
+        };
+        return Err(InputError::config(file.to_string(), "loss.branch", msg));
+    }
+    Ok(())
 }
 
 /// A key's origin in a cell: the sweep axis that set it, else the layers below.
@@ -443,6 +522,7 @@ mod tests {
         remove_key(&mut value, "quantizer.gradient");
         remove_key(&mut value, "quantizer.levels");
         remove_key(&mut value, "task");
+        remove_key(&mut value, "loss.branch");
         // The id of a config without the keys, as the code before them hashed it.
         for key in NON_RESULT_KEYS {
             remove_key(&mut value, key);
@@ -459,6 +539,13 @@ mod tests {
         let mut denoise = base.clone();
         denoise.task.kind = crate::config::TaskKind::Denoise;
         assert_ne!(run_id(&denoise), old);
+        let mut branched = base.clone();
+        (branched.model.variant, branched.loss.branch) = (Variant::Vqgan, Branch::SharedPrefix);
+        let unbranched = ExperimentConfig {
+            loss: crate::config::LossConfig { branch: Branch::None, ..branched.loss.clone() },
+            ..branched.clone()
+        };
+        assert_ne!(run_id(&branched), run_id(&unbranched));
         assert_eq!(run_dir_name(&residual, "ab"), "vqvae-K512x4-s0-ab");
         assert_eq!(run_dir_name(&base, "ab"), "vqvae-K512-s0-ab");
     }

@@ -27,6 +27,10 @@ pub fn resolve(cfg: &mut ExperimentConfig) {
     if cfg.train.betas.is_none() {
         cfg.train.betas = Some(cfg.model.variant.reference_betas());
     }
+    if cfg.model.variant == Variant::Vqvae {
+        // The VQ-VAE arm of a shared-prefix sweep is the parent: the key is the VQ-GAN's.
+        cfg.loss.branch = Branch::None;
+    }
     if cfg.loss.recon == ReconLoss::Auto {
         cfg.loss.recon = match cfg.model.variant {
             Variant::Vqvae => ReconLoss::Mse,
@@ -213,6 +217,16 @@ pub fn validate(cfg: &ExperimentConfig, origin: &dyn Fn(&str) -> String) -> Resu
     }
     if l.disc_layers > 8 {
         bad("loss.disc_layers", format!("expected 0 (auto) to 8, found {}", l.disc_layers));
+    }
+    if l.branch == Branch::SharedPrefix && !(l.disc_start >= 1 && l.disc_start < cfg.train.steps) {
+        bad(
+            "loss.branch",
+            format!(
+                "shared_prefix branches at loss.disc_start, which must be between 1 and train.steps − 1 = {}; found {}",
+                cfg.train.steps.saturating_sub(1),
+                l.disc_start
+            ),
+        );
     }
 
     // Train.

@@ -65,6 +65,8 @@ const CHECKPOINTS_DIR: &str = "checkpoints";
 const LAST_CHECKPOINT: &str = "last.safetensors";
 const PREVIOUS_CHECKPOINT: &str = "previous.safetensors";
 const BEST_CHECKPOINT: &str = "best.safetensors";
+const BRANCH_CHECKPOINT: &str = "branch.safetensors";
+const CODES_FILE: &str = "codes.safetensors";
 
 /// A sweep directory: `<runs-dir>/<experiment name>`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -246,6 +248,17 @@ impl RunDir {
 
     pub fn best_checkpoint(&self) -> PathBuf {
         self.checkpoints_dir().join(BEST_CHECKPOINT)
+    }
+
+    /// A prior run's code grids of the three splits, encoded once by its tokenizer.
+    pub fn codes_file(&self) -> PathBuf {
+        self.path.join(CODES_FILE)
+    }
+
+    /// A VQ-VAE run's full state at step `loss.disc_start`, what `loss.branch = "shared_prefix"`
+    /// VQ-GAN arms start from.
+    pub fn branch_checkpoint(&self) -> PathBuf {
+        self.checkpoints_dir().join(BRANCH_CHECKPOINT)
     }
 
     /// The subdirectories a worker writes into (checked for symlinks, cleaned of stale temps).

@@ -38,6 +38,14 @@ pub fn save_last(run: &RunDir, ckpt: &Checkpoint) -> anyhow::Result<()> {
     write_atomic(&last, &bytes)
 }
 
+/// Save a full checkpoint under its own name (atomically).
+pub fn save_full(path: &std::path::Path, ckpt: &Checkpoint) -> anyhow::Result<()> {
+    if let Some(d) = path.parent() {
+        std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+    }
+    write_atomic(path, &to_bytes(ckpt, &[])?)
+}
+
 pub fn save_best(run: &RunDir, ckpt: &Checkpoint, metric: &str, value: f64) -> anyhow::Result<()> {
     std::fs::create_dir_all(run.checkpoints_dir())?;
     let bytes = to_bytes(ckpt, &[("best_metric", metric.to_string()), ("best_value", value.to_string())])?;

@@ -452,6 +452,7 @@ impl<'a> Trainer<'a> {
                 tracing::info!("resuming from checkpoint at step {}", c.step);
                 c.step
             }
+            None if cfg.loss.branch == config::Branch::SharedPrefix => trainer.branch(run_dir)?,
             None => {
                 if cfg.quantizer.init == CodebookInit::Kmeans {
                     trainer.kmeans_init(&splits)?;
@@ -553,6 +554,45 @@ impl<'a> Trainer<'a> {
         self.degradation.apply(x, &keys)
     }
 
+    /// `loss.branch = "shared_prefix"`: start from the VQ-VAE parent's state at `disc_start`
+    /// (every generator parameter and buffer, Adam's moments and step count), with the
+    /// discriminator as this run's seed initialises it. Best-checkpoint selection starts here.
+    fn branch(&mut self, run_dir: &Path) -> anyhow::Result<u64> {
+        let parent_cfg = config::sweep::branch_parent_of(self.cfg);
+        let name = config::run_dir_name(&parent_cfg, &config::run_id(&parent_cfg));
+        let parent = RunDir::new(run_dir.parent().unwrap_or(Path::new(".")).join(&name));
+        let path = parent.branch_checkpoint();
+        if !path.exists() {
+            anyhow::bail!(
+                "loss.branch = \"shared_prefix\": the VQ-VAE run {} has no state at loss.disc_start = {} ({} is missing: it has not reached that step, or it finished under a vqlab that did not keep it; move it away to train it again)",
+                parent.path().display(),
+                self.cfg.loss.disc_start,
+                path.display()
+            );
+        }
+        let c = checkpoint::read(&path, self.device).with_context(|| format!("reading {}", path.display()))?;
+        if c.step != self.cfg.loss.disc_start {
+            anyhow::bail!(
+                "{} is at step {}, not at loss.disc_start = {}",
+                path.display(),
+                c.step,
+                self.cfg.loss.disc_start
+            );
+        }
+        let mut weights: BTreeMap<String, _> =
+            c.tensors.iter().filter_map(|(k, v)| Some((k.strip_prefix("model.")?.to_string(), v.clone()))).collect();
+        // The discriminator is this run's own, untrained as it is at disc_start in a full run.
+        for (k, v) in self.model.params.tensors() {
+            if k.starts_with("disc.") {
+                weights.insert(k, v.copy()?);
+            }
+        }
+        self.model.params.load(&weights)?;
+        self.opt_g.load_state("opt_g", &c.tensors, c.counters.get("opt_g_t").copied().unwrap_or(0))?;
+        tracing::info!("branching from {name} at step {} (loss.branch = \"shared_prefix\")", c.step);
+        Ok(c.step)
+    }
+
     fn restore(&mut self, c: &Checkpoint) -> anyhow::Result<()> {
         let model: BTreeMap<String, _> =
             c.tensors.iter().filter_map(|(k, v)| Some((k.strip_prefix("model.")?.to_string(), v.clone()))).collect();
@@ -629,6 +669,10 @@ impl<'a> Trainer<'a> {
                 Some(opt_d) => step::vqgan_step(cfg, &self.model, &mut self.opt_g, opt_d, batch, dv, step, log)?,
             };
             self.step_reached = done;
+            if cfg.model.variant == Variant::Vqvae && done == cfg.loss.disc_start && !last {
+                // The state a shared-prefix VQ-GAN arm of this config starts from.
+                checkpoint::save_full(&self.run.branch_checkpoint(), &self.snapshot(done))?;
+            }
             if probes.contains(&done) {
                 if let Some(m) = device_memory_mib(self.device) {
                     let peak = self.peak_memory_mib.map_or(m, |p| p.max(m));

@@ -1,6 +1,6 @@
 //! Training a stage-2 prior run (`prior.enabled`): the frozen tokenizer of its parent run
 //! encodes the training, validation and test splits once (`codes.safetensors` in the run
-//! dir), a [`Prior`] learns the code grids of the training split, the validation NLL picks
+//! dir, [`RunDir::codes_file`]), a [`Prior`] learns the code grids of the training split, the validation NLL picks
 //! the best checkpoint, and at the end the test NLL, the generation scores of the best
 //! checkpoint's samples and their baselines are recorded.
 //!
@@ -32,8 +32,6 @@ use crate::nn::optim::Adam;
 use crate::rundir::{RunDir, RunStatus};
 use crate::util::flatten;
 
-/// The code grids of a prior run's file `codes.safetensors`.
-pub const CODES_FILE: &str = "codes.safetensors";
 /// The TensorBoard image tag (and `samples/` grids) of a prior's samples.
 pub const SAMPLES_TAG: &str = "gen/samples";
 /// minGPT's and taming's Adam betas for the transformer.
@@ -116,7 +114,7 @@ fn encoded_splits(
     batch: usize,
     device: &Device,
 ) -> anyhow::Result<EncodedSplits> {
-    let path = run.path().join(CODES_FILE);
+    let path = run.codes_file();
     if path.exists() {
         match read_codes(&path) {
             Ok(codes) => return Ok(codes),

@@ -356,3 +356,71 @@ fn sigkill_at_random_moments_of_a_two_stage_sweep_then_rerun_trains_every_run_on
         assert_eq!(&file_digests(r, |_| true), before, "{} was done and was touched", r.display());
     }
 }
+
+#[test]
+fn a_shared_prefix_vqgan_arm_starts_bit_for_bit_from_its_vqvae_run_and_ends_as_a_full_run_does() {
+    use vqlab::train::checkpoint::read;
+    // Both arms with the same recon loss and betas (the variants' defaults differ).
+    let exp = |name: &str, loss: &str| {
+        tiny_experiment(name, "[sweep]\ngrid = { \"model.variant\" = [\"vqvae\", \"vqgan\"] }\n")
+            .replace("disc_start = 6", &format!("disc_start = 6\nrecon = \"l1\"\n{loss}"))
+            .replace("[train]\n", "[train]\nbetas = [0.5, 0.9]\n")
+    };
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "shared.toml", &exp("shared", "branch = \"shared_prefix\""));
+    write(dir.path(), "full.toml", &exp("full", ""));
+    let plan = vqlab(dir.path(), &["plan", "shared.toml", "--json"]);
+    assert_eq!(plan.status.code(), Some(0), "{}", stderr(&plan));
+    let plan: serde_json::Value = serde_json::from_slice(&plan.stdout).unwrap();
+    let runs = plan["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 2);
+    let vae = runs.iter().find(|r| r["dir"].as_str().unwrap().starts_with("vqvae")).unwrap();
+    let gan = runs.iter().find(|r| r["dir"].as_str().unwrap().starts_with("vqgan")).unwrap();
+    assert_eq!(gan["parent"], vae["dir"], "{plan}");
+    for f in ["shared.toml", "full.toml"] {
+        let out = vqlab(dir.path(), &["run", f]);
+        assert_eq!(out.status.code(), Some(0), "{f}: {}", stderr(&out));
+    }
+    let shared = dir.path().join("runs/shared");
+    let full = dir.path().join("runs/full");
+    let vae_dir = shared.join(vae["dir"].as_str().unwrap());
+    let gan_dir = shared.join(gan["dir"].as_str().unwrap());
+    let log = std::fs::read_to_string(gan_dir.join("train.log")).unwrap();
+    assert!(log.contains("branching from") && log.contains("at step 6"), "{log}");
+    assert!(!log.contains("step 3/12"), "the branched arm does not train the prefix: {log}");
+    // The full VQ-GAN run checkpointed at step 6 (its previous checkpoint once it ended at 12):
+    // the VQ-VAE run's state at disc_start is that state, bit for bit, discriminator aside.
+    let full_gan = run_dirs(&full).into_iter().find(|r| r.to_string_lossy().contains("vqgan")).unwrap();
+    let at6 = read(&full_gan.join("checkpoints/previous.safetensors"), &Device::Cpu).unwrap();
+    assert_eq!(at6.step, 6);
+    let branch = read(&vae_dir.join("checkpoints/branch.safetensors"), &Device::Cpu).unwrap();
+    assert_eq!(branch.step, 6);
+    assert_eq!(branch.counters["opt_g_t"], at6.counters["opt_g_t"]);
+    let mut compared = 0;
+    for (k, v) in &branch.tensors {
+        let w = at6.tensors.get(k).unwrap_or_else(|| panic!("{k} missing in the full run's checkpoint"));
+        let bits = |t: &Tensor| {
+            t.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().map(|x| x.to_bits()).collect::<Vec<_>>()
+        };
+        assert_eq!(bits(v), bits(w), "{k} differs at the branch step");
+        compared += 1;
+    }
+    assert!(branch.tensors.keys().any(|k| k.starts_with("opt_g.")), "Adam's moments are in the branch state");
+    assert!(compared > 10);
+    // From the same state the branched arm ends where the full run ends.
+    let (s_gan, s_full) = (summary(&gan_dir), summary(&full_gan));
+    for key in ["eval/rec_mse", "eval/psnr", "eval/perplexity", "eval/usage"] {
+        assert_eq!(s_gan[key], s_full[key], "{key}");
+    }
+
+    // Defaults differ between the variants (recon loss, betas): refused, naming the key.
+    write(
+        dir.path(),
+        "bad.toml",
+        &tiny_experiment("bad", "[sweep]\ngrid = { \"model.variant\" = [\"vqvae\", \"vqgan\"] }\n")
+            .replace("disc_start = 6", "disc_start = 6\nbranch = \"shared_prefix\""),
+    );
+    let out = vqlab(dir.path(), &["plan", "bad.toml"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("loss.branch") && stderr(&out).contains("`loss.recon`"), "{}", stderr(&out));
+}
