@@ -169,7 +169,7 @@ pub enum Command {
         /// Config key on the x axis (not with --curves).
         #[arg(long, value_name = "KEY")]
         x: Option<String>,
-        /// Metric on the y axis (eval/usage, train/rec_loss, …).
+        /// Metric on the y axis (eval/usage, train/rec_loss, …); comma-separated metrics share the axes.
         #[arg(long, value_name = "METRIC")]
         y: String,
         /// One line per value of this config key (comma-separated keys: per combination of values;

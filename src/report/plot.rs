@@ -86,6 +86,8 @@ fn y_label(metric: &str) -> String {
 
 /// `metric` (final value, mean ± std over seeds) against the numeric config key `x_key`, one
 /// series per value of `group` (comma-separated keys: one series per combination of values).
+/// Several comma-separated metrics (`best/rfid,gen/fid`) share the axes, a series per metric
+/// and group.
 pub fn metric_chart(
     c: &Collection,
     x_key: &str,
@@ -96,7 +98,7 @@ pub fn metric_chart(
     let spec = TableSpec {
         rows: vec![x_key.to_string()],
         cols: group.map(|g| g.split(',').map(|k| k.trim().to_string()).collect()).unwrap_or_default(),
-        metrics: vec![metric.to_string()],
+        metrics: metric.split(',').map(|m| m.trim().to_string()).collect(),
         ..Default::default()
     };
     let p = pivot(c, &spec)?;
@@ -124,37 +126,45 @@ pub fn metric_chart(
         }
         XScale::Auto => powers_of_two && span >= 8.0,
     };
-    let series = (0..p.col_values.len())
-        .map(|ci| Series {
-            label: if group.is_some() {
-                p.col_values[ci].iter().map(value_text).collect::<Vec<_>>().join(" ")
-            } else {
-                metric.to_string()
-            },
-            points: (0..p.row_values.len())
+    let metrics = spec.metrics.clone();
+    let mut series = Vec::new();
+    for (mi, m) in metrics.iter().enumerate() {
+        for ci in 0..p.col_values.len() {
+            let group_text = p.col_values[ci].iter().map(value_text).collect::<Vec<_>>().join(" ");
+            let label = match (group.is_some(), metrics.len() > 1) {
+                (true, true) => format!("{} {group_text}", format::info(m).label),
+                (true, false) => group_text,
+                (false, _) => m.to_string(),
+            };
+            let points: Vec<Point> = (0..p.row_values.len())
                 .filter_map(|ri| {
-                    let s = p.cells[ri][ci].stats[0]?;
+                    let s = p.cells[ri][ci].stats[mi]?;
                     let sd = s.std.unwrap_or(0.0);
                     Some(Point { x: xs[ri], y: s.mean, lo: s.mean - sd, hi: s.mean + sd })
                 })
-                .collect(),
-        })
-        .filter(|s| !s.points.is_empty())
-        .collect();
+                .collect();
+            if !points.is_empty() {
+                series.push(Series { label, points });
+            }
+        }
+    }
     let n = p.usual_n;
+    let labels: Vec<String> = metrics.iter().map(|m| format::info(m).label).collect();
+    let directions: Vec<_> = metrics.iter().map(|m| format::info(m).better).collect();
     Ok(Chart {
         title: format!(
             "{} vs {}{}",
-            format::info(metric).label,
+            labels.join(" and "),
             format::key_label(x_key),
             if n > 1 { format!(" (mean ± std over {n} seeds)") } else { String::new() }
         ),
         x_label: if log2_x { format!("{x_key} (log2 scale)") } else { x_key.to_string() },
-        y_label: y_label(metric),
+        y_label: metrics.iter().map(|m| y_label(m)).collect::<Vec<_>>().join(", "),
         log2_x,
         style: Style::ErrorBars,
         series,
-        better: format::info(metric).better,
+        // One direction when every metric shares it.
+        better: if directions.iter().all(|d| *d == directions[0]) { directions[0] } else { None },
     })
 }
 

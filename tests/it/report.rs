@@ -255,6 +255,30 @@ fn plots_of_a_metric_against_codebook_size_and_of_training_curves() {
     // One marker per (group, K) with a finished run: the failed K = 64 has none.
     let markers = svg.matches("<circle").count() - svg.matches("r=\"5\"").count();
     assert_eq!(markers, 4, "2 groups × 2 codebook sizes");
+    // Two metrics on one pair of axes: a series per metric and group, labelled by both.
+    let out = vqlab(
+        &dir,
+        &[
+            "plot",
+            sweep,
+            "--x",
+            "quantizer.codebook_size",
+            "--y",
+            "eval/usage,eval/perplexity",
+            "--group",
+            "model.variant",
+            "--out",
+            "two.svg",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let svg = std::fs::read_to_string(dir.join("two.svg")).unwrap();
+    let texts = svg_texts(&svg);
+    for label in ["usage vqvae", "usage vqgan", "perplexity vqvae", "perplexity vqgan"] {
+        assert!(texts.iter().any(|t| t == label), "legend lacks {label}: {texts:?}");
+    }
+    let markers = svg.matches("<circle").count() - svg.matches("r=\"5\"").count();
+    assert_eq!(markers, 8, "2 metrics × 2 groups × 2 codebook sizes");
 
     let out = vqlab(
         &dir,
