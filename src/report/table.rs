@@ -412,8 +412,13 @@ impl Pivot {
                 "rFID and KID are FID-style scores on the features of {net}: they compare runs within vqlab and are not comparable with Inception-based scores."
             ));
         }
-        let mut sources: Vec<&str> = self.spec.metrics.iter().filter_map(|m| format::source(m)).collect();
-        sources.dedup();
+        // Each split's source once, in the order the metrics first name it.
+        let mut sources: Vec<&str> = Vec::new();
+        for s in self.spec.metrics.iter().filter_map(|m| format::source(m)) {
+            if !sources.contains(&s) {
+                sources.push(s);
+            }
+        }
         if !sources.is_empty() {
             lines.push(format!("{}.", sources.join("; ")));
         }
