@@ -4,7 +4,10 @@
 # D = 64, K = 512, 28×28×1, batch 128, MSE + VQ losses, Adam; and the VQ-GAN step with
 # taming's PatchGAN and adaptive weight) in `vqlab bench` and in scripts/bench/torch_step.py,
 # both with the same number of threads, alternating for several rounds in one invocation.
-# Prints img/s of every measurement, the medians and their ratio (vqlab / PyTorch).
+# Prints img/s of every measurement, the medians and their ratio (vqlab / PyTorch). The third
+# variant, prior, is the stage-2 transformer's step (`vqlab bench --prior` against
+# scripts/bench/torch_prior_step.py, minGPT with PyTorch's fused attention); its img/s counts
+# code grids.
 #
 # Then it trains the VQ-VAE configuration with `vqlab run` and compares the median of the
 # run's logged train/img_per_s with the benchmark's median (they should agree within 10%).
@@ -22,7 +25,7 @@ ROUNDS=${ROUNDS:-5}
 STEPS=${STEPS:-20}
 WARMUP=${WARMUP:-3}
 THREADS=${THREADS:-$(nproc)}
-VARIANTS=${VARIANTS:-"vqvae vqgan"}
+VARIANTS=${VARIANTS:-"vqvae vqgan prior"}
 RUN_CHECK=${RUN_CHECK:-1}
 RUN_STEPS=${RUN_STEPS:-200}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/vqlab-target}
@@ -48,10 +51,18 @@ for variant in $VARIANTS; do
   : >"$WORK/$variant.vqlab"
   : >"$WORK/$variant.torch"
   for r in $(seq 1 "$ROUNDS"); do
-    v=$("$VQLAB" -q bench experiments/bench_step.toml --set model.variant="$variant" \
-        --set hardware.threads_per_run="$THREADS" --steps "$STEPS" --warmup "$WARMUP" --json | field img_per_s)
-    t=$("$TORCH_PYTHON" scripts/bench/torch_step.py --variant "$variant" --threads "$THREADS" \
-        --steps "$STEPS" --warmup "$WARMUP" | field img_per_s)
+    if [ "$variant" = prior ]; then
+      # The stage-2 transformer at vqlab's [prior] defaults over the 7×7 grid of K = 512 codes.
+      v=$("$VQLAB" -q bench experiments/bench_step.toml --prior \
+          --set hardware.threads_per_run="$THREADS" --steps "$STEPS" --warmup "$WARMUP" --json | field img_per_s)
+      t=$("$TORCH_PYTHON" scripts/bench/torch_prior_step.py --threads "$THREADS" \
+          --steps "$STEPS" --warmup "$WARMUP" | field img_per_s)
+    else
+      v=$("$VQLAB" -q bench experiments/bench_step.toml --set model.variant="$variant" \
+          --set hardware.threads_per_run="$THREADS" --steps "$STEPS" --warmup "$WARMUP" --json | field img_per_s)
+      t=$("$TORCH_PYTHON" scripts/bench/torch_step.py --variant "$variant" --threads "$THREADS" \
+          --steps "$STEPS" --warmup "$WARMUP" | field img_per_s)
+    fi
     echo "$v" >>"$WORK/$variant.vqlab"
     echo "$t" >>"$WORK/$variant.torch"
     printf '%s round %d: vqlab %7.1f img/s   pytorch %7.1f img/s   ratio %.3f\n' "$variant" "$r" "$v" "$t" \

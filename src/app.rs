@@ -52,8 +52,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitStatus> {
         Command::Status { sweep_dir, runs_dir } => commands::status(sweep_dir.as_deref(), &runs_dir, out),
         Command::Describe { exp } => commands::describe(&exp, out),
         Command::Docs { topic } => commands::docs(topic, out),
-        Command::Bench { exp, steps, warmup, json, profile } => {
-            commands::bench(&exp, steps, warmup, json, profile, out)
+        Command::Bench { exp, steps, warmup, json, profile, prior } => {
+            commands::bench(&exp, steps, warmup, json, profile, prior, out)
         }
         Command::Report { dirs, rows, cols, metrics, filters, format, out: file, caption, label, standalone } => {
             let spec = TableSpec { rows, cols, metrics, caption, label };

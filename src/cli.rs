@@ -220,6 +220,10 @@ pub enum Command {
         /// LeakyReLU, the nearest-code search) and print where the step time goes.
         #[arg(long)]
         profile: bool,
+        /// Time the stage-2 prior's training step instead (the experiment's `[prior]` over its
+        /// code grid, on random codes); img/s counts code grids.
+        #[arg(long, conflicts_with = "profile")]
+        prior: bool,
     },
     /// Resolved config, parameter counts, estimated memory and a Mermaid diagram of the model.
     Describe {

@@ -106,14 +106,22 @@ pub fn bench(
     warmup: u64,
     json: bool,
     profile: bool,
+    prior: bool,
     out: Out<'_>,
 ) -> anyhow::Result<ExitStatus> {
     let sweep = load(exp)?;
-    let cfg = &sweep.runs.first().context("the sweep expands to no runs")?.config;
+    let first = &sweep.runs.first().context("the sweep expands to no runs")?.config;
+    // --prior times the first prior run's transformer (the [prior] defaults when there is none).
+    let cfg =
+        if prior { sweep.runs.iter().map(|r| &r.config).find(|c| c.prior.enabled).unwrap_or(first) } else { first };
     if sweep.runs.len() > 1 {
         tracing::warn!("the sweep has {} runs; timing the first: {}", sweep.runs.len(), config::short_description(cfg));
     }
-    let r = crate::train::bench(cfg, warmup, steps, profile)?;
+    let r = if prior {
+        crate::train::prior::bench_prior(cfg, warmup, steps)?
+    } else {
+        crate::train::bench(cfg, warmup, steps, profile)?
+    };
     if json {
         writeln!(out, "{}", serde_json::to_string(&r)?)?;
     } else {

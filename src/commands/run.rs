@@ -203,11 +203,20 @@ pub fn train(run_dir: &Path) -> anyhow::Result<ExitStatus> {
     })
 }
 
-/// The end-of-sweep table: state and final eval metrics of every run.
+/// The end-of-sweep table: state and final eval metrics of every run (and, when the sweep
+/// has priors, their test NLL and gFID).
 pub(super) fn results_table(layout: &SweepDir, sweep: &Sweep) -> String {
     use crate::metric::{self, Split};
-    let metrics = [&metric::REC_MSE, &metric::PSNR, &metric::USAGE, &metric::PERPLEXITY, &metric::RFID]
-        .map(|m| m.at(Split::Eval));
+    let mut metrics: Vec<String> =
+        [&metric::REC_MSE, &metric::PSNR, &metric::USAGE, &metric::PERPLEXITY, &metric::RFID]
+            .map(|m| m.at(Split::Eval))
+            .to_vec();
+    let mut header = vec!["run", "state", "rec_mse", "psnr", "usage", "perplexity", "rfid*"];
+    if sweep.runs.iter().any(|r| r.config.prior.enabled) {
+        metrics.extend([metric::NLL.at(Split::Eval), metric::GEN_FID.at(Split::Gen)]);
+        header.extend(["nll (bits)", "gfid*"]);
+    }
+    header.push("img/s");
     let speed = metric::IMG_PER_S.at(Split::Train);
     let rows: Vec<Vec<String>> = sweep
         .runs
@@ -225,6 +234,5 @@ pub(super) fn results_table(layout: &SweepDir, sweep: &Sweep) -> String {
             }
         })
         .collect();
-    table::render(&["run", "state", "rec_mse", "psnr", "usage", "perplexity", "rfid*", "img/s"], &rows)
-        + "* FID-style: the dataset's own feature network, comparable within vqlab only\n"
+    table::render(&header, &rows) + "* FID-style: the dataset's own feature network, comparable within vqlab only\n"
 }

@@ -546,3 +546,66 @@ fn decode(model: &VqModel, grids: &[u32], n: usize, (h, w): (usize, usize), devi
     let idx = Tensor::from_vec(grids.to_vec(), grids.len(), device)?;
     Ok(model.decode_indices(&idx, (n, h, w))?.clamp(0.0, 1.0)?)
 }
+
+/// Time `steps` training steps (after `warmup` untimed ones) of the experiment's prior
+/// (`[prior]`, over the code grid its tokenizer config makes: (image_size / 2^downsample)²
+/// positions of K codes) on random code grids, as the prior's training loop runs them at a
+/// step that does not log. `img_per_s` counts code grids.
+pub fn bench_prior(cfg: &ExperimentConfig, warmup: u64, steps: u64) -> anyhow::Result<super::BenchResult> {
+    if cfg.hardware.threads_per_run > 0 {
+        let _ = rayon::ThreadPoolBuilder::new().num_threads(cfg.hardware.threads_per_run as usize).build_global();
+    }
+    let device = super::select_device(cfg.hardware.device)?;
+    let p = &cfg.prior;
+    let side = (cfg.data.image_size >> cfg.model.downsample) as usize;
+    let k = cfg.quantizer.codebook_size as usize;
+    let shape = PriorShape {
+        codes: k,
+        positions: side * side,
+        layers: p.layers as usize,
+        width: p.width as usize,
+        heads: p.heads as usize,
+        dropout: p.dropout,
+    };
+    let prior = Prior::new(shape, cfg.train.seed, &device)?;
+    let vars: Vec<_> = prior.params.vars().iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    let mut opt = Adam::new(vars, p.lr, BETAS)?;
+    // A pool of 10 batches of random grids, cycled like an epoch.
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(cfg.train.seed);
+    let pool: Vec<u32> = (0..10 * p.batch_size * shape.positions).map(|_| rng.random_range(0..k as u32)).collect();
+    let mut step_ms = Vec::with_capacity(steps as usize);
+    let mut timed_from = Instant::now();
+    for step in 0..warmup + steps {
+        if step == warmup {
+            timed_from = Instant::now();
+        }
+        let t0 = Instant::now();
+        let chunk = p.batch_size * shape.positions;
+        let at = (step as usize % 10) * chunk;
+        let x = Tensor::from_vec(pool[at..at + chunk].to_vec(), (p.batch_size, shape.positions), &device)?;
+        let loss = prior.nll(&x, Some(DropoutKey { seed: cfg.train.seed, step }))?;
+        let grads = loss.backward()?;
+        opt.step(|_, _, var| Ok(grads.get(var.as_tensor()).cloned()))?;
+        loss.to_dtype(DType::F32)?.to_scalar::<f32>()?;
+        if step >= warmup {
+            step_ms.push(t0.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    let secs = timed_from.elapsed().as_secs_f64();
+    let mut sorted = step_ms.clone();
+    sorted.sort_by(f64::total_cmp);
+    Ok(super::BenchResult {
+        model: format!(
+            "prior {} blocks × width {}, {} heads, dropout {} over {} positions of K={}",
+            p.layers, p.width, p.heads, p.dropout, shape.positions, k
+        ),
+        device: super::device_name(&device),
+        threads: rayon::current_num_threads(),
+        batch_size: p.batch_size,
+        steps,
+        img_per_s: (steps as usize * p.batch_size) as f64 / secs,
+        median_step_ms: sorted[sorted.len() / 2],
+        step_ms,
+        profile: Vec::new(),
+    })
+}

@@ -424,3 +424,23 @@ fn a_shared_prefix_vqgan_arm_starts_bit_for_bit_from_its_vqvae_run_and_ends_as_a
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(stderr(&out).contains("loss.branch") && stderr(&out).contains("`loss.recon`"), "{}", stderr(&out));
 }
+
+#[test]
+fn bench_times_the_priors_training_step() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "exp.toml", &two_stage("benchprior", ""));
+    let out = vqlab(dir.path(), &["bench", "exp.toml", "--prior", "--steps", "3", "--warmup", "1", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["batch_size"], 16, "prior.batch_size: {r}");
+    assert_eq!(r["steps"], 3);
+    assert_eq!(r["step_ms"].as_array().unwrap().len(), 3);
+    assert!(r["img_per_s"].as_f64().unwrap() > 0.0, "{r}");
+    assert!(
+        r["model"].as_str().unwrap().contains("prior 1 blocks × width 16, 2 heads")
+            && r["model"].as_str().unwrap().contains("49 positions of K=32"),
+        "{r}"
+    );
+    let out = vqlab(dir.path(), &["bench", "exp.toml", "--prior", "--profile"]);
+    assert_eq!(out.status.code(), Some(2), "--prior has no op profile yet: {}", stderr(&out));
+}
