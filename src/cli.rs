@@ -217,12 +217,14 @@ pub enum Command {
         #[arg(long)]
         json: bool,
         /// Also time each of vqlab's op passes (convolutions forward and backward, ActNorm +
-        /// LeakyReLU, the nearest-code search) and print where the step time goes.
+        /// LeakyReLU, the nearest-code search; with --prior the transformer's linear layers,
+        /// LayerNorm, GELU, attention and cross-entropy) and the Adam updates, and print where
+        /// the step time goes.
         #[arg(long)]
         profile: bool,
         /// Time the stage-2 prior's training step instead (the experiment's `[prior]` over its
         /// code grid, on random codes); img/s counts code grids.
-        #[arg(long, conflicts_with = "profile")]
+        #[arg(long)]
         prior: bool,
     },
     /// Resolved config, parameter counts, estimated memory and a Mermaid diagram of the model.

@@ -118,7 +118,7 @@ pub fn bench(
         tracing::warn!("the sweep has {} runs; timing the first: {}", sweep.runs.len(), config::short_description(cfg));
     }
     let r = if prior {
-        crate::train::prior::bench_prior(cfg, warmup, steps)?
+        crate::train::prior::bench_prior(cfg, warmup, steps, profile)?
     } else {
         crate::train::bench(cfg, warmup, steps, profile)?
     };

@@ -93,7 +93,10 @@ pub const KIND_REVISIONS: &[(QuantizerKind, u32)] = &[(QuantizerKind::Lfq, 2)];
 
 /// What a stage-2 prior run computes from its config and its tokenizer's codes (bump it
 /// like [`TRAINING_REVISION`] when the prior's results change for the same config).
-pub const PRIOR_REVISION: u32 = 1;
+///
+/// 2: the transformer's linear layers, LayerNorm, GELU, attention and cross-entropy run as
+/// vqlab's CPU ops (`ops::dense`), which add in another order than candle's ops.
+pub const PRIOR_REVISION: u32 = 2;
 
 /// The run id: a short hash of the canonical JSON of the result-relevant config, the
 /// training revision and the revision of the run's quantizer kind. A prior run's id hashes

@@ -9,10 +9,12 @@
 //! Dropout draws its masks from a generator keyed by the seed, the step and the site, so a
 //! resumed run draws what an uninterrupted one would (candle's own generator is unseeded).
 
-use candle_core::{DType, Device, Result, Tensor, D};
-use rand::{Rng, SeedableRng};
+use candle_core::{DType, Device, Result, Tensor};
+use rand::{Rng, RngCore, SeedableRng};
+use rayon::prelude::*;
 
 use super::params::{Init, ParamStore};
+use crate::ops::dense;
 
 /// The shape of a prior.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -41,11 +43,7 @@ impl Linear {
 
     /// Rows (N, from) to (N, to).
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = x.matmul(&self.weight.t()?)?;
-        match &self.bias {
-            Some(b) => y.broadcast_add(b),
-            None => Ok(y),
-        }
+        dense::linear(x, &self.weight, self.bias.as_ref())
     }
 }
 
@@ -64,11 +62,7 @@ impl LayerNorm {
 
     /// PyTorch's LayerNorm over the last dimension: biased variance, ε = 1e-5.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let mean = x.mean_keepdim(D::Minus1)?;
-        let centred = x.broadcast_sub(&mean)?;
-        let var = centred.sqr()?.mean_keepdim(D::Minus1)?;
-        let normed = centred.broadcast_div(&(var + 1e-5)?.sqrt()?)?;
-        normed.broadcast_mul(&self.gain)?.broadcast_add(&self.bias)
+        dense::layer_norm(x, &self.gain, &self.bias, 1e-5)
     }
 }
 
@@ -97,17 +91,35 @@ struct Dropout {
 
 impl Dropout {
     fn apply(&self, x: &Tensor) -> Result<Tensor> {
-        let Some(key) = self.key.filter(|_| self.p > 0.0) else { return Ok(x.clone()) };
+        match self.mask(x.dims(), x.device())? {
+            Some(mask) => x * mask,
+            None => Ok(x.clone()),
+        }
+    }
+
+    /// The next site's mask of the given shape: 0 or 1/(1 − p) per element (None when off).
+    /// Element i keeps its value when word i of the site's ChaCha8 stream is below
+    /// (1 − p)·2³²; chunks of the mask are drawn in parallel, each from its own position of
+    /// the stream, so the mask does not depend on the thread count.
+    fn mask(&self, dims: &[usize], device: &Device) -> Result<Option<Tensor>> {
+        const CHUNK: usize = 1 << 14;
+        let Some(key) = self.key.filter(|_| self.p > 0.0) else { return Ok(None) };
         let site = self.site.get();
         self.site.set(site + 1);
         let stream = key.seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ key.step.wrapping_mul(0xbf58_476d_1ce4_e5b9) ^ site;
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(stream);
-        rng.set_stream(site);
         let keep = 1.0 - self.p;
+        let threshold = (keep * 4_294_967_296.0).round() as u64;
         let scale = (1.0 / keep) as f32;
-        let mask: Vec<f32> =
-            (0..x.elem_count()).map(|_| if rng.random::<f64>() < keep { scale } else { 0.0 }).collect();
-        x * Tensor::from_vec(mask, x.shape(), x.device())?
+        let mut mask = vec![0f32; dims.iter().product()];
+        mask.par_chunks_mut(CHUNK).enumerate().for_each(|(ci, m)| {
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(stream);
+            rng.set_stream(site);
+            rng.set_word_pos((ci * CHUNK) as u128);
+            for v in m {
+                *v = if u64::from(rng.next_u32()) < threshold { scale } else { 0.0 };
+            }
+        });
+        Ok(Some(Tensor::from_vec(mask, dims, device)?))
     }
 }
 
@@ -120,8 +132,6 @@ pub struct Prior {
     blocks: Vec<Block>,
     ln_f: LayerNorm,
     head: Linear,
-    /// Additive causal mask (T, T): 0 on and below the diagonal, −∞ above.
-    mask: Tensor,
 }
 
 impl Prior {
@@ -145,10 +155,7 @@ impl Prior {
         }
         let ln_f = LayerNorm::new(&mut ps, "prior.ln_f", c)?;
         let head = Linear::new(&mut ps, "prior.head", c, shape.codes, false)?;
-        let t = shape.positions;
-        let mask: Vec<f32> = (0..t * t).map(|i| if i % t > i / t { f32::NEG_INFINITY } else { 0.0 }).collect();
-        let mask = Tensor::from_vec(mask, (t, t), device)?;
-        Ok(Prior { params: ps, shape, tok, pos, blocks, ln_f, head, mask })
+        Ok(Prior { params: ps, shape, tok, pos, blocks, ln_f, head })
     }
 
     /// The inputs of code grids (B, T) u32: the start token, then the codes shifted by one.
@@ -163,24 +170,19 @@ impl Prior {
     pub fn logits(&self, tokens: &Tensor, dropout: Option<DropoutKey>) -> Result<Tensor> {
         let (b, t) = tokens.dims2()?;
         let (c, h) = (self.shape.width, self.shape.heads);
-        let hd = c / h;
         let drop = Dropout { p: self.shape.dropout, key: dropout, site: std::cell::Cell::new(0) };
         let emb = self.tok.index_select(&tokens.flatten_all()?, 0)?.reshape((b, t, c))?;
         let mut x = drop.apply(&emb.broadcast_add(&self.pos.narrow(0, 0, t)?)?)?;
-        let mask = self.mask.narrow(0, 0, t)?.narrow(1, 0, t)?;
-        let scale = 1.0 / (hd as f64).sqrt();
         for block in &self.blocks {
             let a = block.ln1.forward(&x)?.reshape((b * t, c))?;
-            let qkv = block.qkv.forward(&a)?.reshape((b, t, 3, h, hd))?;
-            let head = |i: usize| qkv.narrow(2, i, 1)?.squeeze(2)?.transpose(1, 2)?.contiguous();
-            let (q, k, v) = (head(0)?, head(1)?, head(2)?);
-            let scores = (q.matmul(&k.transpose(2, 3)?.contiguous()?)? * scale)?.broadcast_add(&mask)?;
-            let weights = drop.apply(&candle_nn::ops::softmax(&scores, D::Minus1)?)?;
-            let y = weights.matmul(&v)?.transpose(1, 2)?.contiguous()?.reshape((b * t, c))?;
-            x = (x + drop.apply(&block.proj.forward(&y)?.reshape((b, t, c))?)?)?;
+            let qkv = block.qkv.forward(&a)?.reshape((b, t, 3 * c))?;
+            let weights_dropout = drop.mask(&[b, h, t, t], x.device())?;
+            let y = dense::causal_attention(&qkv, h, weights_dropout.as_ref())?.reshape((b * t, c))?;
+            let y = block.proj.forward(&y)?.reshape((b, t, c))?;
+            x = dense::add_dropout(&x, &y, drop.mask(&[b, t, c], x.device())?.as_ref())?;
             let m = block.ln2.forward(&x)?.reshape((b * t, c))?;
-            let m = block.out.forward(&block.fc.forward(&m)?.gelu_erf()?)?;
-            x = (x + drop.apply(&m.reshape((b, t, c))?)?)?;
+            let m = block.out.forward(&dense::gelu(&block.fc.forward(&m)?)?)?.reshape((b, t, c))?;
+            x = dense::add_dropout(&x, &m, drop.mask(&[b, t, c], x.device())?.as_ref())?;
         }
         let x = self.ln_f.forward(&x)?.reshape((b * t, c))?;
         self.head.forward(&x)?.reshape((b, t, self.shape.codes))
@@ -190,7 +192,7 @@ impl Prior {
     pub fn nll(&self, codes: &Tensor, dropout: Option<DropoutKey>) -> Result<Tensor> {
         let logits = self.logits(&self.inputs(codes)?, dropout)?;
         let (b, t, k) = logits.dims3()?;
-        cross_entropy(&logits.reshape((b * t, k))?, &codes.flatten_all()?)
+        dense::cross_entropy(&logits.reshape((b * t, k))?, &codes.flatten_all()?)
     }
 
     /// Sample `n` code grids (n, T) autoregressively: softmax(logits / temperature) over the
@@ -229,14 +231,6 @@ impl Prior {
         }
         Ok(out)
     }
-}
-
-/// Mean cross-entropy (nats) of logits (N, K) against targets (N,) u32: log-sum-exp minus
-/// the target's logit.
-pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
-    let log_p = candle_nn::ops::log_softmax(logits, D::Minus1)?;
-    let picked = log_p.gather(&targets.unsqueeze(1)?, 1)?;
-    picked.mean_all()?.neg()
 }
 
 /// One draw from softmax(row / temperature) restricted to the `top_k` largest logits (0 = all)

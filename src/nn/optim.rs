@@ -3,7 +3,23 @@
 
 use std::collections::BTreeMap;
 
-use candle_core::{Result, Tensor, Var};
+use candle_core::{DType, Result, Storage, Tensor, Var};
+use rayon::prelude::*;
+
+/// Run `f` on the contiguous f32 data of CPU tensors.
+fn with_f32<const N: usize>(ts: [&Tensor; N], f: impl FnOnce([&[f32]; N])) -> Result<()> {
+    let owned = ts.iter().map(|t| t.contiguous()).collect::<Result<Vec<_>>>()?;
+    let guards: Vec<_> = owned.iter().map(|t| t.storage_and_layout()).collect();
+    let mut slices: [&[f32]; N] = [&[]; N];
+    for (i, (g, l)) in guards.iter().enumerate() {
+        let (Storage::Cpu(candle_core::CpuStorage::F32(v)), Some((a, b))) = (&**g, l.contiguous_offsets()) else {
+            candle_core::bail!("adam: contiguous f32 CPU tensors only")
+        };
+        slices[i] = &v[a..b];
+    }
+    f(slices);
+    Ok(())
+}
 
 pub struct Adam {
     pub lr: f64,
@@ -26,7 +42,11 @@ impl Adam {
 
     /// One update. `grad(i, name, var)` gives the gradient of variable `i` (None = no gradient
     /// this step: the variable and its moments stay as they are, as in PyTorch).
-    pub fn step(&mut self, mut grad: impl FnMut(usize, &str, &Var) -> Result<Option<Tensor>>) -> Result<()> {
+    pub fn step(&mut self, grad: impl FnMut(usize, &str, &Var) -> Result<Option<Tensor>>) -> Result<()> {
+        crate::util::profile::time("Adam", || self.step_untimed(grad))
+    }
+
+    fn step_untimed(&mut self, mut grad: impl FnMut(usize, &str, &Var) -> Result<Option<Tensor>>) -> Result<()> {
         self.t += 1;
         let bc1 = 1.0 - self.beta1.powi(self.t as i32);
         let bc2 = 1.0 - self.beta2.powi(self.t as i32);
@@ -38,6 +58,11 @@ impl Adam {
             let Some(g) = grad(i, name, var)?.map(|g| g.detach()) else {
                 continue;
             };
+            if let Some((m, v)) = self.fused_update(i, &g, bc2, step_size)? {
+                self.m[i] = m;
+                self.v[i] = v;
+                continue;
+            }
             let m = ((&self.m[i] * self.beta1)? + (&g * (1.0 - self.beta1))?)?;
             let v = ((&self.v[i] * self.beta2)? + (g.sqr()? * (1.0 - self.beta2))?)?;
             // PyTorch: θ −= lr/bc1 · m / (√v / √bc2 + ε).
@@ -48,6 +73,48 @@ impl Adam {
             self.v[i] = v.detach();
         }
         Ok(())
+    }
+
+    /// The update of variable `i` as one pass over its elements on rayon's pool, for f32 CPU
+    /// tensors (None otherwise: the caller takes candle's ops). It rounds exactly as the
+    /// sequence of candle ops in `step` does (each scalar op is candle's affine x·a + b in
+    /// f32), so the two give bit-identical parameters and moments; it only skips the eleven
+    /// intermediate tensors. Returns the new moments; the variable is set.
+    fn fused_update(&self, i: usize, g: &Tensor, bc2: f64, step_size: f64) -> Result<Option<(Tensor, Tensor)>> {
+        let var = &self.vars[i].1;
+        let (m, v) = (&self.m[i], &self.v[i]);
+        let cpu_f32 = |t: &Tensor| t.device().is_cpu() && t.dtype() == DType::F32;
+        if ![var.as_tensor(), g, m, v].into_iter().all(cpu_f32) || g.shape() != var.shape() {
+            return Ok(None);
+        }
+        let f = |x: f64| x as f32;
+        let (b1, c1, b2, c2) = (f(self.beta1), f(1.0 - self.beta1), f(self.beta2), f(1.0 - self.beta2));
+        let (inv_sqrt_bc2, eps, step) = (f(1.0 / bc2.sqrt()), f(self.eps), f(step_size));
+        let n = g.elem_count();
+        let (mut theta2, mut m2, mut v2) = (vec![0.0f32; n], vec![0.0f32; n], vec![0.0f32; n]);
+        with_f32([var.as_tensor(), g, m, v], |[theta, g, m, v]| {
+            const CHUNK: usize = 1 << 14;
+            theta2
+                .par_chunks_mut(CHUNK)
+                .zip(m2.par_chunks_mut(CHUNK).zip(v2.par_chunks_mut(CHUNK)))
+                .enumerate()
+                .for_each(|(ci, (t2, (m2, v2)))| {
+                    let at = ci * CHUNK;
+                    for j in 0..t2.len() {
+                        let (gj, k) = (g[at + j], at + j);
+                        let mj = (m[k] * b1 + 0.0) + (gj * c1 + 0.0);
+                        let vj = (v[k] * b2 + 0.0) + ((gj * gj) * c2 + 0.0);
+                        let denom = (vj.sqrt() * inv_sqrt_bc2 + 0.0) * 1.0 + eps;
+                        let update = (mj / denom) * step + 0.0;
+                        t2[j] = theta[k] - update;
+                        m2[j] = mj;
+                        v2[j] = vj;
+                    }
+                });
+        })?;
+        let dev = var.device();
+        var.set(&Tensor::from_vec(theta2, var.shape(), dev)?)?;
+        Ok(Some((Tensor::from_vec(m2, var.shape(), dev)?, Tensor::from_vec(v2, var.shape(), dev)?)))
     }
 
     pub fn vars(&self) -> &[(String, Var)] {
@@ -99,5 +166,36 @@ mod tests {
         assert!((state["opt.m.w"].to_vec1::<f32>().unwrap()[0] - 3.0).abs() < 1e-6);
         assert!((state["opt.v.w"].to_vec1::<f32>().unwrap()[0] - 3.6).abs() < 1e-5);
         assert!(state.values().all(|t| !t.track_op()), "moments must not hold the step's graph");
+    }
+
+    #[test]
+    fn the_fused_update_is_bit_identical_to_candles_ops() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
+        let n = 40_000; // more than one chunk of the fused pass
+        let mut rand = |scale: f32| -> Vec<f32> { (0..n).map(|_| rng.random_range(-scale..scale)).collect() };
+        let theta0 = rand(1.0);
+        let grads: Vec<Vec<f32>> = (0..4).map(|s| rand(10f32.powi(-s))).collect();
+        let w = Var::from_vec(theta0.clone(), n, &Device::Cpu).unwrap();
+        let (lr, betas) = (3e-4, [0.9, 0.95]);
+        let mut opt = Adam::new(vec![("w".into(), w.clone())], lr, betas).unwrap();
+        // The reference: the formula as candle ops, written out independently of `step`.
+        let mut theta = Tensor::from_vec(theta0, n, &Device::Cpu).unwrap();
+        let (mut m, mut v) = (theta.zeros_like().unwrap(), theta.zeros_like().unwrap());
+        for (t, g) in grads.iter().enumerate() {
+            let g = Tensor::from_vec(g.clone(), n, &Device::Cpu).unwrap();
+            opt.step(|_, _, _| Ok(Some(g.clone()))).unwrap();
+            let t = (t + 1) as i32;
+            let (bc1, bc2) = (1.0 - betas[0].powi(t), 1.0 - betas[1].powi(t));
+            m = ((&m * betas[0]).unwrap() + (&g * (1.0 - betas[0])).unwrap()).unwrap();
+            v = ((&v * betas[1]).unwrap() + (g.sqr().unwrap() * (1.0 - betas[1])).unwrap()).unwrap();
+            let denom = ((v.sqrt().unwrap() / bc2.sqrt()).unwrap() + 1e-8).unwrap();
+            theta = (&theta - ((&m / denom).unwrap() * (lr / bc1)).unwrap()).unwrap();
+        }
+        let bits = |t: &Tensor| t.to_vec1::<f32>().unwrap().iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(w.as_tensor()), bits(&theta), "parameters");
+        let state = opt.state("o");
+        assert_eq!(bits(&state["o.m.w"]), bits(&m), "first moments");
+        assert_eq!(bits(&state["o.v.w"]), bits(&v), "second moments");
     }
 }

@@ -62,7 +62,7 @@ impl CustomOp3 for AffineLeaky {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        crate::ops::profile::time("ActNorm + LeakyReLU forward", || {
+        crate::util::profile::time("ActNorm + LeakyReLU forward", || {
             let (x, loc, scale) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?, f32_slice(s3, l3)?);
             let (c, hw) = geometry(l1.dims(), loc.len(), scale.len())?;
             let mut y = vec![0.0f32; x.len()];
@@ -88,7 +88,7 @@ impl CustomOp3 for AffineLeaky {
         _y: &Tensor,
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        crate::ops::profile::time("ActNorm + LeakyReLU backward", || {
+        crate::util::profile::time("ActNorm + LeakyReLU backward", || {
             let (x_c, dy_c) = (x.contiguous()?, dy.contiguous()?);
             let (xg, xl) = x_c.storage_and_layout();
             let (dg, dl) = dy_c.storage_and_layout();
@@ -154,20 +154,9 @@ impl CustomOp3 for AffineLeaky {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ops::testing::{rand_tensor, rel_err};
     use candle_core::Var;
-    use rand::{Rng, SeedableRng};
-
-    fn rand_tensor(rng: &mut impl Rng, dims: &[usize], lo: f32, hi: f32) -> Tensor {
-        let n: usize = dims.iter().product();
-        Tensor::from_vec((0..n).map(|_| rng.random_range(lo..hi)).collect::<Vec<f32>>(), dims, &Device::Cpu).unwrap()
-    }
-
-    fn rel_err(a: &Tensor, b: &Tensor) -> f32 {
-        let a = a.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        let b = b.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        let scale = b.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
-        a.iter().zip(&b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
-    }
+    use rand::SeedableRng;
 
     #[test]
     fn matches_candle_forward_and_gradients() {

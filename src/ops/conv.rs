@@ -254,20 +254,20 @@ fn dims4(d: &[usize], name: &str) -> Result<[usize; 4]> {
     }
 }
 
-fn cpu_f32<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
+pub(super) fn cpu_f32<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
     let CpuStorage::F32(v) = s else { bail!("{what}: f32 tensors only") };
     let Some((a, b)) = l.contiguous_offsets() else { bail!("{what}: contiguous tensors only") };
     Ok(&v[a..b])
 }
 
 /// Borrow the f32 data of CPU tensors (made contiguous first) for the length of `f`.
-fn with_slices<const N: usize, R>(ts: [&Tensor; N], f: impl FnOnce([&[f32]; N]) -> Result<R>) -> Result<R> {
+pub(super) fn with_slices<const N: usize, R>(ts: [&Tensor; N], f: impl FnOnce([&[f32]; N]) -> Result<R>) -> Result<R> {
     let owned = ts.iter().map(|t| t.contiguous()).collect::<Result<Vec<_>>>()?;
     let guards: Vec<_> = owned.iter().map(|t| t.storage_and_layout()).collect();
     let mut slices: [&[f32]; N] = [&[]; N];
     for (i, (g, l)) in guards.iter().enumerate() {
-        let Storage::Cpu(s) = &**g else { bail!("vqlab conv backward: CPU tensors only") };
-        slices[i] = cpu_f32(s, l, "vqlab conv backward")?;
+        let Storage::Cpu(s) = &**g else { bail!("vqlab op backward: CPU tensors only") };
+        slices[i] = cpu_f32(s, l, "vqlab op backward")?;
     }
     f(slices)
 }
@@ -286,7 +286,7 @@ impl CustomOp3 for ConvOp {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        crate::ops::profile::time(if self.transpose { "conv_transpose2d forward" } else { "conv2d forward" }, || {
+        crate::util::profile::time(if self.transpose { "conv_transpose2d forward" } else { "conv2d forward" }, || {
             let g = self.geom(l1.dims(), l2.dims())?;
             let (x, w, b) =
                 (cpu_f32(s1, l1, self.name_())?, cpu_f32(s2, l2, self.name_())?, cpu_f32(s3, l3, self.name_())?);
@@ -350,7 +350,7 @@ impl CustomOp3 for ConvOp {
         y: &Tensor,
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        crate::ops::profile::time(if self.transpose { "conv_transpose2d backward" } else { "conv2d backward" }, || {
+        crate::util::profile::time(if self.transpose { "conv_transpose2d backward" } else { "conv2d backward" }, || {
             let g = self.geom(x.dims(), w.dims())?;
             let (q, p, hw) = (g.q(), g.p(), g.hw());
             let (need_x, need_w, need_b) = (x.track_op(), w.track_op(), b.elem_count() > 0 && b.track_op());
@@ -470,23 +470,9 @@ impl CustomOp3 for ConvOp {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ops::testing::{rand_tensor, rel_err};
     use candle_core::Var;
     use rand::{Rng, SeedableRng};
-
-    fn rand_tensor(rng: &mut impl Rng, dims: &[usize]) -> Tensor {
-        let n: usize = dims.iter().product();
-        let v: Vec<f32> = (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect();
-        Tensor::from_vec(v, dims, &Device::Cpu).unwrap()
-    }
-
-    /// max |a − b| over max |b|: the relative error of `a` against the reference `b`.
-    fn rel_err(a: &Tensor, b: &Tensor) -> f32 {
-        assert_eq!(a.dims(), b.dims());
-        let a = a.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        let b = b.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        let scale = b.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
-        a.iter().zip(&b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
-    }
 
     type ConvFn = fn(&Tensor, &Tensor, Option<&Tensor>, usize, usize, Fuse) -> Result<Tensor>;
 
@@ -527,21 +513,21 @@ mod tests {
             let (s, p) = (rng.random_range(1..4), rng.random_range(0..k));
             let fuse = fuses[rng.random_range(0..4)];
             let bias = rng.random_bool(0.7);
-            let x = rand_tensor(&mut rng, &[n, c, h, wd]);
+            let x = rand_tensor(&mut rng, &[n, c, h, wd], -1.0, 1.0);
             let (w, out_c, fast_fn, ref_fn): (Tensor, usize, ConvFn, ConvFn) = if transpose {
                 if (h - 1) * s + k <= 2 * p || (wd - 1) * s + k <= 2 * p {
                     continue;
                 }
-                (rand_tensor(&mut rng, &[c, o, k, k]), o, conv_transpose2d, conv_transpose2d_reference)
+                (rand_tensor(&mut rng, &[c, o, k, k], -1.0, 1.0), o, conv_transpose2d, conv_transpose2d_reference)
             } else {
                 if h + 2 * p < k || wd + 2 * p < k {
                     continue;
                 }
-                (rand_tensor(&mut rng, &[o, c, k, k]), o, conv2d, conv2d_reference)
+                (rand_tensor(&mut rng, &[o, c, k, k], -1.0, 1.0), o, conv2d, conv2d_reference)
             };
-            let b = bias.then(|| rand_tensor(&mut rng, &[out_c]));
+            let b = bias.then(|| rand_tensor(&mut rng, &[out_c], -1.0, 1.0));
             let y_ref = ref_fn(&x, &w, b.as_ref(), s, p, fuse).unwrap();
-            let r = rand_tensor(&mut rng, y_ref.dims());
+            let r = rand_tensor(&mut rng, y_ref.dims(), -1.0, 1.0);
             let fast = run(fast_fn, &x, &w, b.as_ref(), &r, s, p, fuse);
             let what =
                 format!("transpose={transpose} x={:?} w={:?} s={s} p={p} {fuse:?} bias={bias}", x.dims(), w.dims());
@@ -605,12 +591,12 @@ mod tests {
             (true, [8, 16, 14, 14], [16, 1, 4, 4], 2, 1, Fuse::NONE),
         ];
         for (transpose, xd, wd, s, p, fuse) in cases {
-            let x = rand_tensor(&mut rng, &xd);
-            let w = rand_tensor(&mut rng, &wd);
-            let b = rand_tensor(&mut rng, &[if transpose { wd[1] } else { wd[0] }]);
+            let x = rand_tensor(&mut rng, &xd, -1.0, 1.0);
+            let w = rand_tensor(&mut rng, &wd, -1.0, 1.0);
+            let b = rand_tensor(&mut rng, &[if transpose { wd[1] } else { wd[0] }], -1.0, 1.0);
             let (f, g): (ConvFn, ConvFn) =
                 if transpose { (conv_transpose2d, conv_transpose2d_reference) } else { (conv2d, conv2d_reference) };
-            let r = rand_tensor(&mut rng, g(&x, &w, Some(&b), s, p, fuse).unwrap().dims());
+            let r = rand_tensor(&mut rng, g(&x, &w, Some(&b), s, p, fuse).unwrap().dims(), -1.0, 1.0);
             let fast = run(f, &x, &w, Some(&b), &r, s, p, fuse);
             let reference = run(g, &x, &w, Some(&b), &r, s, p, fuse);
             for (name, (a, b)) in ["y", "dx", "dw", "db"].iter().zip(fast.iter().zip(&reference)) {
@@ -625,10 +611,10 @@ mod tests {
         // The weight gradient sums over chunks of images on several threads; the sum must not
         // depend on which thread took which chunk (resumed runs are compared bit for bit).
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
-        let x = rand_tensor(&mut rng, &[64, 32, 7, 7]);
-        let w = rand_tensor(&mut rng, &[16, 32, 3, 3]);
-        let b = rand_tensor(&mut rng, &[16]);
-        let r = rand_tensor(&mut rng, &[64, 16, 7, 7]);
+        let x = rand_tensor(&mut rng, &[64, 32, 7, 7], -1.0, 1.0);
+        let w = rand_tensor(&mut rng, &[16, 32, 3, 3], -1.0, 1.0);
+        let b = rand_tensor(&mut rng, &[16], -1.0, 1.0);
+        let r = rand_tensor(&mut rng, &[64, 16, 7, 7], -1.0, 1.0);
         let first = run(conv2d, &x, &w, Some(&b), &r, 1, 1, Fuse::RELU_BOTH);
         for _ in 0..5 {
             let again = run(conv2d, &x, &w, Some(&b), &r, 1, 1, Fuse::RELU_BOTH);
@@ -675,8 +661,8 @@ mod tests {
     #[test]
     fn no_gradient_is_computed_for_an_input_that_does_not_need_one() {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(4);
-        let x = rand_tensor(&mut rng, &[2, 3, 5, 5]);
-        let w = Var::from_tensor(&rand_tensor(&mut rng, &[4, 3, 3, 3])).unwrap();
+        let x = rand_tensor(&mut rng, &[2, 3, 5, 5], -1.0, 1.0);
+        let w = Var::from_tensor(&rand_tensor(&mut rng, &[4, 3, 3, 3], -1.0, 1.0)).unwrap();
         let y = conv2d(&x, w.as_tensor(), None, 1, 1, Fuse::NONE).unwrap();
         let g = y.sum_all().unwrap().backward().unwrap();
         assert!(g.get(&x).is_none());

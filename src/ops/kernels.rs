@@ -56,7 +56,7 @@ pub(crate) fn resized(v: &mut Vec<f32>, len: usize) -> &mut [f32] {
 
 /// Whether the CPU has AVX2 and FMA (checked once).
 #[cfg(target_arch = "x86_64")]
-fn wide_simd() -> bool {
+pub(crate) fn wide_simd() -> bool {
     static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *HAS.get_or_init(|| is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"))
 }
@@ -73,7 +73,7 @@ macro_rules! simd_dispatch {
             #[allow(clippy::too_many_arguments)]
             fn body($($arg: $ty),*) $body
             #[cfg(target_arch = "x86_64")]
-            if wide_simd() {
+            if $crate::ops::kernels::wide_simd() {
                 #[target_feature(enable = "avx2,fma")]
                 #[allow(clippy::too_many_arguments)]
                 unsafe fn wide($($arg: $ty),*) {
@@ -86,6 +86,8 @@ macro_rules! simd_dispatch {
         }
     };
 }
+
+pub(crate) use simd_dispatch;
 
 /// Kernel (o, c, kh, kw) → (o, kh, kw, c): the column order of [`im2row`]'s row matrix.
 pub fn weight_to_rows(w: &[f32], g: &Geom) -> Vec<f32> {
@@ -363,6 +365,29 @@ impl<'a> MatRef<'a> {
 /// dst (m × n, row-major) = a (m × k) · b (k × n), or dst += a · b with `accumulate`; on the
 /// calling thread.
 pub fn gemm(m: usize, n: usize, k: usize, a: MatRef<'_>, b: MatRef<'_>, dst: &mut [f32], accumulate: bool) {
+    gemm_with(m, n, k, a, b, dst, accumulate, gemm::Parallelism::None)
+}
+
+/// [`gemm`] on all of rayon's pool: the gemm crate splits the m × n blocks of dst among the
+/// threads and packs each operand block once for all of them. Every element of dst is still
+/// one sum over k in the same order, so the result does not depend on the thread count.
+pub fn gemm_parallel(m: usize, n: usize, k: usize, a: MatRef<'_>, b: MatRef<'_>, dst: &mut [f32], accumulate: bool) {
+    let threads = rayon::current_num_threads();
+    let par = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
+    gemm_with(m, n, k, a, b, dst, accumulate, par)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn gemm_with(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: MatRef<'_>,
+    b: MatRef<'_>,
+    dst: &mut [f32],
+    accumulate: bool,
+    par: gemm::Parallelism,
+) {
     if m == 0 || n == 0 {
         return;
     }
@@ -398,7 +423,7 @@ pub fn gemm(m: usize, n: usize, k: usize, a: MatRef<'_>, b: MatRef<'_>, dst: &mu
             false,
             false,
             false,
-            gemm::Parallelism::None,
+            par,
         );
     }
 }

@@ -1,10 +1,15 @@
 //! Fast CPU building blocks as candle custom ops (convolutions with fused bias and relus, the
-//! nearest-code search, ActNorm + LeakyReLU), with candle's own ops as the fallback on other
-//! devices (and with `VQLAB_REFERENCE_OPS=1`).
+//! nearest-code search, ActNorm + LeakyReLU, the stage-2 transformer's linear, LayerNorm,
+//! GELU, attention and cross-entropy), with candle's own ops as the fallback on other devices
+//! (and with `VQLAB_REFERENCE_OPS=1`).
 
 pub mod conv;
+pub mod dense;
 pub mod kernels;
-pub mod profile;
+pub mod vecmath;
+
+#[cfg(test)]
+mod testing;
 
 pub use conv::{conv2d, conv_transpose2d, Fuse};
 

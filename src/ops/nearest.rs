@@ -41,7 +41,7 @@ impl CustomOp2 for Nearest {
     }
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
-        crate::ops::profile::time("nearest code", || {
+        crate::util::profile::time("nearest code", || {
             let (CpuStorage::F32(xv), CpuStorage::F32(ev)) = (s1, s2) else { bail!("nearest code: f32 tensors only") };
             let (Some((xa, xb)), Some((ea, eb))) = (l1.contiguous_offsets(), l2.contiguous_offsets()) else {
                 bail!("nearest code: contiguous tensors only")

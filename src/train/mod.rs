@@ -138,7 +138,7 @@ pub struct ProfileRow {
 /// batches, exactly as the training loop runs them at a step that does not log: the same
 /// data loading, step functions and dead-code restarts, no sinks, eval or checkpoints.
 /// VQ-GAN steps before `loss.disc_start` skip the discriminator, as in training.
-/// `profile` also times each of vqlab's op passes over the timed steps (`ops::profile`).
+/// `profile` also times each of vqlab's op passes over the timed steps (`util::profile`).
 pub fn bench(cfg: &ExperimentConfig, warmup: u64, steps: u64, profile: bool) -> anyhow::Result<BenchResult> {
     if cfg.hardware.threads_per_run > 0 {
         let _ = rayon::ThreadPoolBuilder::new().num_threads(cfg.hardware.threads_per_run as usize).build_global();
@@ -155,7 +155,7 @@ pub fn bench(cfg: &ExperimentConfig, warmup: u64, steps: u64, profile: bool) -> 
     let mut timed_from = t_all;
     for step in 0..warmup + steps {
         if step == warmup {
-            crate::ops::profile::enable(profile);
+            crate::util::profile::enable(profile);
             timed_from = Instant::now();
         }
         let t0 = Instant::now();
@@ -172,25 +172,7 @@ pub fn bench(cfg: &ExperimentConfig, warmup: u64, steps: u64, profile: bool) -> 
         }
     }
     let secs = timed_from.elapsed().as_secs_f64();
-    let mut rows = Vec::new();
-    if profile {
-        crate::ops::profile::enable(false);
-        let step_ms_mean = secs * 1e3 / steps as f64;
-        let mut covered = 0.0;
-        for (op, calls, op_secs) in crate::ops::profile::totals() {
-            let ms = op_secs * 1e3 / steps as f64;
-            covered += ms;
-            let calls_per_step = calls as f64 / steps as f64;
-            rows.push(ProfileRow { op: op.to_string(), calls_per_step, ms_per_step: ms, share: ms / step_ms_mean });
-        }
-        let rest = (step_ms_mean - covered).max(0.0);
-        rows.push(ProfileRow {
-            op: "everything else: candle's ops (elementwise, reductions, matmuls, layout copies), Adam, batches".into(),
-            calls_per_step: 0.0,
-            ms_per_step: rest,
-            share: rest / step_ms_mean,
-        });
-    }
+    let rows = if profile { profile_rows(secs, steps) } else { Vec::new() };
     let mut sorted = step_ms.clone();
     sorted.sort_by(f64::total_cmp);
     Ok(BenchResult {
@@ -204,6 +186,29 @@ pub fn bench(cfg: &ExperimentConfig, warmup: u64, steps: u64, profile: bool) -> 
         step_ms,
         profile: rows,
     })
+}
+
+/// Stop profiling and turn what was recorded over `steps` timed steps of `secs` in all into
+/// rows: each op pass, then the rest of the step.
+fn profile_rows(secs: f64, steps: u64) -> Vec<ProfileRow> {
+    crate::util::profile::enable(false);
+    let step_ms_mean = secs * 1e3 / steps as f64;
+    let mut covered = 0.0;
+    let mut rows = Vec::new();
+    for (op, calls, op_secs) in crate::util::profile::totals() {
+        let ms = op_secs * 1e3 / steps as f64;
+        covered += ms;
+        let calls_per_step = calls as f64 / steps as f64;
+        rows.push(ProfileRow { op: op.to_string(), calls_per_step, ms_per_step: ms, share: ms / step_ms_mean });
+    }
+    let rest = (step_ms_mean - covered).max(0.0);
+    rows.push(ProfileRow {
+        op: "everything else: candle's ops (elementwise, reductions, matmuls, layout copies), gradient bookkeeping, batches".into(),
+        calls_per_step: 0.0,
+        ms_per_step: rest,
+        share: rest / step_ms_mean,
+    });
+    rows
 }
 
 /// The generator's and (VQ-GAN) the discriminator's Adam.

@@ -551,7 +551,12 @@ fn decode(model: &VqModel, grids: &[u32], n: usize, (h, w): (usize, usize), devi
 /// (`[prior]`, over the code grid its tokenizer config makes: (image_size / 2^downsample)²
 /// positions of K codes) on random code grids, as the prior's training loop runs them at a
 /// step that does not log. `img_per_s` counts code grids.
-pub fn bench_prior(cfg: &ExperimentConfig, warmup: u64, steps: u64) -> anyhow::Result<super::BenchResult> {
+pub fn bench_prior(
+    cfg: &ExperimentConfig,
+    warmup: u64,
+    steps: u64,
+    profile: bool,
+) -> anyhow::Result<super::BenchResult> {
     if cfg.hardware.threads_per_run > 0 {
         let _ = rayon::ThreadPoolBuilder::new().num_threads(cfg.hardware.threads_per_run as usize).build_global();
     }
@@ -577,6 +582,7 @@ pub fn bench_prior(cfg: &ExperimentConfig, warmup: u64, steps: u64) -> anyhow::R
     let mut timed_from = Instant::now();
     for step in 0..warmup + steps {
         if step == warmup {
+            crate::util::profile::enable(profile);
             timed_from = Instant::now();
         }
         let t0 = Instant::now();
@@ -592,6 +598,7 @@ pub fn bench_prior(cfg: &ExperimentConfig, warmup: u64, steps: u64) -> anyhow::R
         }
     }
     let secs = timed_from.elapsed().as_secs_f64();
+    let rows = if profile { super::profile_rows(secs, steps) } else { Vec::new() };
     let mut sorted = step_ms.clone();
     sorted.sort_by(f64::total_cmp);
     Ok(super::BenchResult {
@@ -606,6 +613,6 @@ pub fn bench_prior(cfg: &ExperimentConfig, warmup: u64, steps: u64) -> anyhow::R
         img_per_s: (steps as usize * p.batch_size) as f64 / secs,
         median_step_ms: sorted[sorted.len() / 2],
         step_ms,
-        profile: Vec::new(),
+        profile: rows,
     })
 }

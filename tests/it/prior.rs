@@ -441,6 +441,30 @@ fn bench_times_the_priors_training_step() {
             && r["model"].as_str().unwrap().contains("49 positions of K=32"),
         "{r}"
     );
-    let out = vqlab(dir.path(), &["bench", "exp.toml", "--prior", "--profile"]);
-    assert_eq!(out.status.code(), Some(2), "--prior has no op profile yet: {}", stderr(&out));
+    // The op passes of one step, counted from the architecture by hand: 1 block makes 4
+    // linear layers (qkv, proj, fc, out) plus the head, 2 LayerNorms plus the final one, 1
+    // attention, 1 GELU, 2 residual adds and one cross-entropy, each forward and backward once;
+    // and one Adam update.
+    let out =
+        vqlab(dir.path(), &["bench", "exp.toml", "--prior", "--profile", "--steps", "2", "--warmup", "1", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let calls = |op: &str| -> f64 {
+        r["profile"].as_array().unwrap().iter().find(|p| p["op"] == op).unwrap_or_else(|| panic!("no {op}: {r}"))
+            ["calls_per_step"]
+            .as_f64()
+            .unwrap()
+    };
+    for (pass, n) in [
+        ("linear", 5.0),
+        ("LayerNorm", 3.0),
+        ("attention", 1.0),
+        ("GELU", 1.0),
+        ("residual add + dropout", 2.0),
+        ("cross-entropy", 1.0),
+    ] {
+        assert_eq!(calls(&format!("{pass} forward")), n, "{pass} forward");
+        assert_eq!(calls(&format!("{pass} backward")), n, "{pass} backward");
+    }
+    assert_eq!(calls("Adam"), 1.0);
 }

@@ -1,7 +1,8 @@
-//! A per-op wall-time profile of vqlab's own CPU ops, for `vqlab bench --profile`: each op's
-//! forward and backward pass is timed when profiling is on (one relaxed atomic load when it
-//! is off). What the ops do not cover (candle's elementwise ops, reductions and matmuls, the
-//! optimizer, batch assembly) is the step time minus their sum.
+//! A per-op wall-time profile of vqlab's own CPU ops and its optimizer, for `vqlab bench
+//! --profile`: each op's forward and backward pass, and each Adam update, is timed when
+//! profiling is on (one relaxed atomic load when it is off). What they do not cover (candle's
+//! elementwise ops, reductions and matmuls, its gradient bookkeeping, batch assembly) is the
+//! step time minus their sum.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -1,0 +1,772 @@
+//! The stage-2 transformer's CPU ops, as candle custom ops with their own backward passes: a
+//! linear layer (gemm on rayon's pool, bias fused), LayerNorm, GELU, causal multi-head
+//! attention over the packed q/k/v matrix (with its dropout mask), and the mean cross-entropy.
+//!
+//! With candle's ops each of these is a chain of elementwise ops, every one a pass over memory
+//! and a tensor in the graph (LayerNorm alone is eight forward and more backward); candle's
+//! matmuls run on the calling thread under vqlab's `CANDLE_NUM_THREADS=1`; and its attention
+//! needs transposed copies of q, k and v and materialises the masked scores, the softmax and
+//! the dropped weights for every head. Here attention runs per image on one thread of the
+//! pool, every head's scores in cache, and the softmax is recomputed in the backward pass
+//! rather than kept.
+//!
+//! Work is split into chunks of a fixed number of rows, never by the thread count, so a result
+//! is the same on any number of threads. Other devices and `VQLAB_REFERENCE_OPS=1` take the
+//! candle compositions (`*_reference`), which the tests check these against.
+
+use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor, D};
+use rayon::prelude::*;
+
+use super::conv::{cpu_f32, reference_forced, with_slices};
+use super::kernels::{self, MatRef};
+use super::vecmath;
+
+/// Rows one task of a row-wise op covers: fixed, so that results do not depend on the thread
+/// count.
+const ROWS: usize = 64;
+/// Elements one task of an elementwise op covers.
+const ELEMS: usize = 1 << 14;
+
+fn fast(ts: &[&Tensor]) -> bool {
+    !reference_forced() && ts.iter().all(|t| t.device().is_cpu() && t.dtype() == DType::F32)
+}
+
+fn dims2(d: &[usize], what: &str) -> Result<(usize, usize)> {
+    match d {
+        [r, c] => Ok((*r, *c)),
+        _ => bail!("{what}: expected a 2-D tensor, got shape {d:?}"),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Linear
+
+/// x (N, in) · wᵀ + b with w (out, in) and b (out) — PyTorch's `Linear` on rows.
+pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+    if !fast(&[x, w]) || b.is_some_and(|b| !fast(&[b])) {
+        return linear_reference(x, w, b);
+    }
+    let b = match b {
+        Some(b) => b.contiguous()?,
+        None => Tensor::zeros(0, DType::F32, x.device())?,
+    };
+    x.contiguous()?.apply_op3(&w.contiguous()?, &b, LinearOp)
+}
+
+/// The same with candle's ops.
+pub fn linear_reference(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+    let y = x.matmul(&w.t()?)?;
+    match b {
+        Some(b) => y.broadcast_add(b),
+        None => Ok(y),
+    }
+}
+
+struct LinearOp;
+
+impl CustomOp3 for LinearOp {
+    fn name(&self) -> &'static str {
+        "vqlab-linear"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        crate::util::profile::time("linear forward", || {
+            let (x, w, b) =
+                (cpu_f32(s1, l1, self.name())?, cpu_f32(s2, l2, self.name())?, cpu_f32(s3, l3, self.name())?);
+            let (n, inp) = dims2(l1.dims(), self.name())?;
+            let (out, win) = dims2(l2.dims(), self.name())?;
+            if win != inp || (!b.is_empty() && b.len() != out) {
+                bail!("vqlab-linear: x {:?}, weight {:?}, bias of {} elements", l1.dims(), l2.dims(), b.len());
+            }
+            let mut y = vec![0.0f32; n * out];
+            if !b.is_empty() {
+                y.par_chunks_mut(ROWS * out).for_each(|rows| rows.chunks_mut(out).for_each(|r| r.copy_from_slice(b)));
+            }
+            kernels::gemm_parallel(n, out, inp, MatRef::rows(x, inp), MatRef::rows(w, inp).t(), &mut y, !b.is_empty());
+            Ok((CpuStorage::F32(y), Shape::from((n, out))))
+        })
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        b: &Tensor,
+        _y: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        crate::util::profile::time("linear backward", || {
+            let (n, inp) = x.dims2()?;
+            let out = w.dim(0)?;
+            let has_bias = b.elem_count() > 0;
+            // Inputs that are not variables and come from no op (code embeddings are) need no
+            // gradient.
+            let need_x = x.track_op();
+            let (dx, dw, db) = with_slices([x, w, dy], |[xs, ws, dys]| {
+                // dx = dy · w, dw = dyᵀ · x, db = Σ_rows dy.
+                let mut dx = vec![0.0f32; if need_x { n * inp } else { 0 }];
+                if need_x {
+                    kernels::gemm_parallel(n, inp, out, MatRef::rows(dys, out), MatRef::rows(ws, inp), &mut dx, false);
+                }
+                let mut dw = vec![0.0f32; out * inp];
+                kernels::gemm_parallel(out, inp, n, MatRef::rows(dys, out).t(), MatRef::rows(xs, inp), &mut dw, false);
+                let mut db = vec![0.0f32; if has_bias { out } else { 0 }];
+                if has_bias {
+                    for row in dys.chunks_exact(out) {
+                        db.iter_mut().zip(row).for_each(|(s, v)| *s += v);
+                    }
+                }
+                Ok((dx, dw, db))
+            })?;
+            let dev = x.device();
+            let db = if has_bias { Some(Tensor::from_vec(db, out, dev)?) } else { None };
+            let dx = if need_x { Some(Tensor::from_vec(dx, (n, inp), dev)?) } else { None };
+            Ok((dx, Some(Tensor::from_vec(dw, (out, inp), dev)?), db))
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// LayerNorm
+
+/// PyTorch's LayerNorm over the last dimension (biased variance), then × gain + bias.
+pub fn layer_norm(x: &Tensor, gain: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
+    if !fast(&[x, gain, bias]) {
+        return layer_norm_reference(x, gain, bias, eps);
+    }
+    x.contiguous()?.apply_op3(&gain.contiguous()?, &bias.contiguous()?, LayerNormOp { eps: eps as f32 })
+}
+
+/// The same with candle's ops.
+pub fn layer_norm_reference(x: &Tensor, gain: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
+    let mean = x.mean_keepdim(D::Minus1)?;
+    let centred = x.broadcast_sub(&mean)?;
+    let var = centred.sqr()?.mean_keepdim(D::Minus1)?;
+    let normed = centred.broadcast_div(&(var + eps)?.sqrt()?)?;
+    normed.broadcast_mul(gain)?.broadcast_add(bias)
+}
+
+struct LayerNormOp {
+    eps: f32,
+}
+
+impl CustomOp3 for LayerNormOp {
+    fn name(&self) -> &'static str {
+        "vqlab-layer-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        crate::util::profile::time("LayerNorm forward", || {
+            let (x, g, b) =
+                (cpu_f32(s1, l1, self.name())?, cpu_f32(s2, l2, self.name())?, cpu_f32(s3, l3, self.name())?);
+            let c = l1.dims().last().copied().unwrap_or(0);
+            if c == 0 || g.len() != c || b.len() != c {
+                bail!("vqlab-layer-norm: x {:?} with gain of {} and bias of {} elements", l1.dims(), g.len(), b.len());
+            }
+            let mut y = vec![0.0f32; x.len()];
+            y.par_chunks_mut(ROWS * c)
+                .zip(x.par_chunks(ROWS * c))
+                .for_each(|(ys, xs)| vecmath::layer_norm_rows(xs, g, b, self.eps, ys));
+            Ok((CpuStorage::F32(y), l1.shape().clone()))
+        })
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        gain: &Tensor,
+        _bias: &Tensor,
+        _y: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        crate::util::profile::time("LayerNorm backward", || {
+            let c = gain.elem_count();
+            let (dx, dg, db) = with_slices([x, gain, dy], |[xs, gs, dys]| {
+                let mut dx = vec![0.0f32; xs.len()];
+                // Per chunk: (Σ dy·x̂, Σ dy) over its rows, added up in chunk order.
+                let partial: Vec<(Vec<f32>, Vec<f32>)> = dx
+                    .par_chunks_mut(ROWS * c)
+                    .zip(xs.par_chunks(ROWS * c).zip(dys.par_chunks(ROWS * c)))
+                    .map(|(dxs, (xs, dys))| {
+                        let (mut dg, mut db, mut xhat) = (vec![0.0f32; c], vec![0.0f32; c], vec![0.0f32; c]);
+                        vecmath::layer_norm_rows_backward(xs, gs, dys, self.eps, dxs, &mut dg, &mut db, &mut xhat);
+                        (dg, db)
+                    })
+                    .collect();
+                let (mut dg, mut db) = (vec![0.0f32; c], vec![0.0f32; c]);
+                for (pg, pb) in &partial {
+                    dg.iter_mut().zip(pg).for_each(|(s, v)| *s += v);
+                    db.iter_mut().zip(pb).for_each(|(s, v)| *s += v);
+                }
+                Ok((dx, dg, db))
+            })?;
+            let dev = x.device();
+            Ok((
+                Some(Tensor::from_vec(dx, x.shape(), dev)?),
+                Some(Tensor::from_vec(dg, c, dev)?),
+                Some(Tensor::from_vec(db, c, dev)?),
+            ))
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// GELU
+
+/// GELU with the exact erf: x · Φ(x).
+pub fn gelu(x: &Tensor) -> Result<Tensor> {
+    if !fast(&[x]) {
+        return x.gelu_erf();
+    }
+    x.contiguous()?.apply_op1(GeluOp)
+}
+
+struct GeluOp;
+
+impl CustomOp1 for GeluOp {
+    fn name(&self) -> &'static str {
+        "vqlab-gelu"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        crate::util::profile::time("GELU forward", || {
+            let x = cpu_f32(s, l, self.name())?;
+            let mut y = vec![0.0f32; x.len()];
+            y.par_chunks_mut(ELEMS).zip(x.par_chunks(ELEMS)).for_each(|(ys, xs)| vecmath::gelu_forward(xs, ys));
+            Ok((CpuStorage::F32(y), l.shape().clone()))
+        })
+    }
+
+    fn bwd(&self, x: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
+        crate::util::profile::time("GELU backward", || {
+            let dx = with_slices([x, dy], |[xs, dys]| {
+                let mut dx = vec![0.0f32; xs.len()];
+                dx.par_chunks_mut(ELEMS)
+                    .zip(xs.par_chunks(ELEMS).zip(dys.par_chunks(ELEMS)))
+                    .for_each(|(dxs, (xs, dys))| vecmath::gelu_backward(xs, dys, dxs));
+                Ok(dx)
+            })?;
+            Ok(Some(Tensor::from_vec(dx, x.shape(), x.device())?))
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Causal self-attention
+
+/// Causal multi-head self-attention of packed projections qkv (B, T, 3C) — q, k and v side by
+/// side, each C = heads · d wide with head h at columns h·d.. — as
+/// softmax(q kᵀ/√d + causal mask) ⊙ `dropout` · v, heads concatenated: (B, T, C). `dropout`
+/// (B, heads, T, T) holds 0 or 1/(1 − p) per attention weight (None: no dropout).
+pub fn causal_attention(qkv: &Tensor, heads: usize, dropout: Option<&Tensor>) -> Result<Tensor> {
+    if !fast(&[qkv]) || dropout.is_some_and(|m| !fast(&[m])) {
+        return causal_attention_reference(qkv, heads, dropout);
+    }
+    let mask = match dropout {
+        Some(m) => m.contiguous()?,
+        None => Tensor::zeros(0, DType::F32, qkv.device())?,
+    };
+    qkv.contiguous()?.apply_op2(&mask, AttentionOp { heads })
+}
+
+/// The same with candle's ops.
+pub fn causal_attention_reference(qkv: &Tensor, heads: usize, dropout: Option<&Tensor>) -> Result<Tensor> {
+    let (b, t, c3) = qkv.dims3()?;
+    let c = c3 / 3;
+    let hd = c / heads;
+    let qkv = qkv.reshape((b, t, 3, heads, hd))?;
+    let head = |i: usize| qkv.narrow(2, i, 1)?.squeeze(2)?.transpose(1, 2)?.contiguous();
+    let (q, k, v) = (head(0)?, head(1)?, head(2)?);
+    let causal: Vec<f32> = (0..t * t).map(|i| if i % t > i / t { f32::NEG_INFINITY } else { 0.0 }).collect();
+    let causal = Tensor::from_vec(causal, (t, t), qkv.device())?;
+    let scale = 1.0 / (hd as f64).sqrt();
+    let scores = (q.matmul(&k.transpose(2, 3)?.contiguous()?)? * scale)?.broadcast_add(&causal)?;
+    let mut weights = candle_nn::ops::softmax(&scores, D::Minus1)?;
+    if let Some(m) = dropout {
+        weights = (weights * m)?;
+    }
+    weights.matmul(&v)?.transpose(1, 2)?.contiguous()?.reshape((b, t, c))
+}
+
+struct AttentionOp {
+    heads: usize,
+}
+
+/// (B, T, C, d) of qkv dims, checking the mask's.
+fn attention_geometry(qkv: &[usize], mask: usize, heads: usize) -> Result<(usize, usize, usize, usize)> {
+    let [b, t, c3] = qkv else { bail!("vqlab-attention: expected qkv (B, T, 3C), got {qkv:?}") };
+    let (b, t, c3) = (*b, *t, *c3);
+    if heads == 0 || c3 % (3 * heads) != 0 {
+        bail!("vqlab-attention: {c3} qkv columns do not split into q, k, v of {heads} heads")
+    }
+    if mask != 0 && mask != b * heads * t * t {
+        bail!("vqlab-attention: a dropout mask of {mask} elements for ({b}, {heads}, {t}, {t})")
+    }
+    Ok((b, t, c3 / 3, c3 / 3 / heads))
+}
+
+/// The attention weights P (T × T, zero above the diagonal) of one head of one image:
+/// softmax over j ≤ i of (q_i · k_j) · scale.
+fn attention_weights(qkv: &[f32], t: usize, c: usize, hd: usize, h: usize, p: &mut [f32]) {
+    let q = MatRef { data: &qkv[h * hd..], rs: 3 * c, cs: 1 };
+    let k = MatRef { data: &qkv[c + h * hd..], rs: 3 * c, cs: 1 };
+    kernels::gemm(t, t, hd, q, k.t(), p, false);
+    vecmath::causal_softmax(p, t, 1.0 / (hd as f32).sqrt());
+}
+
+/// Columns `col..col + d` of each of `t` rows of `dst` (row stride `stride`) = `src` (t × d).
+fn scatter_cols(src: &[f32], d: usize, dst: &mut [f32], stride: usize, col: usize) {
+    for (r, s) in src.chunks_exact(d).enumerate() {
+        dst[r * stride + col..][..d].copy_from_slice(s);
+    }
+}
+
+impl CustomOp2 for AttentionOp {
+    fn name(&self) -> &'static str {
+        "vqlab-attention"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        crate::util::profile::time("attention forward", || {
+            let (qkv, mask) = (cpu_f32(s1, l1, self.name())?, cpu_f32(s2, l2, self.name())?);
+            let (b, t, c, hd) = attention_geometry(l1.dims(), mask.len(), self.heads)?;
+            let mut y = vec![0.0f32; b * t * c];
+            if t > 0 && c > 0 {
+                y.par_chunks_mut(t * c).zip(qkv.par_chunks(3 * t * c)).enumerate().for_each(|(bi, (y, qkv))| {
+                    let (mut p, mut yh) = (vec![0.0f32; t * t], vec![0.0f32; t * hd]);
+                    for h in 0..self.heads {
+                        attention_weights(qkv, t, c, hd, h, &mut p);
+                        if !mask.is_empty() {
+                            let m = &mask[(bi * self.heads + h) * t * t..][..t * t];
+                            p.iter_mut().zip(m).for_each(|(p, m)| *p *= m);
+                        }
+                        let v = MatRef { data: &qkv[2 * c + h * hd..], rs: 3 * c, cs: 1 };
+                        kernels::gemm(t, hd, t, MatRef::rows(&p, t), v, &mut yh, false);
+                        scatter_cols(&yh, hd, y, c, h * hd);
+                    }
+                });
+            }
+            Ok((CpuStorage::F32(y), Shape::from((b, t, c))))
+        })
+    }
+
+    fn bwd(&self, qkv: &Tensor, mask: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        crate::util::profile::time("attention backward", || {
+            let (b, t, c, hd) = attention_geometry(qkv.dims(), mask.elem_count(), self.heads)?;
+            let heads = self.heads;
+            let scale = 1.0 / (hd as f32).sqrt();
+            let dqkv = with_slices([qkv, mask, dy], |[qkv, mask, dy]| {
+                let mut dqkv = vec![0.0f32; b * t * 3 * c];
+                if t == 0 || c == 0 {
+                    return Ok(dqkv);
+                }
+                dqkv.par_chunks_mut(3 * t * c)
+                    .zip(qkv.par_chunks(3 * t * c).zip(dy.par_chunks(t * c)))
+                    .enumerate()
+                    .for_each(|(bi, (dqkv, (qkv, dy)))| {
+                        let mut p = vec![0.0f32; t * t];
+                        let mut pm = vec![0.0f32; t * t];
+                        let mut dp = vec![0.0f32; t * t];
+                        let mut tmp = vec![0.0f32; t * hd];
+                        for h in 0..heads {
+                            attention_weights(qkv, t, c, hd, h, &mut p);
+                            let m =
+                                if mask.is_empty() { None } else { Some(&mask[(bi * heads + h) * t * t..][..t * t]) };
+                            match m {
+                                Some(m) => pm.iter_mut().zip(&p).zip(m).for_each(|((o, p), m)| *o = p * m),
+                                None => pm.copy_from_slice(&p),
+                            }
+                            let q = MatRef { data: &qkv[h * hd..], rs: 3 * c, cs: 1 };
+                            let k = MatRef { data: &qkv[c + h * hd..], rs: 3 * c, cs: 1 };
+                            let v = MatRef { data: &qkv[2 * c + h * hd..], rs: 3 * c, cs: 1 };
+                            let dyh = MatRef { data: &dy[h * hd..], rs: c, cs: 1 };
+                            // dV = P̃ᵀ dY, dP̃ = dY Vᵀ, dP = dP̃ ⊙ mask.
+                            kernels::gemm(t, hd, t, MatRef::rows(&pm, t).t(), dyh, &mut tmp, false);
+                            scatter_cols(&tmp, hd, dqkv, 3 * c, 2 * c + h * hd);
+                            kernels::gemm(t, t, hd, dyh, v.t(), &mut dp, false);
+                            if let Some(m) = m {
+                                dp.iter_mut().zip(m).for_each(|(d, m)| *d *= m);
+                            }
+                            // dS = P ⊙ (dP − Σ_j P dP) · scale, zero above the diagonal (P is).
+                            vecmath::softmax_backward(&p, &mut dp, t, scale);
+                            // dQ = dS K, dK = dSᵀ Q.
+                            kernels::gemm(t, hd, t, MatRef::rows(&dp, t), k, &mut tmp, false);
+                            scatter_cols(&tmp, hd, dqkv, 3 * c, h * hd);
+                            kernels::gemm(t, hd, t, MatRef::rows(&dp, t).t(), q, &mut tmp, false);
+                            scatter_cols(&tmp, hd, dqkv, 3 * c, c + h * hd);
+                        }
+                    });
+                Ok(dqkv)
+            })?;
+            Ok((Some(Tensor::from_vec(dqkv, qkv.shape(), qkv.device())?), None))
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Residual add with dropout
+
+/// x + y ⊙ `dropout` (x + y without it): a residual branch y added to the stream x through
+/// its dropout mask (0 or 1/(1 − p) per element), in one pass and one tensor of the graph.
+pub fn add_dropout(x: &Tensor, y: &Tensor, dropout: Option<&Tensor>) -> Result<Tensor> {
+    if !fast(&[x, y]) || dropout.is_some_and(|m| !fast(&[m])) || x.shape() != y.shape() {
+        return add_dropout_reference(x, y, dropout);
+    }
+    let mask = match dropout {
+        Some(m) => m.contiguous()?,
+        None => Tensor::zeros(0, DType::F32, x.device())?,
+    };
+    x.contiguous()?.apply_op3(&y.contiguous()?, &mask, AddDropoutOp)
+}
+
+/// The same with candle's ops.
+pub fn add_dropout_reference(x: &Tensor, y: &Tensor, dropout: Option<&Tensor>) -> Result<Tensor> {
+    match dropout {
+        Some(m) => x + (y * m)?,
+        None => x + y,
+    }
+}
+
+struct AddDropoutOp;
+
+impl CustomOp3 for AddDropoutOp {
+    fn name(&self) -> &'static str {
+        "vqlab-add-dropout"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        crate::util::profile::time("residual add + dropout forward", || {
+            let (x, y, m) =
+                (cpu_f32(s1, l1, self.name())?, cpu_f32(s2, l2, self.name())?, cpu_f32(s3, l3, self.name())?);
+            if y.len() != x.len() || (!m.is_empty() && m.len() != x.len()) {
+                bail!("vqlab-add-dropout: {} + {} ⊙ a mask of {} elements", x.len(), y.len(), m.len())
+            }
+            let mut out = vec![0.0f32; x.len()];
+            out.par_chunks_mut(ELEMS).enumerate().for_each(|(ci, o)| {
+                let at = ci * ELEMS;
+                let (x, y) = (&x[at..at + o.len()], &y[at..at + o.len()]);
+                if m.is_empty() {
+                    o.iter_mut().zip(x).zip(y).for_each(|((o, x), y)| *o = x + y);
+                } else {
+                    let m = &m[at..at + o.len()];
+                    o.iter_mut().zip(x).zip(y).zip(m).for_each(|(((o, x), y), m)| *o = x + y * m);
+                }
+            });
+            Ok((CpuStorage::F32(out), l1.shape().clone()))
+        })
+    }
+
+    fn bwd(
+        &self,
+        _x: &Tensor,
+        _y: &Tensor,
+        mask: &Tensor,
+        _out: &Tensor,
+        g: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        crate::util::profile::time("residual add + dropout backward", || {
+            let dy = if mask.elem_count() == 0 {
+                g.clone()
+            } else {
+                let dy = with_slices([g, mask], |[g, m]| {
+                    let mut dy = vec![0.0f32; g.len()];
+                    dy.par_chunks_mut(ELEMS)
+                        .zip(g.par_chunks(ELEMS).zip(m.par_chunks(ELEMS)))
+                        .for_each(|(d, (g, m))| d.iter_mut().zip(g).zip(m).for_each(|((d, g), m)| *d = g * m));
+                    Ok(dy)
+                })?;
+                Tensor::from_vec(dy, g.shape(), g.device())?
+            };
+            Ok((Some(g.clone()), Some(dy), None))
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Cross-entropy
+
+/// Mean cross-entropy (nats) of logits (N, K) against targets (N,) u32: log-sum-exp minus the
+/// target's logit, averaged over rows.
+pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    if !fast(&[logits]) || !targets.device().is_cpu() {
+        return cross_entropy_reference(logits, targets);
+    }
+    logits.contiguous()?.apply_op2(&targets.to_dtype(DType::U32)?.contiguous()?, CrossEntropyOp)
+}
+
+/// The same with candle's ops.
+pub fn cross_entropy_reference(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    let log_p = candle_nn::ops::log_softmax(logits, D::Minus1)?;
+    let picked = log_p.gather(&targets.unsqueeze(1)?, 1)?;
+    picked.mean_all()?.neg()
+}
+
+struct CrossEntropyOp;
+
+fn u32_slice<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [u32]> {
+    let CpuStorage::U32(v) = s else { bail!("vqlab-cross-entropy: u32 targets only") };
+    let Some((a, b)) = l.contiguous_offsets() else { bail!("vqlab-cross-entropy: contiguous targets only") };
+    Ok(&v[a..b])
+}
+
+fn check_targets(n: usize, k: usize, targets: &[u32]) -> Result<()> {
+    if targets.len() != n {
+        bail!("vqlab-cross-entropy: {} targets for {n} rows", targets.len())
+    }
+    if let Some(t) = targets.iter().find(|&&t| t as usize >= k) {
+        bail!("vqlab-cross-entropy: target {t} out of range for {k} classes")
+    }
+    Ok(())
+}
+
+impl CustomOp2 for CrossEntropyOp {
+    fn name(&self) -> &'static str {
+        "vqlab-cross-entropy"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        crate::util::profile::time("cross-entropy forward", || {
+            let (logits, targets) = (cpu_f32(s1, l1, self.name())?, u32_slice(s2, l2)?);
+            let (n, k) = dims2(l1.dims(), self.name())?;
+            check_targets(n, k, targets)?;
+            // Per chunk of rows in f64, added up in chunk order.
+            let partial: Vec<f64> = logits
+                .par_chunks(ROWS * k.max(1))
+                .zip(targets.par_chunks(ROWS))
+                .map(|(ls, ts)| {
+                    let mut lse = vec![0.0f32; ts.len()];
+                    vecmath::log_sum_exp(ls, k, &mut lse);
+                    ls.chunks_exact(k).zip(ts).zip(&lse).map(|((row, &t), l)| f64::from(l - row[t as usize])).sum()
+                })
+                .collect();
+            let mean = partial.iter().sum::<f64>() / n as f64;
+            Ok((CpuStorage::F32(vec![mean as f32]), Shape::from(())))
+        })
+    }
+
+    fn bwd(
+        &self,
+        logits: &Tensor,
+        targets: &Tensor,
+        _loss: &Tensor,
+        g: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        crate::util::profile::time("cross-entropy backward", || {
+            let (n, k) = logits.dims2()?;
+            let g = g.to_dtype(DType::F32)?.to_scalar::<f32>()?;
+            let targets = targets.to_vec1::<u32>()?;
+            check_targets(n, k, &targets)?;
+            // d/dlogits = g/N · (softmax − onehot(target)).
+            let scale = g / n as f32;
+            let dl = with_slices([logits], |[ls]| {
+                let mut dl = vec![0.0f32; ls.len()];
+                if k == 0 {
+                    return Ok(dl);
+                }
+                dl.par_chunks_mut(ROWS * k).zip(ls.par_chunks(ROWS * k)).zip(targets.par_chunks(ROWS)).for_each(
+                    |((ds, ls), ts)| {
+                        let mut lse = vec![0.0f32; ts.len()];
+                        vecmath::log_sum_exp(ls, k, &mut lse);
+                        vecmath::softmax_scaled(ls, k, &lse, scale, ds);
+                        for (d, &t) in ds.chunks_exact_mut(k).zip(ts) {
+                            d[t as usize] -= scale;
+                        }
+                    },
+                );
+                Ok(dl)
+            })?;
+            Ok((Some(Tensor::from_vec(dl, (n, k), logits.device())?), None))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::testing::{rand_tensor, rel_err};
+    use candle_core::{Device, Var};
+    use rand::{Rng, SeedableRng};
+
+    /// The output of `f` on `inputs` (as variables) and the gradients of Σ y ⊙ r for each input.
+    fn value_and_grads(inputs: &[Tensor], r: &Tensor, f: impl Fn(&[Tensor]) -> Tensor) -> Vec<Tensor> {
+        let vars: Vec<Var> = inputs.iter().map(|t| Var::from_tensor(t).unwrap()).collect();
+        let ts: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
+        let y = f(&ts);
+        let grads = (&y * r).unwrap().sum_all().unwrap().backward().unwrap();
+        let mut out = vec![y];
+        out.extend(ts.iter().map(|t| grads.get(t).expect("every input has a gradient").clone()));
+        out
+    }
+
+    fn assert_matches(fast: &[Tensor], reference: &[Tensor], what: &str) {
+        for (i, (a, b)) in fast.iter().zip(reference).enumerate() {
+            let e = rel_err(a, b);
+            assert!(e < 1e-4, "{what}: output {i} (0 = value, then input gradients) off by {e} relative");
+        }
+    }
+
+    #[test]
+    fn linear_matches_candle_with_and_without_bias() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
+        // Row counts below, at and across the chunk size.
+        for (n, inp, out) in [(1, 3, 2), (64, 16, 48), (150, 33, 7), (200, 128, 384)] {
+            let x = rand_tensor(&mut rng, &[n, inp], -1.0, 1.0);
+            let w = rand_tensor(&mut rng, &[out, inp], -0.5, 0.5);
+            let b = rand_tensor(&mut rng, &[out], -0.5, 0.5);
+            let r = rand_tensor(&mut rng, &[n, out], -1.0, 1.0);
+            let f =
+                value_and_grads(&[x.clone(), w.clone(), b.clone()], &r, |t| linear(&t[0], &t[1], Some(&t[2])).unwrap());
+            let g = value_and_grads(&[x.clone(), w.clone(), b], &r, |t| {
+                linear_reference(&t[0], &t[1], Some(&t[2])).unwrap()
+            });
+            assert_matches(&f, &g, &format!("linear {n}x{inp}->{out}"));
+            let f = value_and_grads(&[x.clone(), w.clone()], &r, |t| linear(&t[0], &t[1], None).unwrap());
+            let g = value_and_grads(&[x, w], &r, |t| linear_reference(&t[0], &t[1], None).unwrap());
+            assert_matches(&f, &g, &format!("linear {n}x{inp}->{out} without bias"));
+        }
+    }
+
+    #[test]
+    fn layer_norm_matches_candle() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(2);
+        for dims in [vec![3, 5], vec![4, 70, 16], vec![2, 49, 128]] {
+            let c = *dims.last().unwrap();
+            // An offset and a spread per row, as activations have.
+            let x = (rand_tensor(&mut rng, &dims, -2.0, 2.0) + 0.7).unwrap();
+            let gain = (rand_tensor(&mut rng, &[c], -0.5, 0.5) + 1.0).unwrap();
+            let bias = rand_tensor(&mut rng, &[c], -0.5, 0.5);
+            let r = rand_tensor(&mut rng, &dims, -1.0, 1.0);
+            let inputs = [x, gain, bias];
+            let f = value_and_grads(&inputs, &r, |t| layer_norm(&t[0], &t[1], &t[2], 1e-5).unwrap());
+            let g = value_and_grads(&inputs, &r, |t| layer_norm_reference(&t[0], &t[1], &t[2], 1e-5).unwrap());
+            assert_matches(&f, &g, &format!("layer norm {dims:?}"));
+        }
+    }
+
+    #[test]
+    fn gelu_matches_candle() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+        let x = rand_tensor(&mut rng, &[3, 20_000], -5.0, 5.0);
+        let r = rand_tensor(&mut rng, &[3, 20_000], -1.0, 1.0);
+        let f = value_and_grads(std::slice::from_ref(&x), &r, |t| gelu(&t[0]).unwrap());
+        let g = value_and_grads(&[x], &r, |t| t[0].gelu_erf().unwrap());
+        assert_matches(&f, &g, "gelu");
+    }
+
+    #[test]
+    fn attention_matches_candle_with_and_without_dropout() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(4);
+        for (b, t, heads, hd) in [(1, 1, 1, 3), (2, 5, 2, 4), (3, 49, 4, 8)] {
+            let c = heads * hd;
+            let qkv = rand_tensor(&mut rng, &[b, t, 3 * c], -1.5, 1.5);
+            let r = rand_tensor(&mut rng, &[b, t, c], -1.0, 1.0);
+            let f = value_and_grads(std::slice::from_ref(&qkv), &r, |x| causal_attention(&x[0], heads, None).unwrap());
+            let g = value_and_grads(std::slice::from_ref(&qkv), &r, |x| {
+                causal_attention_reference(&x[0], heads, None).unwrap()
+            });
+            assert_matches(&f, &g, &format!("attention ({b}, {t}, {heads}×{hd})"));
+            let keep: Vec<f32> =
+                (0..b * heads * t * t).map(|_| if rng.random_bool(0.8) { 1.25 } else { 0.0 }).collect();
+            let mask = Tensor::from_vec(keep, (b, heads, t, t), &Device::Cpu).unwrap();
+            let f = value_and_grads(std::slice::from_ref(&qkv), &r, |x| {
+                causal_attention(&x[0], heads, Some(&mask)).unwrap()
+            });
+            let g = value_and_grads(&[qkv], &r, |x| causal_attention_reference(&x[0], heads, Some(&mask)).unwrap());
+            assert_matches(&f, &g, &format!("attention ({b}, {t}, {heads}×{hd}) with dropout"));
+        }
+    }
+
+    #[test]
+    fn results_do_not_depend_on_the_thread_count() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+        // The prior's default shapes, large enough for the gemm to split its work.
+        let (b_, t, c, heads) = (64, 49, 128, 4);
+        let n = b_ * t;
+        let x = rand_tensor(&mut rng, &[n, c], -1.0, 1.0);
+        let w = rand_tensor(&mut rng, &[3 * c, c], -0.3, 0.3);
+        let b = rand_tensor(&mut rng, &[3 * c], -0.3, 0.3);
+        let (gain, bias) = (rand_tensor(&mut rng, &[c], -1.0, 1.0), rand_tensor(&mut rng, &[c], -1.0, 1.0));
+        let r = rand_tensor(&mut rng, &[n, c], -1.0, 1.0);
+        let t_len = t;
+        let bits = |threads: usize| -> Vec<Vec<u32>> {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            pool.install(|| {
+                let inputs = [x.clone(), w.clone(), b.clone(), gain.clone(), bias.clone()];
+                value_and_grads(&inputs, &r, |t| {
+                    let h = layer_norm(&t[0], &t[3], &t[4], 1e-5).unwrap();
+                    let qkv = linear(&h, &t[1], Some(&t[2])).unwrap().reshape((b_, t_len, 3 * c)).unwrap();
+                    let y = causal_attention(&qkv, heads, None).unwrap().reshape((n, c)).unwrap();
+                    gelu(&add_dropout(&t[0], &y, None).unwrap()).unwrap()
+                })
+                .iter()
+                .map(|t| t.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().map(|v| v.to_bits()).collect())
+                .collect()
+            })
+        };
+        let one = bits(1);
+        assert_eq!(one, bits(2), "1 thread against 2");
+        assert_eq!(one, bits(3), "1 thread against 3");
+    }
+
+    #[test]
+    fn residual_add_with_dropout_matches_candle() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(6);
+        let dims = [3, 7000];
+        let (x, y, r) = (
+            rand_tensor(&mut rng, &dims, -1.0, 1.0),
+            rand_tensor(&mut rng, &dims, -1.0, 1.0),
+            rand_tensor(&mut rng, &dims, -1.0, 1.0),
+        );
+        let keep: Vec<f32> = (0..21_000).map(|_| if rng.random_bool(0.9) { 1.0 / 0.9 } else { 0.0 }).collect();
+        let mask = Tensor::from_vec(keep, &dims, &Device::Cpu).unwrap();
+        for m in [None, Some(&mask)] {
+            let inputs = [x.clone(), y.clone()];
+            let f = value_and_grads(&inputs, &r, |t| add_dropout(&t[0], &t[1], m).unwrap());
+            let g = value_and_grads(&inputs, &r, |t| add_dropout_reference(&t[0], &t[1], m).unwrap());
+            assert_matches(&f, &g, &format!("residual add, mask {}", m.is_some()));
+        }
+    }
+
+    #[test]
+    fn cross_entropy_matches_candle_and_rejects_bad_targets() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+        for (n, k) in [(1, 2), (70, 9), (300, 512)] {
+            let logits = rand_tensor(&mut rng, &[n, k], -6.0, 6.0);
+            let targets: Vec<u32> = (0..n).map(|_| rng.random_range(0..k as u32)).collect();
+            let targets = Tensor::from_vec(targets, n, &Device::Cpu).unwrap();
+            // A scalar loss: r scales the incoming gradient.
+            let r = Tensor::new(1.7f32, &Device::Cpu).unwrap();
+            let f = value_and_grads(std::slice::from_ref(&logits), &r, |t| cross_entropy(&t[0], &targets).unwrap());
+            let g = value_and_grads(&[logits], &r, |t| cross_entropy_reference(&t[0], &targets).unwrap());
+            assert_matches(&f, &g, &format!("cross-entropy {n}x{k}"));
+        }
+        let logits = Tensor::zeros((2, 3), DType::F32, &Device::Cpu).unwrap();
+        let bad = Tensor::new(&[0u32, 3], &Device::Cpu).unwrap();
+        let err = cross_entropy(&logits, &bad).unwrap_err().to_string();
+        assert!(err.contains("target 3 out of range for 3 classes"), "{err}");
+    }
+}
