@@ -368,7 +368,7 @@ pub fn gemm(m: usize, n: usize, k: usize, a: MatRef<'_>, b: MatRef<'_>, dst: &mu
     gemm_with(m, n, k, a, b, dst, accumulate, gemm::Parallelism::None)
 }
 
-/// [`gemm`] on all of rayon's pool: the gemm crate splits the m × n blocks of dst among the
+/// [`gemm()`] on all of rayon's pool: the gemm crate splits the m × n blocks of dst among the
 /// threads and packs each operand block once for all of them. Every element of dst is still
 /// one sum over k in the same order, so the result does not depend on the thread count.
 pub fn gemm_parallel(m: usize, n: usize, k: usize, a: MatRef<'_>, b: MatRef<'_>, dst: &mut [f32], accumulate: bool) {
