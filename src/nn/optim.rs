@@ -3,23 +3,8 @@
 
 use std::collections::BTreeMap;
 
-use candle_core::{DType, Result, Storage, Tensor, Var};
+use candle_core::{DType, Result, Tensor, Var};
 use rayon::prelude::*;
-
-/// Run `f` on the contiguous f32 data of CPU tensors.
-fn with_f32<const N: usize>(ts: [&Tensor; N], f: impl FnOnce([&[f32]; N])) -> Result<()> {
-    let owned = ts.iter().map(|t| t.contiguous()).collect::<Result<Vec<_>>>()?;
-    let guards: Vec<_> = owned.iter().map(|t| t.storage_and_layout()).collect();
-    let mut slices: [&[f32]; N] = [&[]; N];
-    for (i, (g, l)) in guards.iter().enumerate() {
-        let (Storage::Cpu(candle_core::CpuStorage::F32(v)), Some((a, b))) = (&**g, l.contiguous_offsets()) else {
-            candle_core::bail!("adam: contiguous f32 CPU tensors only")
-        };
-        slices[i] = &v[a..b];
-    }
-    f(slices);
-    Ok(())
-}
 
 pub struct Adam {
     pub lr: f64,
@@ -92,7 +77,7 @@ impl Adam {
         let (inv_sqrt_bc2, eps, step) = (f(1.0 / bc2.sqrt()), f(self.eps), f(step_size));
         let n = g.elem_count();
         let (mut theta2, mut m2, mut v2) = (vec![0.0f32; n], vec![0.0f32; n], vec![0.0f32; n]);
-        with_f32([var.as_tensor(), g, m, v], |[theta, g, m, v]| {
+        crate::util::tensor::with_slices([var.as_tensor(), g, m, v], |[theta, g, m, v]| {
             const CHUNK: usize = 1 << 14;
             theta2
                 .par_chunks_mut(CHUNK)
@@ -111,6 +96,7 @@ impl Adam {
                         v2[j] = vj;
                     }
                 });
+            Ok(())
         })?;
         let dev = var.device();
         var.set(&Tensor::from_vec(theta2, var.shape(), dev)?)?;

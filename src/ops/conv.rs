@@ -25,9 +25,10 @@ use std::sync::OnceLock;
 
 use rayon::prelude::*;
 
-use candle_core::{bail, CpuStorage, CustomOp3, DType, Device, Layout, Result, Shape, Storage, Tensor};
+use candle_core::{bail, CpuStorage, CustomOp3, DType, Device, Layout, Result, Shape, Tensor};
 
 use super::kernels::{self, resized, Geom, MatRef};
+use crate::util::tensor::{cpu_f32, with_slices};
 
 /// Relus fused into a convolution: on its input (as in a pre-activation residual block) and
 /// on its output.
@@ -252,24 +253,6 @@ fn dims4(d: &[usize], name: &str) -> Result<[usize; 4]> {
         [a, b, c, e] => Ok([*a, *b, *c, *e]),
         _ => bail!("{name}: expected a 4-D tensor, got shape {d:?}"),
     }
-}
-
-pub(super) fn cpu_f32<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
-    let CpuStorage::F32(v) = s else { bail!("{what}: f32 tensors only") };
-    let Some((a, b)) = l.contiguous_offsets() else { bail!("{what}: contiguous tensors only") };
-    Ok(&v[a..b])
-}
-
-/// Borrow the f32 data of CPU tensors (made contiguous first) for the length of `f`.
-pub(super) fn with_slices<const N: usize, R>(ts: [&Tensor; N], f: impl FnOnce([&[f32]; N]) -> Result<R>) -> Result<R> {
-    let owned = ts.iter().map(|t| t.contiguous()).collect::<Result<Vec<_>>>()?;
-    let guards: Vec<_> = owned.iter().map(|t| t.storage_and_layout()).collect();
-    let mut slices: [&[f32]; N] = [&[]; N];
-    for (i, (g, l)) in guards.iter().enumerate() {
-        let Storage::Cpu(s) = &**g else { bail!("vqlab op backward: CPU tensors only") };
-        slices[i] = cpu_f32(s, l, "vqlab op backward")?;
-    }
-    f(slices)
 }
 
 impl CustomOp3 for ConvOp {

@@ -17,9 +17,10 @@
 use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
 
-use super::conv::{cpu_f32, reference_forced, with_slices};
+use super::conv::reference_forced;
 use super::kernels::{self, MatRef};
 use super::vecmath;
+use crate::util::tensor::{cpu_f32, with_slices};
 
 /// Rows one task of a row-wise op covers: fixed, so that results do not depend on the thread
 /// count.

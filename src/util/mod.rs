@@ -1,11 +1,13 @@
 //! Generic helpers every layer may use, vqlab's bottom layer: atomic file writes (every file
 //! another process may read is written to a temporary name in the same directory, synced and
 //! renamed into place, so a killed process never leaves a half-written file behind), advisory
-//! lock files, timestamps, JSON flattening, signals and process liveness ([`process`]), and the
-//! wall-time profile of the fast ops and the optimizer ([`profile`]).
+//! lock files, timestamps, JSON flattening, signals and process liveness ([`process`]), the
+//! wall-time profile of the fast ops and the optimizer ([`profile`]), and borrowing CPU
+//! tensors' data ([`tensor`]).
 
 pub mod process;
 pub mod profile;
+pub mod tensor;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
