@@ -102,6 +102,25 @@ impl Discriminator {
         self.forward_with(x, true)
     }
 
+    /// The logits of [`Discriminator::forward_frozen`] on `x` and of [`Discriminator::forward`]
+    /// on `x` detached, from one pass: the two have the same values (the same weights and
+    /// input), so each convolution runs once and the trainable graph reuses its output.
+    /// A VQ-GAN step needs both for its fakes (the generator's loss, then the discriminator's),
+    /// as taming computes them with two passes.
+    pub fn forward_frozen_and_detached(&self, x: &Tensor) -> Result<(Tensor, Tensor)> {
+        let leaky = |h: &Tensor| crate::ops::act::affine_leaky_relu(h, None, LEAKY_SLOPE);
+        let y = self.first.forward_frozen(x)?;
+        let (mut hf, mut hd) = (leaky(&y)?, leaky(&self.first.forward_known(&x.detach(), &y)?)?);
+        for (c, norm) in &self.blocks {
+            let y = c.forward_frozen(&hf)?;
+            let yd = c.forward_known(&hd, &y)?;
+            (hf, hd) = (norm.forward_leaky(&y, true, LEAKY_SLOPE)?, norm.forward_leaky(&yd, false, LEAKY_SLOPE)?);
+        }
+        let y = self.last.forward_frozen(&hf)?;
+        let yd = self.last.forward_known(&hd, &y)?;
+        Ok((y, yd))
+    }
+
     fn forward_with(&self, x: &Tensor, frozen: bool) -> Result<Tensor> {
         let conv = |c: &Conv2d, h: &Tensor| if frozen { c.forward_frozen(h) } else { c.forward(h) };
         let mut h = crate::ops::act::affine_leaky_relu(&conv(&self.first, x)?, None, LEAKY_SLOPE)?;
@@ -118,5 +137,65 @@ impl Discriminator {
             norm.initialized.set(v.first().copied().unwrap_or(0.0) > 0.5);
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+    use rand::{Rng, SeedableRng};
+
+    fn bits(t: &Tensor) -> Vec<u32> {
+        t.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().map(|v| v.to_bits()).collect()
+    }
+
+    /// The shared pass over fakes gives the bits of the two separate passes taming runs: the
+    /// logits, the generator's gradient at the input through the frozen discriminator, and the
+    /// discriminator's own parameter gradients (hinge loss on real and fake logits).
+    #[test]
+    fn the_shared_fake_pass_gives_the_bits_of_two_separate_passes() {
+        let dev = Device::Cpu;
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
+        let mut img = |n: usize| {
+            let v: Vec<f32> = (0..n * 2 * 20 * 20).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+            Tensor::from_vec(v, (n, 2, 20, 20), &dev).unwrap()
+        };
+        let (real, fake) = (img(6), img(6));
+        let mut ps = ParamStore::new(&dev, 3);
+        let disc = Discriminator::new(&mut ps, 2, 20, 8, 2).unwrap();
+        assert_eq!(disc.blocks.len(), 2);
+        let logits_real = disc.forward(&real).unwrap();
+        let vars: Vec<Var> = ps.vars_with_prefix("disc.").into_iter().map(|(_, v)| v).collect();
+        assert!(vars.len() >= 7, "{} parameters", vars.len());
+        // What a step needs from the fakes' logits: ∂(−mean D(x̂))/∂x̂ and the d-loss gradients.
+        let grads = |g: &Tensor, d: &Tensor, x: &Var| {
+            let gx = g.mean_all().unwrap().neg().unwrap().backward().unwrap();
+            let a = (&logits_real.affine(-1.0, 1.0).unwrap().relu().unwrap().mean_all().unwrap()
+                + d.affine(1.0, 1.0).unwrap().relu().unwrap().mean_all().unwrap())
+            .unwrap();
+            let gd = a.backward().unwrap();
+            let mut out = vec![bits(g), bits(d), bits(gx.get(x.as_tensor()).unwrap())];
+            assert!(vars.iter().all(|v| gx.get(v.as_tensor()).is_none()), "the frozen pass reached a weight");
+            out.extend(vars.iter().map(|v| bits(gd.get(v.as_tensor()).unwrap())));
+            out
+        };
+        let x = Var::from_tensor(&fake).unwrap();
+        let separate = {
+            let g = disc.forward_frozen(x.as_tensor()).unwrap();
+            let d = disc.forward(&x.as_tensor().detach()).unwrap();
+            grads(&g, &d, &x)
+        };
+        let (g, d) = disc.forward_frozen_and_detached(x.as_tensor()).unwrap();
+        let shared = grads(&g, &d, &x);
+        assert_eq!(separate.len(), shared.len());
+        for (i, (a, b)) in separate.iter().zip(&shared).enumerate() {
+            assert_eq!(a, b, "tensor {i} differs");
+        }
+        // The gradients are not all zero (the comparison would pass for a dead network too).
+        // One may be: with every logit inside (−1, 1), the hinge loss's gradient at the last
+        // bias is −1 (real) + 1 (fake) = 0 exactly.
+        let nonzero = separate[2..].iter().filter(|t| t.iter().any(|b| f32::from_bits(*b) != 0.0)).count();
+        assert!(nonzero + 1 >= separate.len() - 2, "{nonzero} of {} gradients are non-zero", separate.len() - 2);
     }
 }

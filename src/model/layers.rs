@@ -63,6 +63,12 @@ impl Conv2d {
         let bias = self.bias.as_ref().map(|b| b.detach());
         ops::conv2d(x, &self.weight.detach(), bias.as_ref(), self.stride, self.padding, Fuse::NONE)
     }
+
+    /// [`Conv2d::forward`] for an input whose output `y` an earlier call already computed
+    /// (the same values; see [`ops::conv2d_known`]): a new graph node, no second convolution.
+    pub fn forward_known(&self, x: &Tensor, y: &Tensor) -> Result<Tensor> {
+        ops::conv2d_known(x, &self.weight, self.bias.as_ref(), self.stride, self.padding, y)
+    }
 }
 
 /// 2-D transposed convolution (weight layout: in, out, k, k).

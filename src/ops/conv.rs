@@ -58,11 +58,24 @@ fn fast(x: &Tensor, w: &Tensor) -> bool {
 
 /// relu(conv2d(relu(x), w) + b) with the relus as `fuse` says; w is (out, in, kh, kw).
 pub fn conv2d(x: &Tensor, w: &Tensor, b: Option<&Tensor>, stride: usize, pad: usize, fuse: Fuse) -> Result<Tensor> {
-    if !fast(x, w) {
-        return conv2d_reference(x, w, b, stride, pad, fuse);
-    }
-    let op = ConvOp { stride, pad, fuse, transpose: false, weights: OnceLock::new() };
-    apply(x, w, b, op)
+    build(x, w, b, ConvOp::new(stride, pad, fuse, false, None))
+}
+
+/// [`conv2d`] whose output `y` is already known: an earlier call computed it from the same
+/// values of x, w and b (the discriminator's pass over fakes, once with its weights held
+/// constant for the generator's loss and once trainable for its own). Only the graph node is
+/// new: the forward pass copies `y` instead of convolving again, and the backward pass is
+/// [`conv2d`]'s, over these arguments. Other devices recompute.
+pub fn conv2d_known(
+    x: &Tensor,
+    w: &Tensor,
+    b: Option<&Tensor>,
+    stride: usize,
+    pad: usize,
+    y: &Tensor,
+) -> Result<Tensor> {
+    let known = (y.device().is_cpu() && y.dtype() == DType::F32).then(|| y.detach());
+    build(x, w, b, ConvOp::new(stride, pad, Fuse::NONE, false, known))
 }
 
 /// relu(conv_transpose2d(relu(x), w) + b); w is (in, out, kh, kw), no output padding.
@@ -74,10 +87,15 @@ pub fn conv_transpose2d(
     pad: usize,
     fuse: Fuse,
 ) -> Result<Tensor> {
+    build(x, w, b, ConvOp::new(stride, pad, fuse, true, None))
+}
+
+/// The op on the CPU, candle's ops elsewhere.
+fn build(x: &Tensor, w: &Tensor, b: Option<&Tensor>, op: ConvOp) -> Result<Tensor> {
     if !fast(x, w) {
-        return conv_transpose2d_reference(x, w, b, stride, pad, fuse);
+        let reference = if op.transpose { conv_transpose2d_reference } else { conv2d_reference };
+        return reference(x, w, b, op.stride, op.pad, op.fuse);
     }
-    let op = ConvOp { stride, pad, fuse, transpose: true, weights: OnceLock::new() };
     apply(x, w, b, op)
 }
 
@@ -137,6 +155,8 @@ struct ConvOp {
     /// The kernel in the row matrix's column order, (o, kh·kw·c) and its transpose
     /// (kh·kw·c, o): made by the forward pass, used again by the backward one.
     weights: OnceLock<(Vec<f32>, Vec<f32>)>,
+    /// The output, when an earlier call computed it ([`conv2d_known`]).
+    known: Option<Tensor>,
 }
 
 /// Images per chunk: a chunk's row matrix stays around 512 KiB, so that it, the gemm's packed
@@ -189,6 +209,10 @@ fn zeroed(buf: &mut [MaybeUninit<f32>]) -> &mut [f32] {
 }
 
 impl ConvOp {
+    fn new(stride: usize, pad: usize, fuse: Fuse, transpose: bool, known: Option<Tensor>) -> Self {
+        ConvOp { stride, pad, fuse, transpose, weights: OnceLock::new(), known }
+    }
+
     /// The kernel (o, c, kh, kw) as (o, kh·kw·c) and as its transpose; computed once per op.
     fn row_weights(&self, w: &[f32], g: &Geom) -> &(Vec<f32>, Vec<f32>) {
         self.weights.get_or_init(|| {
@@ -283,8 +307,15 @@ impl CustomOp3 for ConvOp {
             let (in_img, out_img) = if self.transpose { (g.o * p, g.c * hw) } else { (g.c * hw, g.o * p) };
             let shape =
                 if self.transpose { Shape::from((g.n, g.c, g.h, g.w)) } else { Shape::from((g.n, g.o, g.ho, g.wo)) };
-            // Filled chunk by chunk by the threads that compute it (no serial zero-fill first).
             let len = g.n * out_img;
+            if let Some(known) = &self.known {
+                if known.dims() != shape.dims() {
+                    bail!("{}: known output {:?} for an output of shape {:?}", self.name_(), known.dims(), shape.dims())
+                }
+                let y = with_slices([known], |[y]| Ok(y.to_vec()))?;
+                return Ok((CpuStorage::F32(y), shape));
+            }
+            // Filled chunk by chunk by the threads that compute it (no serial zero-fill first).
             let mut y: Vec<f32> = Vec::with_capacity(len);
             if len == 0 {
                 return Ok((CpuStorage::F32(y), shape));
@@ -639,6 +670,20 @@ mod tests {
         assert_eq!(y.flatten_all().unwrap().to_vec1::<f32>().unwrap(), vec![0.0]);
         let g = y.sum_all().unwrap().backward().unwrap();
         assert_eq!(g.get(x.as_tensor()).unwrap().abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap(), 0.0);
+    }
+
+    #[test]
+    fn a_known_output_is_reused_only_when_its_shape_fits() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+        let x = rand_tensor(&mut rng, &[2, 3, 5, 5], -1.0, 1.0);
+        let w = rand_tensor(&mut rng, &[4, 3, 3, 3], -1.0, 1.0);
+        let y = conv2d(&x, &w, None, 1, 1, Fuse::NONE).unwrap();
+        // The forward pass copies what it is given (a stand-in of the right shape shows it).
+        let stand_in = (&y + 1.0).unwrap();
+        let again = conv2d_known(&x, &w, None, 1, 1, &stand_in).unwrap();
+        assert_eq!(rel_err(&again, &stand_in), 0.0);
+        let e = conv2d_known(&x, &w, None, 2, 1, &y).unwrap_err().to_string();
+        assert!(e.contains("known output [2, 4, 5, 5]") && e.contains("[2, 4, 3, 3]"), "{e}");
     }
 
     #[test]

@@ -179,7 +179,9 @@ pub fn vqgan_step<'a>(
         let rec = recon_loss(&x_hat, x, cfg.loss.recon, data_variance)?;
         // Real logits first: ActNorm initialises from the first batch it sees, which must be real.
         let logits_real = disc.forward(x)?;
-        let g_loss = disc.forward_frozen(&x_hat)?.mean_all()?.neg()?;
+        // The fakes' logits for both losses from one pass (the same values; see the method).
+        let (logits_fake_g, logits_fake_d) = disc.forward_frozen_and_detached(&x_hat)?;
+        let g_loss = logits_fake_g.mean_all()?.neg()?;
         let grads_rec = rec.backward()?;
         let grads_g = g_loss.backward()?;
         let last = model.decoder.last_layer_weight();
@@ -214,7 +216,6 @@ pub fn vqgan_step<'a>(
             })
         })?;
         // Discriminator update on the same batch; x̂ from before the generator update.
-        let logits_fake_d = disc.forward(&x_hat.detach())?;
         let d_loss = disc_loss(&logits_real, &logits_fake_d, cfg.loss.disc_loss)?;
         let grads_d = d_loss.backward()?;
         opt_d.step(from_store(&grads_d))?;
