@@ -7,7 +7,10 @@
 # Prints img/s of every measurement, the medians and their ratio (vqlab / PyTorch). The third
 # variant, prior, is the stage-2 transformer's step (`vqlab bench --prior` against
 # scripts/bench/torch_prior_step.py, minGPT with PyTorch's fused attention); its img/s counts
-# code grids.
+# code grids. The variants ema, fsq, lfq and simvq are the VQ-VAE step with that quantizer kind
+# (vqlab's `--set quantizer.kind=…` against vector-quantize-pytorch's FSQ, LFQ and SimVQ and the
+# Sonnet EMA twin; fsq at K = 1024, the FSQ paper's [8, 5, 5, 5]); they need the
+# vector-quantize-pytorch package, which scripts/torch_venv.sh then installs.
 #
 # Then it trains the VQ-VAE configuration with `vqlab run` and compares the median of the
 # run's logged train/img_per_s with the benchmark's median (they should agree within 10%).
@@ -15,6 +18,7 @@
 #   bash scripts/bench_vs_pytorch.sh                    # ROUNDS=5 STEPS=20 THREADS=nproc
 #   ROUNDS=7 STEPS=30 bash scripts/bench_vs_pytorch.sh
 #   VARIANTS=vqvae RUN_CHECK=0 bash scripts/bench_vs_pytorch.sh
+#   VARIANTS="ema fsq lfq simvq" RUN_CHECK=0 bash scripts/bench_vs_pytorch.sh
 #
 # PyTorch (with numpy, and pyarrow to read the run's Parquet) comes from pip into a virtual
 # environment under ~/.cache (scripts/torch_venv.sh); set TORCH_PYTHON to use another
@@ -31,6 +35,13 @@ RUN_STEPS=${RUN_STEPS:-200}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/vqlab-target}
 
 source scripts/torch_venv.sh
+case " $VARIANTS " in
+  *" fsq "* | *" lfq "* | *" simvq "*)
+    if ! "$TORCH_PYTHON" -c 'import vector_quantize_pytorch' 2>/dev/null; then
+      echo "installing vector-quantize-pytorch for $TORCH_PYTHON (the fsq, lfq and simvq variants)" >&2
+      "$TORCH_PYTHON" -m pip install --quiet vector-quantize-pytorch
+    fi ;;
+esac
 # Checked before the rounds, not after them: the run check reads metrics.parquet with pyarrow.
 if [ "$RUN_CHECK" = 1 ] && ! "$TORCH_PYTHON" -c 'import pyarrow' 2>/dev/null; then
   echo "error: $TORCH_PYTHON has no pyarrow, which the run check needs (pip install pyarrow, or RUN_CHECK=0)" >&2
@@ -51,18 +62,27 @@ for variant in $VARIANTS; do
   : >"$WORK/$variant.vqlab"
   : >"$WORK/$variant.torch"
   for r in $(seq 1 "$ROUNDS"); do
-    if [ "$variant" = prior ]; then
-      # The stage-2 transformer at vqlab's [prior] defaults over the 7×7 grid of K = 512 codes.
-      v=$("$VQLAB" -q bench experiments/bench_step.toml --prior \
-          --set hardware.threads_per_run="$THREADS" --steps "$STEPS" --warmup "$WARMUP" --json | field img_per_s)
-      t=$("$TORCH_PYTHON" scripts/bench/torch_prior_step.py --threads "$THREADS" \
-          --steps "$STEPS" --warmup "$WARMUP" | field img_per_s)
-    else
-      v=$("$VQLAB" -q bench experiments/bench_step.toml --set model.variant="$variant" \
-          --set hardware.threads_per_run="$THREADS" --steps "$STEPS" --warmup "$WARMUP" --json | field img_per_s)
-      t=$("$TORCH_PYTHON" scripts/bench/torch_step.py --variant "$variant" --threads "$THREADS" \
-          --steps "$STEPS" --warmup "$WARMUP" | field img_per_s)
-    fi
+    case $variant in
+      ema | fsq | lfq | simvq)
+        k=512
+        [ "$variant" = fsq ] && k=1024
+        v=$("$VQLAB" -q bench experiments/bench_step.toml --set quantizer.kind="$variant" \
+            --set quantizer.codebook_size=$k --set hardware.threads_per_run="$THREADS" \
+            --steps "$STEPS" --warmup "$WARMUP" --json | field img_per_s)
+        t=$("$TORCH_PYTHON" scripts/bench/torch_step.py --kind "$variant" --k $k --threads "$THREADS" \
+            --steps "$STEPS" --warmup "$WARMUP" | field img_per_s) ;;
+      prior)
+        # The stage-2 transformer at vqlab's [prior] defaults over the 7×7 grid of K = 512 codes.
+        v=$("$VQLAB" -q bench experiments/bench_step.toml --prior \
+            --set hardware.threads_per_run="$THREADS" --steps "$STEPS" --warmup "$WARMUP" --json | field img_per_s)
+        t=$("$TORCH_PYTHON" scripts/bench/torch_prior_step.py --threads "$THREADS" \
+            --steps "$STEPS" --warmup "$WARMUP" | field img_per_s) ;;
+      *)
+        v=$("$VQLAB" -q bench experiments/bench_step.toml --set model.variant="$variant" \
+            --set hardware.threads_per_run="$THREADS" --steps "$STEPS" --warmup "$WARMUP" --json | field img_per_s)
+        t=$("$TORCH_PYTHON" scripts/bench/torch_step.py --variant "$variant" --threads "$THREADS" \
+            --steps "$STEPS" --warmup "$WARMUP" | field img_per_s) ;;
+    esac
     echo "$v" >>"$WORK/$variant.vqlab"
     echo "$t" >>"$WORK/$variant.torch"
     printf '%s round %d: vqlab %7.1f img/s   pytorch %7.1f img/s   ratio %.3f\n' "$variant" "$r" "$v" "$t" \

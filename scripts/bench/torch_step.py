@@ -11,6 +11,12 @@ VQ-GAN: the same generator plus taming-transformers' PatchGAN (4x4 convs, ActNor
 generator losses at the decoder's last layer; the discriminator is frozen during the
 generator's backward pass and updated on the same batch afterwards.
 
+--kind swaps the quantizer for the quantizer kinds' step (vqlab bench --set quantizer.kind=…):
+"ema" is the Sonnet VectorQuantizerEMA twin of scripts/parity/torch_vqvae.py; "fsq", "lfq" and
+"simvq" are vector-quantize-pytorch's own FSQ (the FSQ paper's levels for K), LFQ (entropy
+weight 0.1, commitment 0.25) and SimVQ (straight-through, vqlab's default gradient), from the
+installed package: the implementations vqlab's kinds of the same names follow.
+
 Prints one JSON object: img/s over the timed steps and the per-step times. With
 --device cuda everything lives on the GPU and each timed step ends with a synchronisation,
 as vqlab's bench reads its loss back after each step.
@@ -18,7 +24,9 @@ as vqlab's bench reads its loss back after each step.
 
 import argparse
 import json
+import os
 import statistics
+import sys
 import time
 
 import torch
@@ -39,25 +47,15 @@ class Residual(nn.Module):
         return F.relu(x)
 
 
-class VQModel(nn.Module):
-    def __init__(self, channels, hidden, res, n_res, embed_dim, k):
-        super().__init__()
-        self.enc = nn.ModuleList([nn.Conv2d(channels, hidden // 2, 4, 2, 1), nn.Conv2d(hidden // 2, hidden, 4, 2, 1)])
-        self.enc_conv3 = nn.Conv2d(hidden, hidden, 3, 1, 1)
-        self.enc_res = Residual(hidden, res, n_res)
-        self.pre_vq = nn.Conv2d(hidden, embed_dim, 1)
-        self.codebook = nn.Parameter(torch.empty(k, embed_dim).uniform_(-1.0 / k, 1.0 / k))
-        self.dec_in = nn.Conv2d(embed_dim, hidden, 3, 1, 1)
-        self.dec_res = Residual(hidden, res, n_res)
-        self.up0 = nn.ConvTranspose2d(hidden, hidden // 2, 4, 2, 1)
-        self.up1 = nn.ConvTranspose2d(hidden // 2, channels, 4, 2, 1)
-        self.beta = 0.25
+class VectorQuantizer(nn.Module):
+    """Nearest code by one matmul, codebook + beta * commitment losses, straight-through."""
 
-    def forward(self, x):
-        h = x - 0.5
-        for c in self.enc:
-            h = F.relu(c(h))
-        z = self.pre_vq(self.enc_res(F.relu(self.enc_conv3(h))))
+    def __init__(self, k, embed_dim, beta=0.25):
+        super().__init__()
+        self.codebook = nn.Parameter(torch.empty(k, embed_dim).uniform_(-1.0 / k, 1.0 / k))
+        self.beta = beta
+
+    def forward(self, z):
         b, d, hh, ww = z.shape
         flat = z.permute(0, 2, 3, 1).reshape(-1, d)
         e = self.codebook
@@ -66,7 +64,72 @@ class VQModel(nn.Module):
         chosen = e[idx]
         q_loss = F.mse_loss(chosen, flat.detach()) + self.beta * F.mse_loss(flat, chosen.detach())
         st = flat + (chosen - flat).detach()
-        zq = st.reshape(b, hh, ww, d).permute(0, 3, 1, 2)
+        return st.reshape(b, hh, ww, d).permute(0, 3, 1, 2), q_loss
+
+
+class Library(nn.Module):
+    """A vector-quantize-pytorch quantizer on an NCHW latent, as (z_q, loss)."""
+
+    def __init__(self, kind, k, embed_dim):
+        super().__init__()
+        import vector_quantize_pytorch as vqp
+
+        self.kind = kind
+        if kind == "fsq":
+            levels = {256: [8, 6, 5], 1024: [8, 5, 5, 5], 4096: [7, 5, 5, 5, 5]}[k]
+            self.q = vqp.FSQ(levels, dim=embed_dim)
+        elif kind == "lfq":
+            self.q = vqp.LFQ(dim=embed_dim, codebook_size=k, entropy_loss_weight=0.1, commitment_loss_weight=0.25)
+        else:
+            self.q = vqp.SimVQ(dim=embed_dim, codebook_size=k, channel_first=True, rotation_trick=False)
+
+    def forward(self, z):
+        out = self.q(z)
+        return out[0], (out[2] if len(out) > 2 else z.new_zeros(()))
+
+
+class SonnetEMA(nn.Module):
+    """scripts/parity/torch_vqvae.py's twin of Sonnet's VectorQuantizerEMA, as (z_q, loss)."""
+
+    def __init__(self, k, embed_dim):
+        super().__init__()
+        sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "parity"))
+        from torch_vqvae import EMA
+
+        self.q = EMA(k, embed_dim, 0.25)
+
+    def forward(self, z):
+        zq, loss, _ = self.q(z)
+        return zq, loss
+
+
+def make_quantizer(kind, k, embed_dim):
+    if kind == "vq":
+        return VectorQuantizer(k, embed_dim)
+    if kind == "ema":
+        return SonnetEMA(k, embed_dim)
+    return Library(kind, k, embed_dim)
+
+
+class VQModel(nn.Module):
+    def __init__(self, channels, hidden, res, n_res, embed_dim, k, kind="vq"):
+        super().__init__()
+        self.enc = nn.ModuleList([nn.Conv2d(channels, hidden // 2, 4, 2, 1), nn.Conv2d(hidden // 2, hidden, 4, 2, 1)])
+        self.enc_conv3 = nn.Conv2d(hidden, hidden, 3, 1, 1)
+        self.enc_res = Residual(hidden, res, n_res)
+        self.pre_vq = nn.Conv2d(hidden, embed_dim, 1)
+        self.quantize = make_quantizer(kind, k, embed_dim)
+        self.dec_in = nn.Conv2d(embed_dim, hidden, 3, 1, 1)
+        self.dec_res = Residual(hidden, res, n_res)
+        self.up0 = nn.ConvTranspose2d(hidden, hidden // 2, 4, 2, 1)
+        self.up1 = nn.ConvTranspose2d(hidden // 2, channels, 4, 2, 1)
+
+    def forward(self, x):
+        h = x - 0.5
+        for c in self.enc:
+            h = F.relu(c(h))
+        z = self.pre_vq(self.enc_res(F.relu(self.enc_conv3(h))))
+        zq, q_loss = self.quantize(z)
         h = self.dec_res(self.dec_in(zq))
         x_hat = self.up1(F.relu(self.up0(h))) + 0.5
         return x_hat, q_loss
@@ -118,6 +181,8 @@ def main():
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--kind", choices=["vq", "ema", "fsq", "lfq", "simvq"], default="vq", help="quantizer kind")
+    ap.add_argument("--k", type=int, default=512, help="codebook size K")
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -125,7 +190,7 @@ def main():
     dev = torch.device(args.device)
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
 
-    model = VQModel(channels=1, hidden=128, res=32, n_res=2, embed_dim=64, k=512).to(dev)
+    model = VQModel(channels=1, hidden=128, res=32, n_res=2, embed_dim=64, k=args.k, kind=args.kind).to(dev)
     # Sonnet's betas for the VQ-VAE, taming's for the VQ-GAN (vqlab's defaults); speed does not
     # depend on them.
     betas = (0.9, 0.999) if args.variant == "vqvae" else (0.5, 0.9)
@@ -179,7 +244,7 @@ def main():
     print(
         json.dumps(
             {
-                "model": f"pytorch {torch.__version__} {args.variant}",
+                "model": f"pytorch {torch.__version__} {args.variant} {args.kind} K={args.k}",
                 "device": str(dev),
                 "threads": torch.get_num_threads(),
                 "batch_size": args.batch,
