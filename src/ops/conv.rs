@@ -293,7 +293,12 @@ impl CustomOp3 for ConvOp {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        crate::util::profile::time(if self.transpose { "conv_transpose2d forward" } else { "conv2d forward" }, || {
+        let pass = match (self.transpose, self.known.is_some()) {
+            (true, _) => "conv_transpose2d forward",
+            (false, false) => "conv2d forward",
+            (false, true) => "conv2d forward, output reused",
+        };
+        crate::util::profile::time(pass, || {
             let g = self.geom(l1.dims(), l2.dims())?;
             let (x, w, b) =
                 (cpu_f32(s1, l1, self.name_())?, cpu_f32(s2, l2, self.name_())?, cpu_f32(s3, l3, self.name_())?);

@@ -374,6 +374,28 @@ fn bench_profile_counts_each_op_pass_of_the_architecture() {
     assert_eq!(calls("ActNorm + LeakyReLU forward"), None, "no discriminator in a VQ-VAE");
     let share: f64 = rows.iter().map(|r| r["share"].as_f64().unwrap()).sum();
     assert!(share >= 1.0 - 1e-6, "the rows cover the step: {share}");
+    // The VQ-GAN step: the generator's 9 convs, and the discriminator's 4 (28×28: the first,
+    // two blocks, the last) over reals, over fakes with its weights frozen (the generator's
+    // loss) and over fakes for its own loss, which reuses the frozen pass's outputs (4 copies,
+    // no convolution). Backward: the generator's 9 once; the discriminator's 4 for the
+    // generator's loss and 4 + 4 for its own; the decoder's last (transposed) layer once per
+    // generator loss and once for the rest.
+    let out = vqlab(
+        dir.path(),
+        &["bench", "exp.toml", "--steps", "2", "--warmup", "1", "--json", "--profile"]
+            .into_iter()
+            .chain(["--set", "model.variant=vqgan", "--set", "loss.disc_start=0"])
+            .collect::<Vec<_>>(),
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+    let rows = v["profile"].as_array().unwrap();
+    let calls = |op: &str| rows.iter().find(|r| r["op"] == op).map(|r| r["calls_per_step"].as_f64().unwrap());
+    assert_eq!(calls("conv2d forward"), Some(9.0 + 4.0 + 4.0), "{rows:?}");
+    assert_eq!(calls("conv2d forward, output reused"), Some(4.0), "{rows:?}");
+    assert_eq!(calls("conv2d backward"), Some(9.0 + 4.0 + 8.0), "{rows:?}");
+    assert_eq!(calls("conv_transpose2d backward"), Some(3.0), "{rows:?}");
+    assert_eq!(calls("ActNorm + LeakyReLU forward"), Some(3.0 * 3.0), "{rows:?}");
     // The text form prints the same table.
     let out = vqlab(dir.path(), &["bench", "exp.toml", "--steps", "2", "--warmup", "0", "--profile"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
