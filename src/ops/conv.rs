@@ -52,6 +52,23 @@ pub fn reference_forced() -> bool {
     *FORCED.get_or_init(|| std::env::var("VQLAB_REFERENCE_OPS").is_ok_and(|v| !v.is_empty() && v != "0"))
 }
 
+// Tests compare the 1×1 path with the general one bit for bit (the flag is read on the
+// thread that applies the op).
+#[cfg(test)]
+thread_local! {
+    static LEGACY_POINTWISE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+#[cfg(test)]
+fn legacy_pointwise() -> bool {
+    LEGACY_POINTWISE.with(|c| c.get())
+}
+
+#[cfg(not(test))]
+fn legacy_pointwise() -> bool {
+    false
+}
+
 fn fast(x: &Tensor, w: &Tensor) -> bool {
     x.device().is_cpu() && x.dtype() == DType::F32 && w.dtype() == DType::F32 && !reference_forced()
 }
@@ -263,6 +280,11 @@ impl ConvOp {
         }
     }
 
+    /// A 1×1 convolution with stride 1 and no padding, which runs without a row matrix.
+    fn pointwise(&self, g: &Geom) -> bool {
+        !self.transpose && g.kh == 1 && g.kw == 1 && g.stride == 1 && g.pad == 0 && !legacy_pointwise()
+    }
+
     fn name_(&self) -> &'static str {
         if self.transpose {
             "vqlab-conv-transpose2d"
@@ -327,14 +349,35 @@ impl CustomOp3 for ConvOp {
             }
             let chunk = chunk_images(&g);
             let (wr, wrt) = self.row_weights(w, &g);
-            let fuse = self.fuse;
+            let (fuse, pointwise) = (self.fuse, self.pointwise(&g));
             y.spare_capacity_mut()[..len].par_chunks_mut(chunk * out_img).enumerate().for_each(|(ci, ys)| {
                 let ys = zeroed(ys);
                 with_buffers(|s| {
                     let imgs = ys.len() / out_img;
                     let np = imgs * p;
                     let xs = &x[ci * chunk * in_img..][..imgs * in_img];
-                    if !self.transpose {
+                    if pointwise {
+                        // A 1×1 convolution is a gemm per image on the channel-major data itself:
+                        // y_img (o × p) = W (o × c) · x_img (c × p), the same sums as the row
+                        // matrix's gemm (no layout passes; tested bit for bit).
+                        for (xi, yi) in xs.chunks_exact(in_img).zip(ys.chunks_exact_mut(out_img)) {
+                            let xi = if fuse.relu_input {
+                                let r = resized(&mut s.a, in_img);
+                                r.iter_mut().zip(xi).for_each(|(r, v)| *r = v.max(0.0));
+                                &s.a[..in_img]
+                            } else {
+                                xi
+                            };
+                            kernels::gemm(g.o, p, g.c, MatRef::rows(wr, g.c), MatRef::rows(xi, p), yi, false);
+                            for (ci, plane) in yi.chunks_exact_mut(p).enumerate() {
+                                let b = bias.map_or(0.0, |b| b[ci]);
+                                plane.iter_mut().for_each(|v| {
+                                    let t = *v + b;
+                                    *v = if fuse.relu_output { t.max(0.0) } else { t };
+                                });
+                            }
+                        }
+                    } else if !self.transpose {
                         let rows = resized(&mut s.a, np * q);
                         kernels::im2row(xs, &g, imgs, fuse.relu_input, rows, &mut s.k);
                         // Pixel-major output (np × o) = R · Wᵀ: gemm packs both operands from
@@ -375,7 +418,7 @@ impl CustomOp3 for ConvOp {
             let (need_x, need_w, need_b) = (x.track_op(), w.track_op(), b.elem_count() > 0 && b.track_op());
             let (in_img, out_img) = if self.transpose { (g.o * p, g.c * hw) } else { (g.c * hw, g.o * p) };
             let out_channels = if self.transpose { g.c } else { g.o };
-            let fuse = self.fuse;
+            let (fuse, pointwise) = (self.fuse, self.pointwise(&g));
             let chunk = chunk_images(&g);
             // Like y in the forward pass: each chunk is filled by the thread that computes it.
             let dx_len = if need_x { g.n * in_img } else { 0 };
@@ -421,11 +464,31 @@ impl CustomOp3 for ConvOp {
                             let rows = MatRef::rows(&s.a[..np * q], q);
                             kernels::gemm(g.o, q, np, MatRef::rows(dyt, np), rows, &mut part.dw, true);
                         }
-                        if let Some(dxc) = dxc {
-                            let drows = resized(&mut s.c, np * q);
-                            kernels::gemm(np, q, g.o, MatRef::rows(dyt, np).t(), MatRef::rows(wr, q), drows, false);
-                            let mask = fuse.relu_input.then_some(xc);
-                            kernels::row2im(&s.c[..np * q], &g, imgs, mask, None, dxc, &mut s.k);
+                        match dxc {
+                            Some(dxc) if pointwise => {
+                                // 1×1: dx_img (c × p) = Wᵀ (c × o) · dy_img (o × p), straight into
+                                // the channel-major input gradient (the columns of dyt for the image).
+                                for (i, dxi) in dxc.chunks_exact_mut(in_img).enumerate() {
+                                    let dyi = MatRef { data: &dyt[i * p..], rs: np, cs: 1 };
+                                    kernels::gemm(g.c, p, g.o, MatRef::rows(wrt, g.o), dyi, dxi, false);
+                                    if fuse.relu_input {
+                                        let xi = &xc[i * in_img..][..in_img];
+                                        dxi.iter_mut().zip(xi).for_each(|(d, x)| {
+                                            if *x <= 0.0 {
+                                                *d = 0.0
+                                            }
+                                        });
+                                    }
+                                }
+                            }
+                            Some(dxc) => {
+                                let drows = resized(&mut s.c, np * q);
+                                let dytt = MatRef::rows(dyt, np).t();
+                                kernels::gemm(np, q, g.o, dytt, MatRef::rows(wr, q), drows, false);
+                                let mask = fuse.relu_input.then_some(xc);
+                                kernels::row2im(&s.c[..np * q], &g, imgs, mask, None, dxc, &mut s.k);
+                            }
+                            None => {}
                         }
                     } else {
                         let dym: &[f32] = if fuse.relu_output {
@@ -675,6 +738,50 @@ mod tests {
         assert_eq!(y.flatten_all().unwrap().to_vec1::<f32>().unwrap(), vec![0.0]);
         let g = y.sum_all().unwrap().backward().unwrap();
         assert_eq!(g.get(x.as_tensor()).unwrap().abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap(), 0.0);
+    }
+
+    #[test]
+    fn pointwise_convolutions_give_the_bits_of_the_row_matrix_path() {
+        // The 1×1 path reads the channel-major data in place; it must sum the same products in
+        // the same order as the general path, so that no run's numbers move. The model's 1×1
+        // shapes (residual 32 → 128, pre-VQ 128 → 64, FSQ/LFQ projections 64 → 4 → 64) at
+        // batch 128 (several images per chunk), and odd ones, with every fusion and bias.
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(21);
+        let shapes: [([usize; 4], usize); 7] = [
+            ([128, 32, 7, 7], 128),
+            ([128, 128, 7, 7], 64),
+            ([128, 64, 7, 7], 4),
+            ([128, 4, 7, 7], 64),
+            ([3, 5, 9, 4], 7),
+            ([1, 1, 1, 1], 1),
+            ([17, 40, 14, 14], 33),
+        ];
+        let fuses = [Fuse::NONE, Fuse::RELU_OUT, Fuse::RELU_IN, Fuse::RELU_BOTH];
+        for (i, (xd, o)) in shapes.into_iter().enumerate() {
+            let x = rand_tensor(&mut rng, &xd, -1.0, 1.0);
+            let w = rand_tensor(&mut rng, &[o, xd[1], 1, 1], -1.0, 1.0);
+            let b = rand_tensor(&mut rng, &[o], -1.0, 1.0);
+            let r = rand_tensor(&mut rng, &[xd[0], o, xd[2], xd[3]], -1.0, 1.0);
+            let fuse = fuses[i % 4];
+            let with = |legacy: bool| {
+                LEGACY_POINTWISE.with(|c| c.set(legacy));
+                let out = run(conv2d, &x, &w, Some(&b), &r, 1, 0, fuse);
+                LEGACY_POINTWISE.with(|c| c.set(false));
+                out
+            };
+            let (direct, general) = (with(false), with(true));
+            for (name, (a, b)) in ["y", "dx", "dw", "db"].iter().zip(direct.iter().zip(&general)) {
+                let (a, b) = (
+                    a.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                    b.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                );
+                let differ = a.iter().zip(&b).filter(|(x, y)| x.to_bits() != y.to_bits()).count();
+                assert_eq!(differ, 0, "{name}: {differ} of {} differ for x {xd:?}, {o} out, {fuse:?}", a.len());
+            }
+            // And the values are right (the general path is checked against candle elsewhere).
+            let reference = run(conv2d_reference, &x, &w, Some(&b), &r, 1, 0, fuse);
+            assert!(rel_err(&direct[1], &reference[1]) <= 1e-4);
+        }
     }
 
     #[test]
