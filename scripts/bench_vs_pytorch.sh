@@ -4,7 +4,9 @@
 # D = 64, K = 512, 28×28×1, batch 128, MSE + VQ losses, Adam; and the VQ-GAN step with
 # taming's PatchGAN and adaptive weight) in `vqlab bench` and in scripts/bench/torch_step.py,
 # both with the same number of threads, alternating for several rounds in one invocation.
-# Prints img/s of every measurement, the medians and their ratio (vqlab / PyTorch). The third
+# Prints img/s of every measurement, the medians and their ratio (vqlab / PyTorch), and the
+# median of the per-round ratios (each round's two measurements ran back to back, so it is
+# less moved by the machine's speed drifting between rounds). The third
 # variant, prior, is the stage-2 transformer's step (`vqlab bench --prior` against
 # scripts/bench/torch_prior_step.py, minGPT with PyTorch's fused attention); its img/s counts
 # code grids. The variants ema, fsq, lfq and simvq are the VQ-VAE step with that quantizer kind
@@ -98,7 +100,7 @@ for v in variants:
     ratios = [x / y for x, y in zip(a, b)]
     print(f"{v}: median vqlab {statistics.median(a):.1f} img/s, pytorch {statistics.median(b):.1f} img/s; "
           f"ratio of medians {statistics.median(a) / statistics.median(b):.3f} "
-          f"(per-round ratios {min(ratios):.3f} to {max(ratios):.3f})")
+          f"(per-round ratios {min(ratios):.3f} to {max(ratios):.3f}, their median {statistics.median(ratios):.3f})")
 PY
 
 if [ "$RUN_CHECK" = 1 ] && [ -s "$WORK/vqvae.vqlab" ]; then
