@@ -12,10 +12,11 @@ generator losses at the decoder's last layer; the discriminator is frozen during
 generator's backward pass and updated on the same batch afterwards.
 
 --kind swaps the quantizer for the quantizer kinds' step (vqlab bench --set quantizer.kind=…):
-"ema" is the Sonnet VectorQuantizerEMA twin of scripts/parity/torch_vqvae.py; "fsq", "lfq" and
-"simvq" are vector-quantize-pytorch's own FSQ (the FSQ paper's levels for K), LFQ (entropy
-weight 0.1, commitment 0.25) and SimVQ (straight-through, vqlab's default gradient), from the
-installed package: the implementations vqlab's kinds of the same names follow.
+"ema", "fsq" and "lfq" are scripts/parity/torch_vqvae.py's (its Sonnet VectorQuantizerEMA twin,
+and vector-quantize-pytorch's own FSQ with the FSQ paper's levels for K and LFQ with entropy
+weight 0.1 and commitment 0.25); "simvq" is vector-quantize-pytorch's SimVQ (straight-through,
+vqlab's default gradient). The package's modules are the implementations vqlab's kinds of the
+same names follow.
 
 Prints one JSON object: img/s over the timed steps and the per-step times. With
 --device cuda everything lives on the GPU and each timed step ends with a synchronisation,
@@ -67,48 +68,42 @@ class VectorQuantizer(nn.Module):
         return st.reshape(b, hh, ww, d).permute(0, 3, 1, 2), q_loss
 
 
-class Library(nn.Module):
-    """A vector-quantize-pytorch quantizer on an NCHW latent, as (z_q, loss)."""
+class Parity(nn.Module):
+    """A quantizer of scripts/parity/torch_vqvae.py (the Sonnet EMA twin, and its wrapper of
+    vector-quantize-pytorch's FSQ and LFQ with the parity check's settings), as (z_q, loss)."""
 
     def __init__(self, kind, k, embed_dim):
         super().__init__()
-        import vector_quantize_pytorch as vqp
-
-        self.kind = kind
-        if kind == "fsq":
-            levels = {256: [8, 6, 5], 1024: [8, 5, 5, 5], 4096: [7, 5, 5, 5, 5]}[k]
-            self.q = vqp.FSQ(levels, dim=embed_dim)
-        elif kind == "lfq":
-            self.q = vqp.LFQ(dim=embed_dim, codebook_size=k, entropy_loss_weight=0.1, commitment_loss_weight=0.25)
-        else:
-            self.q = vqp.SimVQ(dim=embed_dim, codebook_size=k, channel_first=True, rotation_trick=False)
-
-    def forward(self, z):
-        out = self.q(z)
-        return out[0], (out[2] if len(out) > 2 else z.new_zeros(()))
-
-
-class SonnetEMA(nn.Module):
-    """scripts/parity/torch_vqvae.py's twin of Sonnet's VectorQuantizerEMA, as (z_q, loss)."""
-
-    def __init__(self, k, embed_dim):
-        super().__init__()
         sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "parity"))
-        from torch_vqvae import EMA
+        from torch_vqvae import EMA, Reference
 
-        self.q = EMA(k, embed_dim, 0.25)
+        self.q = EMA(k, embed_dim, 0.25) if kind == "ema" else Reference(kind, k, embed_dim)
 
     def forward(self, z):
         zq, loss, _ = self.q(z)
         return zq, loss
 
 
+class SimVQ(nn.Module):
+    """vector-quantize-pytorch's SimVQ, straight-through (vqlab's default gradient), as (z_q, loss)."""
+
+    def __init__(self, k, embed_dim):
+        super().__init__()
+        import vector_quantize_pytorch as vqp
+
+        self.q = vqp.SimVQ(dim=embed_dim, codebook_size=k, channel_first=True, rotation_trick=False)
+
+    def forward(self, z):
+        zq, _, loss = self.q(z)
+        return zq, loss
+
+
 def make_quantizer(kind, k, embed_dim):
     if kind == "vq":
         return VectorQuantizer(k, embed_dim)
-    if kind == "ema":
-        return SonnetEMA(k, embed_dim)
-    return Library(kind, k, embed_dim)
+    if kind == "simvq":
+        return SimVQ(k, embed_dim)
+    return Parity(kind, k, embed_dim)
 
 
 class VQModel(nn.Module):
