@@ -448,6 +448,21 @@ pub struct TrainConfig {
     /// out of the resolved config when empty, so it changes no run id unless used).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub early_stop: Vec<EarlyStopRule>,
+    /// How the CPU ops compute 3×3 convolutions with stride 1 and padding 1.
+    pub conv_algorithm: ConvAlgorithm,
+}
+
+/// How 3×3, stride-1, padding-1 convolutions run on the CPU (`train.conv_algorithm`). Both
+/// compute the same convolution; they add the products in different orders, so their results
+/// differ by rounding and the run id hashes the choice. Other devices run candle's ops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ConvAlgorithm {
+    /// A gemm over the row matrix (im2row), as every other convolution.
+    #[default]
+    Im2row,
+    /// Winograd F(2×2, 3×3) (Lavin & Gray 2016): 16 gemms in the Winograd domain.
+    Winograd,
 }
 
 /// Stop a run when an eval metric crosses a bound at an eval step at or after `after_step`,
@@ -499,6 +514,7 @@ impl Default for TrainConfig {
             checkpoint_every: 1000,
             seed: 0,
             early_stop: Vec::new(),
+            conv_algorithm: ConvAlgorithm::Im2row,
         }
     }
 }

@@ -22,6 +22,7 @@ pub const HASHED_UNLESS_DEFAULT: &[(&str, &str)] = &[
     ("quantizer.levels", "1"),
     ("task", r#"{"kind":"reconstruct"}"#),
     ("loss.branch", "\"none\""),
+    ("train.conv_algorithm", "\"im2row\""),
 ];
 
 pub const NON_RESULT_KEYS: &[&str] = &[
@@ -526,6 +527,7 @@ mod tests {
         remove_key(&mut value, "quantizer.levels");
         remove_key(&mut value, "task");
         remove_key(&mut value, "loss.branch");
+        remove_key(&mut value, "train.conv_algorithm");
         // The id of a config without the keys, as the code before them hashed it.
         for key in NON_RESULT_KEYS {
             remove_key(&mut value, key);
@@ -542,6 +544,9 @@ mod tests {
         let mut denoise = base.clone();
         denoise.task.kind = crate::config::TaskKind::Denoise;
         assert_ne!(run_id(&denoise), old);
+        let mut winograd = base.clone();
+        winograd.train.conv_algorithm = crate::config::ConvAlgorithm::Winograd;
+        assert_ne!(run_id(&winograd), old);
         let mut branched = base.clone();
         (branched.model.variant, branched.loss.branch) = (Variant::Vqgan, Branch::SharedPrefix);
         let unbranched = ExperimentConfig {

@@ -3,6 +3,7 @@
 use candle_core::{Result, Tensor};
 
 use super::params::{torch_default, Init, ParamStore};
+use crate::config::ConvAlgorithm;
 use crate::ops::{self, Fuse};
 
 /// 2-D convolution with optional bias.
@@ -12,6 +13,8 @@ pub struct Conv2d {
     pub bias: Option<Tensor>,
     pub stride: usize,
     pub padding: usize,
+    /// How a 3×3 convolution runs on the CPU (the store's, see [`ParamStore::conv_algorithm`]).
+    pub algorithm: ConvAlgorithm,
 }
 
 impl Conv2d {
@@ -28,7 +31,7 @@ impl Conv2d {
         let init = torch_default(c_in * k * k);
         let weight = ps.param(&format!("{name}.weight"), &[c_out, c_in, k, k], init)?;
         let bias = Some(ps.param(&format!("{name}.bias"), &[c_out], init)?);
-        Ok(Conv2d { weight, bias, stride, padding })
+        Ok(Conv2d { weight, bias, stride, padding, algorithm: ps.conv_algorithm() })
     }
 
     /// Weights from a given distribution, bias optional (the GAN discriminator's init).
@@ -46,7 +49,7 @@ impl Conv2d {
     ) -> Result<Self> {
         let weight = ps.param(&format!("{name}.weight"), &[c_out, c_in, k, k], init)?;
         let bias = if bias { Some(ps.param(&format!("{name}.bias"), &[c_out], Init::Const(0.0))?) } else { None };
-        Ok(Conv2d { weight, bias, stride, padding })
+        Ok(Conv2d { weight, bias, stride, padding, algorithm: ps.conv_algorithm() })
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
@@ -55,19 +58,27 @@ impl Conv2d {
 
     /// The convolution with relus on its input and/or output fused in.
     pub fn forward_fused(&self, x: &Tensor, fuse: Fuse) -> Result<Tensor> {
-        ops::conv2d(x, &self.weight, self.bias.as_ref(), self.stride, self.padding, fuse)
+        ops::conv2d_using(x, &self.weight, self.bias.as_ref(), self.stride, self.padding, fuse, self.algorithm)
     }
 
     /// The convolution with its weights held constant (no gradient reaches them).
     pub fn forward_frozen(&self, x: &Tensor) -> Result<Tensor> {
         let bias = self.bias.as_ref().map(|b| b.detach());
-        ops::conv2d(x, &self.weight.detach(), bias.as_ref(), self.stride, self.padding, Fuse::NONE)
+        ops::conv2d_using(
+            x,
+            &self.weight.detach(),
+            bias.as_ref(),
+            self.stride,
+            self.padding,
+            Fuse::NONE,
+            self.algorithm,
+        )
     }
 
     /// [`Conv2d::forward`] for an input whose output `y` an earlier call already computed
     /// (the same values; see [`ops::conv2d_known`]): a new graph node, no second convolution.
     pub fn forward_known(&self, x: &Tensor, y: &Tensor) -> Result<Tensor> {
-        ops::conv2d_known(x, &self.weight, self.bias.as_ref(), self.stride, self.padding, y)
+        ops::conv2d_known(x, &self.weight, self.bias.as_ref(), self.stride, self.padding, y, self.algorithm)
     }
 }
 

@@ -43,6 +43,7 @@ impl VqModel {
     /// Build from a resolved config; weights drawn from `train.seed`.
     pub fn new(cfg: &ExperimentConfig, device: &Device) -> Result<Self> {
         let mut ps = ParamStore::new(device, cfg.train.seed);
+        ps.set_conv_algorithm(cfg.train.conv_algorithm);
         let channels = cfg.data.channels as usize;
         let embed_dim = cfg.quantizer.embed_dim as usize;
         let encoder = Encoder::new(&mut ps, &cfg.model, channels, embed_dim)?;

@@ -2,6 +2,7 @@
 //! created from a seeded generator so that a fixed seed gives the same initial weights on
 //! every machine (candle's own CPU generator cannot be seeded).
 
+use crate::config::ConvAlgorithm;
 use std::collections::BTreeMap;
 
 use candle_core::{DType, Device, Result, Tensor, Var};
@@ -24,6 +25,8 @@ pub struct ParamStore {
     buffers: BTreeMap<String, Var>,
     device: Device,
     rng: rand_chacha::ChaCha8Rng,
+    /// How the convolution layers made from this store run 3×3 convolutions on the CPU.
+    conv_algorithm: ConvAlgorithm,
 }
 
 impl ParamStore {
@@ -33,7 +36,18 @@ impl ParamStore {
             buffers: BTreeMap::new(),
             device: device.clone(),
             rng: rand_chacha::ChaCha8Rng::seed_from_u64(seed),
+            conv_algorithm: ConvAlgorithm::Im2row,
         }
+    }
+
+    /// The convolution layers created from now on run their 3×3 convolutions this way
+    /// (`train.conv_algorithm`).
+    pub fn set_conv_algorithm(&mut self, algorithm: ConvAlgorithm) {
+        self.conv_algorithm = algorithm;
+    }
+
+    pub fn conv_algorithm(&self) -> ConvAlgorithm {
+        self.conv_algorithm
     }
 
     pub fn device(&self) -> &Device {

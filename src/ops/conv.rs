@@ -16,6 +16,9 @@
 //! add and a relu on the input and/or the output are fused into the layout passes around the
 //! gemm, so they cost no extra tensors in the graph.
 //!
+//! A 3×3 convolution with stride 1 and padding 1 runs as Winograd F(2×2, 3×3) instead when
+//! asked (`train.conv_algorithm = "winograd"`, see [`super::winograd`]).
+//!
 //! Other devices (CUDA) and `VQLAB_REFERENCE_OPS=1` take candle's own ops; the tests check
 //! that both give the same values and gradients.
 
@@ -28,6 +31,8 @@ use rayon::prelude::*;
 use candle_core::{bail, CpuStorage, CustomOp3, DType, Device, Layout, Result, Shape, Tensor};
 
 use super::kernels::{self, resized, Geom, MatRef};
+use super::winograd;
+use crate::config::ConvAlgorithm;
 use crate::util::tensor::{cpu_f32, with_slices};
 
 /// Relus fused into a convolution: on its input (as in a pre-activation residual block) and
@@ -75,7 +80,21 @@ fn fast(x: &Tensor, w: &Tensor) -> bool {
 
 /// relu(conv2d(relu(x), w) + b) with the relus as `fuse` says; w is (out, in, kh, kw).
 pub fn conv2d(x: &Tensor, w: &Tensor, b: Option<&Tensor>, stride: usize, pad: usize, fuse: Fuse) -> Result<Tensor> {
-    build(x, w, b, ConvOp::new(stride, pad, fuse, false, None))
+    conv2d_using(x, w, b, stride, pad, fuse, ConvAlgorithm::Im2row)
+}
+
+/// [`conv2d`] with a 3×3, stride-1, padding-1 convolution computed by `algorithm` on the CPU
+/// (any other shape, and other devices, ignore it).
+pub fn conv2d_using(
+    x: &Tensor,
+    w: &Tensor,
+    b: Option<&Tensor>,
+    stride: usize,
+    pad: usize,
+    fuse: Fuse,
+    algorithm: ConvAlgorithm,
+) -> Result<Tensor> {
+    build(x, w, b, ConvOp::new(stride, pad, fuse, false, None, algorithm))
 }
 
 /// [`conv2d`] whose output `y` is already known: an earlier call computed it from the same
@@ -90,9 +109,10 @@ pub fn conv2d_known(
     stride: usize,
     pad: usize,
     y: &Tensor,
+    algorithm: ConvAlgorithm,
 ) -> Result<Tensor> {
     let known = (y.device().is_cpu() && y.dtype() == DType::F32).then(|| y.detach());
-    build(x, w, b, ConvOp::new(stride, pad, Fuse::NONE, false, known))
+    build(x, w, b, ConvOp::new(stride, pad, Fuse::NONE, false, known, algorithm))
 }
 
 /// relu(conv_transpose2d(relu(x), w) + b); w is (in, out, kh, kw), no output padding.
@@ -104,7 +124,7 @@ pub fn conv_transpose2d(
     pad: usize,
     fuse: Fuse,
 ) -> Result<Tensor> {
-    build(x, w, b, ConvOp::new(stride, pad, fuse, true, None))
+    build(x, w, b, ConvOp::new(stride, pad, fuse, true, None, ConvAlgorithm::Im2row))
 }
 
 /// The op on the CPU, candle's ops elsewhere.
@@ -174,15 +194,25 @@ struct ConvOp {
     weights: OnceLock<(Vec<f32>, Vec<f32>)>,
     /// The output, when an earlier call computed it ([`conv2d_known`]).
     known: Option<Tensor>,
+    /// How a 3×3, stride-1, padding-1 convolution runs.
+    algorithm: ConvAlgorithm,
+    /// The kernel in the Winograd domain, [ξ][o][c] (see [`winograd`]).
+    wino: OnceLock<Vec<f32>>,
 }
 
 /// Images per chunk: a chunk's row matrix stays around 512 KiB, so that it, the gemm's packed
 /// panels and the other scratch fit a core's L2 cache together, and every thread gets at
 /// least two chunks. (Side by side on a 1 MiB-L2 EPYC, 512 KiB ran the benchmark step 3–4%
-/// faster than 1 MiB and 256 KiB.)
-fn chunk_images(g: &Geom) -> usize {
-    let floats_per_image = (g.q() * g.p()).max(g.c * g.hw()).max(g.o * g.p()).max(1);
-    let by_cache = ((1usize << 17) / floats_per_image).max(1);
+/// faster than 1 MiB and 256 KiB.) Winograd's V and M planes get 1 MiB: its 16 gemms per
+/// chunk are short in the tile count, and 1 MiB ran the benchmark's 3×3 layers 5–15% faster
+/// than 512 KiB and far faster than 256 KiB.
+fn chunk_images(g: &Geom, wino: bool) -> usize {
+    let (floats_per_image, budget) = if wino {
+        (winograd::floats_per_image(g.c, g.o, g.h, g.w).max(1), 1usize << 18)
+    } else {
+        ((g.q() * g.p()).max(g.c * g.hw()).max(g.o * g.p()).max(1), 1usize << 17)
+    };
+    let by_cache = (budget / floats_per_image).max(1);
     let by_threads = g.n.div_ceil(2 * rayon::current_num_threads()).max(1);
     by_cache.min(by_threads)
 }
@@ -201,6 +231,7 @@ struct Buffers {
     a: Vec<f32>,
     b: Vec<f32>,
     c: Vec<f32>,
+    d: Vec<f32>,
     k: kernels::Scratch,
 }
 
@@ -226,8 +257,15 @@ fn zeroed(buf: &mut [MaybeUninit<f32>]) -> &mut [f32] {
 }
 
 impl ConvOp {
-    fn new(stride: usize, pad: usize, fuse: Fuse, transpose: bool, known: Option<Tensor>) -> Self {
-        ConvOp { stride, pad, fuse, transpose, weights: OnceLock::new(), known }
+    fn new(
+        stride: usize,
+        pad: usize,
+        fuse: Fuse,
+        transpose: bool,
+        known: Option<Tensor>,
+        algorithm: ConvAlgorithm,
+    ) -> Self {
+        ConvOp { stride, pad, fuse, transpose, weights: OnceLock::new(), known, algorithm, wino: OnceLock::new() }
     }
 
     /// The kernel (o, c, kh, kw) as (o, kh·kw·c) and as its transpose; computed once per op.
@@ -277,6 +315,22 @@ impl ConvOp {
                 bail!("{name}: padding {p} leaves no output for a {h}×{wd} input")
             }
             Ok(Geom { n, c: w1, h: big_h - 2 * p, w: big_w - 2 * p, o: c, kh, kw, stride: s, pad: p, ho: h, wo: wd })
+        }
+    }
+
+    /// A 3×3 convolution with stride 1 and padding 1 that runs as Winograd F(2×2, 3×3).
+    fn winograd(&self, g: &Geom) -> bool {
+        self.algorithm == ConvAlgorithm::Winograd && !self.transpose && (g.kh, g.kw, g.stride, g.pad) == (3, 3, 1, 1)
+    }
+
+    /// The kernel in the forms the passes use, each computed once per op: (o, kh·kw·c) and
+    /// its transpose for im2row, or the Winograd domain's [ξ][o][c] (the others empty).
+    fn kernel_forms(&self, w: &[f32], g: &Geom, wino: bool) -> (&[f32], &[f32], &[f32]) {
+        if wino {
+            (&[], &[], self.wino.get_or_init(|| winograd::weight_transform(w, g.o, g.c)))
+        } else {
+            let (wr, wrt) = self.row_weights(w, g);
+            (wr, wrt, &[])
         }
     }
 
@@ -347,8 +401,9 @@ impl CustomOp3 for ConvOp {
             if len == 0 {
                 return Ok((CpuStorage::F32(y), shape));
             }
-            let chunk = chunk_images(&g);
-            let (wr, wrt) = self.row_weights(w, &g);
+            let wino = self.winograd(&g);
+            let chunk = chunk_images(&g, wino);
+            let (wr, wrt, u) = self.kernel_forms(w, &g, wino);
             let (fuse, pointwise) = (self.fuse, self.pointwise(&g));
             y.spare_capacity_mut()[..len].par_chunks_mut(chunk * out_img).enumerate().for_each(|(ci, ys)| {
                 let ys = zeroed(ys);
@@ -356,7 +411,37 @@ impl CustomOp3 for ConvOp {
                     let imgs = ys.len() / out_img;
                     let np = imgs * p;
                     let xs = &x[ci * chunk * in_img..][..imgs * in_img];
-                    if pointwise {
+                    if wino {
+                        let (th, tw) = winograd::tiles(g.h, g.w);
+                        let (t, c, o) = (imgs * th * tw, g.c, g.o);
+                        let (sv, sm) = (winograd::plane_stride(c * t), winograd::plane_stride(o * t));
+                        let v = resized(&mut s.a, 16 * sv);
+                        winograd::input_transform(xs, imgs, c, g.h, g.w, fuse.relu_input, v, &mut s.d);
+                        let m = resized(&mut s.b, 16 * sm);
+                        for (xi, mx) in m.chunks_exact_mut(sm).enumerate() {
+                            let (ux, vx) = (&u[xi * o * c..][..o * c], &s.a[xi * sv..][..c * t]);
+                            kernels::gemm(
+                                t,
+                                o,
+                                c,
+                                MatRef::rows(vx, c),
+                                MatRef::rows(ux, c).t(),
+                                &mut mx[..o * t],
+                                false,
+                            );
+                        }
+                        winograd::output_transform(
+                            &s.b[..16 * sm],
+                            imgs,
+                            o,
+                            g.h,
+                            g.w,
+                            bias,
+                            fuse.relu_output,
+                            ys,
+                            &mut s.d,
+                        );
+                    } else if pointwise {
                         // A 1×1 convolution is a gemm per image on the channel-major data itself:
                         // y_img (o × p) = W (o × c) · x_img (c × p), the same sums as the row
                         // matrix's gemm (no layout passes; tested bit for bit).
@@ -418,8 +503,9 @@ impl CustomOp3 for ConvOp {
             let (need_x, need_w, need_b) = (x.track_op(), w.track_op(), b.elem_count() > 0 && b.track_op());
             let (in_img, out_img) = if self.transpose { (g.o * p, g.c * hw) } else { (g.c * hw, g.o * p) };
             let out_channels = if self.transpose { g.c } else { g.o };
-            let (fuse, pointwise) = (self.fuse, self.pointwise(&g));
-            let chunk = chunk_images(&g);
+            let (fuse, pointwise, wino) = (self.fuse, self.pointwise(&g), self.winograd(&g));
+            let chunk = chunk_images(&g, wino);
+            let dw_len = if wino { 16 * g.o * g.c } else { g.o * q };
             // Like y in the forward pass: each chunk is filled by the thread that computes it.
             let dx_len = if need_x { g.n * in_img } else { 0 };
             let mut dx: Vec<f32> = Vec::with_capacity(dx_len);
@@ -430,7 +516,7 @@ impl CustomOp3 for ConvOp {
                 (0..n_chunks).map(|_| None).collect()
             };
             let total = with_slices([x, w, y, dy], |[xs, ws, ys, dys]| {
-                let (wr, wrt) = self.row_weights(ws, &g);
+                let (wr, wrt, u) = self.kernel_forms(ws, &g, wino);
                 // Chunks go to a fixed number of groups, each summing its weight and bias gradients
                 // in chunk order, and the groups' sums are added in group order: the result does
                 // not depend on which thread ran what.
@@ -449,9 +535,42 @@ impl CustomOp3 for ConvOp {
                     let xc = &xs[i0 * in_img..][..imgs * in_img];
                     let yc = &ys[i0 * out_img..][..imgs * out_img];
                     let dyc = &dys[i0 * out_img..][..imgs * out_img];
-                    resized(&mut part.dw, g.o * q);
+                    resized(&mut part.dw, dw_len);
                     resized(&mut part.db, out_channels);
-                    if !self.transpose {
+                    if wino {
+                        let (th, tw) = winograd::tiles(g.h, g.w);
+                        let (t, c, o) = (imgs * th * tw, g.c, g.o);
+                        let (sv, sm) = (winograd::plane_stride(c * t), winograd::plane_stride(o * t));
+                        let dm = resized(&mut s.b, 16 * sm);
+                        let mask = fuse.relu_output.then_some(yc);
+                        winograd::grad_output_transform(dyc, mask, imgs, o, g.h, g.w, dm, &mut part.db, &mut s.d);
+                        let dm = &s.b[..16 * sm];
+                        if need_w {
+                            let v = resized(&mut s.a, 16 * sv);
+                            winograd::input_transform(xc, imgs, c, g.h, g.w, fuse.relu_input, v, &mut s.d);
+                            for (xi, dux) in part.dw.chunks_exact_mut(o * c).enumerate() {
+                                let (dmx, vx) = (&dm[xi * sm..][..o * t], &s.a[xi * sv..][..c * t]);
+                                kernels::gemm(o, c, t, MatRef::rows(dmx, o).t(), MatRef::rows(vx, c), dux, true);
+                            }
+                        }
+                        if let Some(dxc) = dxc {
+                            let dv = resized(&mut s.c, 16 * sv);
+                            for (xi, dvx) in dv.chunks_exact_mut(sv).enumerate() {
+                                let (ux, dmx) = (&u[xi * o * c..][..o * c], &dm[xi * sm..][..o * t]);
+                                kernels::gemm(
+                                    t,
+                                    c,
+                                    o,
+                                    MatRef::rows(dmx, o),
+                                    MatRef::rows(ux, c),
+                                    &mut dvx[..c * t],
+                                    false,
+                                );
+                            }
+                            let mask = fuse.relu_input.then_some(xc);
+                            winograd::grad_input_transform(&s.c[..16 * sv], imgs, c, g.h, g.w, mask, dxc, &mut s.d);
+                        }
+                    } else if !self.transpose {
                         // dyt = dy (through the output relu) in channel-major form; its row
                         // sums are the bias gradient.
                         let dyt = resized(&mut s.b, g.o * np);
@@ -528,10 +647,13 @@ impl CustomOp3 for ConvOp {
                         part
                     })
                     .collect();
-                let (mut dw, mut db) = (vec![0.0f32; g.o * q], vec![0.0f32; out_channels]);
+                let (mut dw, mut db) = (vec![0.0f32; dw_len], vec![0.0f32; out_channels]);
                 for s in partials.iter().filter(|s| !s.dw.is_empty()) {
                     dw.iter_mut().zip(&s.dw).for_each(|(a, b)| *a += b);
                     db.iter_mut().zip(&s.db).for_each(|(a, b)| *a += b);
+                }
+                if wino {
+                    return Ok((winograd::weight_grad(&dw, g.o, g.c), db));
                 }
                 // dw was summed in the row matrix's column order (o, kh, kw, c).
                 Ok((kernels::weight_from_rows(&dw, &g), db))
@@ -580,6 +702,15 @@ mod tests {
             out.push(grads.get(bv.as_tensor()).unwrap().clone());
         }
         out
+    }
+
+    /// y, dx, dw (and db) of `fast` within 1e-4 relative of `reference`'s.
+    fn assert_close(fast: &[Tensor], reference: &[Tensor], what: &str) {
+        assert_eq!(fast.len(), reference.len());
+        for (name, (a, b)) in ["y", "dx", "dw", "db"].iter().zip(fast.iter().zip(reference)) {
+            let e = rel_err(a, b);
+            assert!(e <= 1e-4, "{name}: relative error {e:e} for {what}");
+        }
     }
 
     /// Random shapes with strides 1–3, paddings up to k − 1, odd sizes, with and without bias,
@@ -681,10 +812,7 @@ mod tests {
             let r = rand_tensor(&mut rng, g(&x, &w, Some(&b), s, p, fuse).unwrap().dims(), -1.0, 1.0);
             let fast = run(f, &x, &w, Some(&b), &r, s, p, fuse);
             let reference = run(g, &x, &w, Some(&b), &r, s, p, fuse);
-            for (name, (a, b)) in ["y", "dx", "dw", "db"].iter().zip(fast.iter().zip(&reference)) {
-                let e = rel_err(a, b);
-                assert!(e <= 1e-4, "{name}: relative error {e:e} for x {xd:?} w {wd:?}");
-            }
+            assert_close(&fast, &reference, &format!("x {xd:?} w {wd:?}"));
         }
     }
 
@@ -784,6 +912,57 @@ mod tests {
         }
     }
 
+    fn conv2d_winograd(x: &Tensor, w: &Tensor, b: Option<&Tensor>, s: usize, p: usize, fuse: Fuse) -> Result<Tensor> {
+        conv2d_using(x, w, b, s, p, fuse, ConvAlgorithm::Winograd)
+    }
+
+    #[test]
+    fn winograd_matches_candle_forward_and_gradients() {
+        // 3×3, stride 1, padding 1 on random shapes: odd and even sides (partial tiles), 1×1
+        // images, non-square ones, one and many channels and images (several per chunk), every
+        // fusion, with and without bias; and the model's shapes at batch 16.
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(31);
+        let fuses = [Fuse::NONE, Fuse::RELU_OUT, Fuse::RELU_IN, Fuse::RELU_BOTH];
+        let mut shapes: Vec<([usize; 4], usize)> = (0..40)
+            .map(|_| {
+                let x =
+                    [rng.random_range(1..6), rng.random_range(1..9), rng.random_range(1..12), rng.random_range(1..12)];
+                (x, rng.random_range(1..9))
+            })
+            .collect();
+        shapes.extend([([16, 128, 7, 7], 128), ([16, 128, 7, 7], 32), ([16, 64, 7, 7], 128), ([3, 70, 8, 8], 65)]);
+        for (i, (xd, o)) in shapes.into_iter().enumerate() {
+            let fuse = fuses[i % 4];
+            let x = rand_tensor(&mut rng, &xd, -1.0, 1.0);
+            let w = rand_tensor(&mut rng, &[o, xd[1], 3, 3], -1.0, 1.0);
+            let b = (i % 3 != 0).then(|| rand_tensor(&mut rng, &[o], -1.0, 1.0));
+            let r = rand_tensor(&mut rng, &[xd[0], o, xd[2], xd[3]], -1.0, 1.0);
+            let fast = run(conv2d_winograd, &x, &w, b.as_ref(), &r, 1, 1, fuse);
+            let reference = run(conv2d_reference, &x, &w, b.as_ref(), &r, 1, 1, fuse);
+            assert_close(&fast, &reference, &format!("x {xd:?}, {o} out, {fuse:?}"));
+        }
+    }
+
+    #[test]
+    fn winograd_applies_to_3x3_stride_1_padding_1_only() {
+        // Other shapes take the im2row path whatever the algorithm says: the same bits.
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(32);
+        for (k, s, p) in [(3, 2, 1), (3, 1, 0), (3, 1, 2), (4, 1, 1), (1, 1, 0), (5, 1, 2)] {
+            let x = rand_tensor(&mut rng, &[2, 5, 9, 8], -1.0, 1.0);
+            let w = rand_tensor(&mut rng, &[4, 5, k, k], -1.0, 1.0);
+            let a = conv2d_winograd(&x, &w, None, s, p, Fuse::NONE).unwrap();
+            let b = conv2d(&x, &w, None, s, p, Fuse::NONE).unwrap();
+            assert_eq!(rel_err(&a, &b), 0.0, "k {k} s {s} p {p}");
+        }
+        // And 3×3/1/1 does take the Winograd path: it rounds differently from im2row.
+        let x = rand_tensor(&mut rng, &[4, 32, 7, 7], -1.0, 1.0);
+        let w = rand_tensor(&mut rng, &[16, 32, 3, 3], -1.0, 1.0);
+        let a = conv2d_winograd(&x, &w, None, 1, 1, Fuse::NONE).unwrap();
+        let b = conv2d(&x, &w, None, 1, 1, Fuse::NONE).unwrap();
+        let e = rel_err(&a, &b);
+        assert!(e > 0.0 && e < 1e-5, "{e:e}");
+    }
+
     #[test]
     fn a_known_output_is_reused_only_when_its_shape_fits() {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
@@ -792,9 +971,9 @@ mod tests {
         let y = conv2d(&x, &w, None, 1, 1, Fuse::NONE).unwrap();
         // The forward pass copies what it is given (a stand-in of the right shape shows it).
         let stand_in = (&y + 1.0).unwrap();
-        let again = conv2d_known(&x, &w, None, 1, 1, &stand_in).unwrap();
+        let again = conv2d_known(&x, &w, None, 1, 1, &stand_in, ConvAlgorithm::Im2row).unwrap();
         assert_eq!(rel_err(&again, &stand_in), 0.0);
-        let e = conv2d_known(&x, &w, None, 2, 1, &y).unwrap_err().to_string();
+        let e = conv2d_known(&x, &w, None, 2, 1, &y, ConvAlgorithm::Im2row).unwrap_err().to_string();
         assert!(e.contains("known output [2, 4, 5, 5]") && e.contains("[2, 4, 3, 3]"), "{e}");
     }
 

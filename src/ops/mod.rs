@@ -7,11 +7,12 @@ pub mod conv;
 pub mod dense;
 pub mod kernels;
 pub mod vecmath;
+pub mod winograd;
 
 #[cfg(test)]
 mod testing;
 
-pub use conv::{conv2d, conv2d_known, conv_transpose2d, Fuse};
+pub use conv::{conv2d, conv2d_known, conv2d_using, conv_transpose2d, Fuse};
 
 /// softplus(x) = ln(1 + eˣ) = max(x, 0) + ln(1 + e^{−|x|}), stable for large |x|.
 pub fn softplus(x: &candle_core::Tensor) -> candle_core::Result<candle_core::Tensor> {

@@ -403,11 +403,12 @@ fn bench_profile_counts_each_op_pass_of_the_architecture() {
 }
 
 /// rec_loss per step of a run of the tiny experiment, with candle's ops or vqlab's.
-fn losses_with(dir: &Path, name: &str, variant: &str, reference: bool) -> Vec<f64> {
+fn losses_with(dir: &Path, name: &str, variant: &str, reference: bool, sets: &[&str]) -> Vec<f64> {
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_vqlab"));
     cmd.args(["run", "exp.toml", "--set", &format!("experiment.name={name}"), "--set"])
         .arg(format!("model.variant={variant}"))
         .args(["--set", "train.log_every=1", "--set", "train.steps=8", "--set", "loss.disc_start=2"])
+        .args(sets.iter().flat_map(|s| ["--set", s]))
         .current_dir(dir)
         .env_remove("VQLAB_RUNS_DIR");
     if reference {
@@ -433,8 +434,8 @@ fn training_with_the_fast_ops_follows_training_with_candles_ops() {
     let dir = tempfile::tempdir().unwrap();
     write(dir.path(), "exp.toml", &tiny_experiment("ops", ""));
     for variant in ["vqvae", "vqgan"] {
-        let fast = losses_with(dir.path(), &format!("fast-{variant}"), variant, false);
-        let reference = losses_with(dir.path(), &format!("ref-{variant}"), variant, true);
+        let fast = losses_with(dir.path(), &format!("fast-{variant}"), variant, false, &[]);
+        let reference = losses_with(dir.path(), &format!("ref-{variant}"), variant, true, &[]);
         assert_eq!(fast.len(), 8);
         assert_eq!(fast.len(), reference.len());
         for (step, (a, b)) in fast.iter().zip(&reference).enumerate() {
@@ -443,4 +444,29 @@ fn training_with_the_fast_ops_follows_training_with_candles_ops() {
         // The losses moved: a comparison of two runs that never trained would pass too.
         assert!(fast[7] < fast[0] * 0.98, "{variant}: {fast:?}");
     }
+}
+
+#[test]
+fn training_with_winograd_follows_training_with_candles_ops() {
+    // `train.conv_algorithm = "winograd"` computes the encoder's and decoder's 3×3
+    // convolutions (and the residual blocks') another way: the same convolution up to rounding,
+    // so the losses agree step by step with candle's ops, and the run gets its own id.
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "exp.toml", &tiny_experiment("wino", ""));
+    let sets = ["train.conv_algorithm=winograd"];
+    let winograd = losses_with(dir.path(), "winograd", "vqvae", false, &sets);
+    let reference = losses_with(dir.path(), "reference", "vqvae", true, &[]);
+    assert_eq!(winograd.len(), 8);
+    for (step, (a, b)) in winograd.iter().zip(&reference).enumerate() {
+        assert!((a - b).abs() <= 1e-3 * b.abs(), "step {}: {a} vs {b}", step + 1);
+    }
+    assert!(winograd[7] < winograd[0] * 0.98, "{winograd:?}");
+    let id = |name: &str| {
+        let run = &run_dirs(&dir.path().join("runs").join(name))[0];
+        run.file_name().unwrap().to_string_lossy().rsplit('-').next().unwrap().to_string()
+    };
+    assert_ne!(id("winograd"), id("reference"));
+    let out = vqlab(dir.path(), &["plan", "exp.toml", "--set", "train.conv_algorithm=fft"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("train.conv_algorithm") && stderr(&out).contains("winograd"), "{}", stderr(&out));
 }
