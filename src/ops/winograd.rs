@@ -124,11 +124,9 @@ simd_dispatch! {
         for img in 0..imgs {
             for (ci, src) in x[img * c * h * w..][..c * h * w].chunks_exact(h * w).enumerate() {
                 for (y, srow) in src.chunks_exact(w).enumerate() {
-                    let d = plane[((y + 1) * pw + 1) * c + ci..].iter_mut().step_by(c);
-                    if relu {
-                        d.zip(srow).for_each(|(d, s)| *d = s.max(0.0));
-                    } else {
-                        d.zip(srow).for_each(|(d, s)| *d = *s);
+                    let at = ((y + 1) * pw + 1) * c + ci;
+                    for (x, v) in srow.iter().enumerate() {
+                        plane[at + x * c] = if relu { v.max(0.0) } else { *v };
                     }
                 }
             }
@@ -222,8 +220,10 @@ simd_dispatch! {
             let dst = &mut y[img * o * h * w..][..o * h * w];
             for (oc, plane) in dst.chunks_exact_mut(h * w).enumerate() {
                 for (yy, drow) in plane.chunks_exact_mut(w).enumerate() {
-                    let src = full[yy * pw * o + oc..].iter().step_by(o);
-                    drow.iter_mut().zip(src).for_each(|(d, s)| *d = *s);
+                    let at = yy * pw * o + oc;
+                    for (x, d) in drow.iter_mut().enumerate() {
+                        *d = full[at + x * o];
+                    }
                 }
             }
         }
@@ -255,20 +255,15 @@ simd_dispatch! {
             for (oc, src) in dy[base..][..o * h * w].chunks_exact(h * w).enumerate() {
                 let mut acc = 0.0f32;
                 for (yy, srow) in src.chunks_exact(w).enumerate() {
-                    let d = full[yy * pw * o + oc..].iter_mut().step_by(o);
-                    match mask {
-                        Some(m) => {
-                            let mrow = &m[base + oc * h * w + yy * w..][..w];
-                            d.zip(srow).zip(mrow).for_each(|((d, s), m)| {
-                                let v = if *m > 0.0 { *s } else { 0.0 };
-                                acc += v;
-                                *d = v;
-                            });
-                        }
-                        None => d.zip(srow).for_each(|(d, s)| {
-                            acc += *s;
-                            *d = *s;
-                        }),
+                    let at = yy * pw * o + oc;
+                    let mrow = mask.map(|m| &m[base + oc * h * w + yy * w..][..w]);
+                    for (x, s) in srow.iter().enumerate() {
+                        let v = match mrow {
+                            Some(m) if m[x] <= 0.0 => 0.0,
+                            _ => *s,
+                        };
+                        acc += v;
+                        full[at + x * o] = v;
                     }
                 }
                 sums[oc] += acc;
@@ -373,8 +368,10 @@ simd_dispatch! {
             let dst = &mut dx[base..][..c * h * w];
             for (ci, plane) in dst.chunks_exact_mut(h * w).enumerate() {
                 for (yy, drow) in plane.chunks_exact_mut(w).enumerate() {
-                    let src = acc[((yy + 1) * pw + 1) * c + ci..].iter().step_by(c);
-                    drow.iter_mut().zip(src).for_each(|(d, s)| *d = *s);
+                    let at = ((yy + 1) * pw + 1) * c + ci;
+                    for (x, d) in drow.iter_mut().enumerate() {
+                        *d = acc[at + x * c];
+                    }
                 }
                 if let Some(m) = mask {
                     plane.iter_mut().zip(&m[base + ci * h * w..][..h * w]).for_each(|(d, m)| {
