@@ -196,7 +196,7 @@ struct ConvOp {
     known: Option<Tensor>,
     /// How a 3×3, stride-1, padding-1 convolution runs.
     algorithm: ConvAlgorithm,
-    /// The kernel in the Winograd domain, [ξ][o][c] (see [`winograd`]).
+    /// The kernel in the Winograd domain, `[ξ][o][c]` (see [`winograd`]).
     wino: OnceLock<Vec<f32>>,
 }
 
@@ -324,7 +324,7 @@ impl ConvOp {
     }
 
     /// The kernel in the forms the passes use, each computed once per op: (o, kh·kw·c) and
-    /// its transpose for im2row, or the Winograd domain's [ξ][o][c] (the others empty).
+    /// its transpose for im2row, or the Winograd domain's `[ξ][o][c]` (the others empty).
     fn kernel_forms(&self, w: &[f32], g: &Geom, wino: bool) -> (&[f32], &[f32], &[f32]) {
         if wino {
             (&[], &[], self.wino.get_or_init(|| winograd::weight_transform(w, g.o, g.c)))

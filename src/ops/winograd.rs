@@ -19,10 +19,10 @@
 //! - dV_ξ = U_ξᵀ · dM_ξ, dd = B dV Bᵀ, added into the input patch each tile read,
 //! - dU_ξ = Σ_t dM_ξ V_ξᵀ, dg = Gᵀ dU G.
 //!
-//! Layouts: U is [ξ][o][c]; V, dV are [ξ][T][c]; M, dM are [ξ][T][o] (channels last, so that
-//! the transforms run on runs of channels), with the tile index t = (image · th + tile row)
-//! · tw + tile column, and the 16 planes [`plane_stride`] apart. Images are (imgs, c, h, w)
-//! as everywhere.
+//! Layouts: U is `[ξ][o][c]`; V, dV are `[ξ][T][c]`; M, dM are `[ξ][T][o]` (channels last,
+//! so that the transforms run on runs of channels), with the tile index t = (image · th +
+//! tile row) · tw + tile column, and the 16 planes [`plane_stride`] apart. Images are
+//! (imgs, c, h, w) as everywhere.
 
 use super::kernels::{resized, simd_dispatch};
 
@@ -31,7 +31,7 @@ pub fn tiles(h: usize, w: usize) -> (usize, usize) {
     (h.div_ceil(2), w.div_ceil(2))
 }
 
-/// The kernel (o, c, 3, 3) transformed: U_ξ = G g Gᵀ, laid out [ξ][o][c].
+/// The kernel (o, c, 3, 3) transformed: U_ξ = G g Gᵀ, laid out `[ξ][o][c]`.
 pub fn weight_transform(w: &[f32], o: usize, c: usize) -> Vec<f32> {
     let plane = o * c;
     let mut u = vec![0.0f32; 16 * plane];
@@ -56,7 +56,7 @@ pub fn weight_transform(w: &[f32], o: usize, c: usize) -> Vec<f32> {
     u
 }
 
-/// The kernel gradient (o, c, 3, 3) from dU ([ξ][o][c]): dg = Gᵀ dU G.
+/// The kernel gradient (o, c, 3, 3) from dU (`[ξ][o][c]`): dg = Gᵀ dU G.
 pub fn weight_grad(du: &[f32], o: usize, c: usize) -> Vec<f32> {
     let plane = o * c;
     let mut dw = vec![0.0f32; 9 * plane];
@@ -103,7 +103,7 @@ const CB: usize = 64;
 
 simd_dispatch! {
     /// V = Bᵀ d B for every tile of `imgs` images x (imgs, c, h, w), through relu when `relu`,
-    /// into `v` ([ξ][T][c], T = imgs · th · tw). Each image is first copied into a zero-padded
+    /// into `v` (`[ξ][T][c]`, T = imgs · th · tw). Each image is first copied into a zero-padded
     /// channels-last plane, so that a tile's 16 inputs are 16 runs of c values and the
     /// transform runs on whole runs. `scratch` is reused.
     pub fn input_transform(
@@ -169,7 +169,7 @@ simd_dispatch! {
 }
 
 simd_dispatch! {
-    /// y = relu?(Aᵀ M A + bias) for `imgs` images into `y` (imgs, o, h, w), from M ([ξ][T][o]).
+    /// y = relu?(Aᵀ M A + bias) for `imgs` images into `y` (imgs, o, h, w), from M (`[ξ][T][o]`).
     /// `scratch` is reused.
     pub fn output_transform(
         m: &[f32],
@@ -232,7 +232,7 @@ simd_dispatch! {
 
 simd_dispatch! {
     /// dM = A dY Aᵀ for every tile of `imgs` images, dY = dy (imgs, o, h, w) zeroed where
-    /// `mask` (laid out like dy) is ≤ 0, into `dm` ([ξ][T][o]); adds each channel's sum of dY
+    /// `mask` (laid out like dy) is ≤ 0, into `dm` (`[ξ][T][o]`); adds each channel's sum of dY
     /// to `sums`. `scratch` is reused.
     pub fn grad_output_transform(
         dy: &[f32],
@@ -307,7 +307,7 @@ simd_dispatch! {
 }
 
 simd_dispatch! {
-    /// The input gradient dx (imgs, c, h, w) from dV ([ξ][T][c]): B dV Bᵀ per tile, summed into
+    /// The input gradient dx (imgs, c, h, w) from dV (`[ξ][T][c]`): B dV Bᵀ per tile, summed into
     /// the input pixels the tile read, zeroed where `mask` (laid out like dx) is ≤ 0.
     /// `scratch` is reused.
     pub fn grad_input_transform(
