@@ -320,7 +320,11 @@ impl ConvOp {
 
     /// A 3×3 convolution with stride 1 and padding 1 that runs as Winograd F(2×2, 3×3).
     fn winograd(&self, g: &Geom) -> bool {
-        self.algorithm == ConvAlgorithm::Winograd && !self.transpose && (g.kh, g.kw, g.stride, g.pad) == (3, 3, 1, 1)
+        self.algorithm == ConvAlgorithm::Winograd
+            && !self.transpose
+            && (g.kh, g.kw, g.stride, g.pad) == (3, 3, 1, 1)
+            && g.c > 0
+            && g.o > 0
     }
 
     /// The kernel in the forms the passes use, each computed once per op: (o, kh·kw·c) and
@@ -953,6 +957,14 @@ mod tests {
             let a = conv2d_winograd(&x, &w, None, s, p, Fuse::NONE).unwrap();
             let b = conv2d(&x, &w, None, s, p, Fuse::NONE).unwrap();
             assert_eq!(rel_err(&a, &b), 0.0, "k {k} s {s} p {p}");
+        }
+        // Zero input or output channels: no Winograd planes to build, the im2row answer.
+        for (c, o) in [(0, 4), (5, 0)] {
+            let x = rand_tensor(&mut rng, &[2, c, 6, 6], -1.0, 1.0);
+            let w = rand_tensor(&mut rng, &[o, c, 3, 3], -1.0, 1.0);
+            let a = conv2d_winograd(&x, &w, None, 1, 1, Fuse::NONE).unwrap();
+            assert_eq!(a.dims(), &[2, o, 6, 6]);
+            assert_eq!(a.flatten_all().unwrap().to_vec1::<f32>().unwrap(), vec![0.0; 2 * o * 36]);
         }
         // And 3×3/1/1 does take the Winograd path: it rounds differently from im2row.
         let x = rand_tensor(&mut rng, &[4, 32, 7, 7], -1.0, 1.0);
