@@ -5,10 +5,13 @@
 //! (`scripts/bench/torch_conv_layers.py`), in alternating rounds:
 //!
 //!   cargo bench --bench conv_layers -- --reps 9
+//!   cargo bench --bench conv_layers -- --algorithm winograd4   # train.conv_algorithm's values
+//!   cargo bench --bench conv_layers -- --layer 3x3             # the layers whose name has it
 use std::time::Instant;
 
 use candle_core::{Device, Tensor, Var};
-use vqlab::ops::{conv2d, conv_transpose2d, Fuse};
+use vqlab::config::ConvAlgorithm;
+use vqlab::ops::{conv2d_using, conv_transpose2d, Fuse};
 
 /// (name, transposed, input dims, kernel dims, stride, padding): the VQ-VAE's distinct conv
 /// shapes and the discriminator's (the rows of scripts/bench/torch_conv_layers.py).
@@ -47,15 +50,23 @@ fn main() -> candle_core::Result<()> {
         .and_then(|v| v.parse::<usize>().ok())
         .unwrap_or(7)
         .max(1);
+    let algorithm = match args.iter().position(|a| a == "--algorithm").and_then(|i| args.get(i + 1)) {
+        None => ConvAlgorithm::Im2row,
+        Some(a) => serde_json::from_value(serde_json::json!(a))
+            .map_err(|_| candle_core::Error::Msg(format!("--algorithm {a}: expected im2row, winograd or winograd4")))?,
+    };
+    let only = args.iter().position(|a| a == "--layer").and_then(|i| args.get(i + 1));
     let dev = Device::Cpu;
-    for &(name, transpose, xd, wd, stride, pad) in LAYERS {
+    for &(name, transpose, xd, wd, stride, pad) in
+        LAYERS.iter().filter(|l| only.is_none_or(|o| l.0.contains(o.as_str())))
+    {
         let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, &xd[..], &dev)?)?;
         let w = Var::from_tensor(&(Tensor::randn(0f32, 1.0, &wd[..], &dev)? * 0.05)?)?;
         let f = |x: &Tensor| {
             if transpose {
                 conv_transpose2d(x, w.as_tensor(), None, stride, pad, Fuse::NONE)
             } else {
-                conv2d(x, w.as_tensor(), None, stride, pad, Fuse::NONE)
+                conv2d_using(x, w.as_tensor(), None, stride, pad, Fuse::NONE, algorithm)
             }
         };
         let (mut fwd, mut both) = (Vec::new(), Vec::new());
@@ -77,7 +88,10 @@ fn main() -> candle_core::Result<()> {
                 both.push(t2 * 1e3);
             }
         }
-        println!("{}", serde_json::json!({"layer": name, "fwd_ms": median(fwd), "fwd_bwd_ms": median(both)}));
+        println!(
+            "{}",
+            serde_json::json!({"layer": name, "algorithm": algorithm, "fwd_ms": median(fwd), "fwd_bwd_ms": median(both)})
+        );
     }
     Ok(())
 }

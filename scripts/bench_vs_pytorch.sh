@@ -14,7 +14,8 @@
 # Sonnet EMA twin; fsq at K = 1024, the FSQ paper's [8, 5, 5, 5]); they need the
 # vector-quantize-pytorch package, which scripts/torch_venv.sh then installs. The variants
 # vqvae-winograd and vqgan-winograd are those steps with `train.conv_algorithm = "winograd"`
-# (the 3×3 convolutions as Winograd F(2×2, 3×3)) against the same PyTorch steps.
+# (the 3×3 convolutions as Winograd F(2×2, 3×3)), vqvae-winograd4 and vqgan-winograd4 with
+# `"winograd4"` (F(4×4, 3×3)), against the same PyTorch steps.
 #
 # Then it trains the VQ-VAE configuration with `vqlab run` and compares the median of the
 # run's logged train/img_per_s with the benchmark's median (they should agree within 10%).
@@ -23,7 +24,7 @@
 #   ROUNDS=7 STEPS=30 bash scripts/bench_vs_pytorch.sh
 #   VARIANTS=vqvae RUN_CHECK=0 bash scripts/bench_vs_pytorch.sh
 #   VARIANTS="ema fsq lfq simvq" RUN_CHECK=0 bash scripts/bench_vs_pytorch.sh
-#   VARIANTS="vqvae vqvae-winograd vqgan vqgan-winograd" bash scripts/bench_vs_pytorch.sh
+#   VARIANTS="vqvae vqvae-winograd4 vqgan vqgan-winograd4" bash scripts/bench_vs_pytorch.sh
 #
 # PyTorch (with numpy, and pyarrow to read the run's Parquet) comes from pip into a virtual
 # environment under ~/.cache (scripts/torch_venv.sh); set TORCH_PYTHON to use another
@@ -83,10 +84,11 @@ for variant in $VARIANTS; do
         t=$("$TORCH_PYTHON" scripts/bench/torch_prior_step.py --threads "$THREADS" \
             --steps "$STEPS" --warmup "$WARMUP" | field img_per_s) ;;
       *)
-        # vqvae-winograd, vqgan-winograd: the step with train.conv_algorithm = "winograd".
-        base=${variant%-winograd}
+        # vqvae-winograd, vqgan-winograd4, …: the step with train.conv_algorithm = "winograd"
+        # or "winograd4".
+        base=${variant%%-*}
         algorithm=im2row
-        [ "$base" != "$variant" ] && algorithm=winograd
+        [ "$base" != "$variant" ] && algorithm=${variant#*-}
         v=$("$VQLAB" -q bench experiments/bench_step.toml --set model.variant="$base" \
             --set train.conv_algorithm=$algorithm \
             --set hardware.threads_per_run="$THREADS" --steps "$STEPS" --warmup "$WARMUP" --json | field img_per_s)

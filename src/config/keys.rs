@@ -60,7 +60,7 @@ pub const KEYS: &[(&str, Option<&str>, &str)] = &[
     ("train.eval_every", None, "eval cadence (and at the end)"),
     ("train.checkpoint_every", None, "checkpoint cadence (and at the end)"),
     ("train.seed", None, "weights, batch order, every random choice"),
-    ("train.conv_algorithm", None, "3×3 stride-1 convolutions on the CPU: `im2row` (a gemm over the row matrix, as every other convolution) or `winograd` (Winograd F(2×2, 3×3), 0.58 of the multiply-adds on 7×7 maps; the benchmark step about 5% faster). They round differently, so the run id hashes the choice; other devices use candle's ops either way"),
+    ("train.conv_algorithm", None, "3×3 stride-1 convolutions on the CPU: `im2row` (a gemm over the row matrix, as every other convolution), `winograd` (Winograd F(2×2, 3×3), 0.58 of the multiply-adds on 7×7 maps; the benchmark step about 5% faster) or `winograd4` (F(4×4, 3×3), 0.31 of them; the step about 18% faster, rounding errors ~20× F(2×2)'s, still ~3e-6 of the products' magnitudes). They round differently, so the run id hashes the choice; other devices use candle's ops either way"),
     ("train.early_stop", Some("`[]`"), "codebook-health rules on validation metrics, e.g. `[{ metric = \"val/usage\", below = 0.05, after_step = 1000 }]`: checked at each eval; the run ends `stopped_early` with the rule in its reason. A rule on an `eval/…` (test) metric is refused"),
     ("eval.fid", None, "rFID and KID with the dataset's feature network (see Metrics)"),
     ("eval.kid_subsets", None, "KID subsets"),

@@ -463,6 +463,8 @@ pub enum ConvAlgorithm {
     Im2row,
     /// Winograd F(2×2, 3×3) (Lavin & Gray 2016): 16 gemms in the Winograd domain.
     Winograd,
+    /// Winograd F(4×4, 3×3) (Lavin & Gray 2016): 36 gemms over a quarter of the tiles.
+    Winograd4,
 }
 
 /// Stop a run when an eval metric crosses a bound at an eval step at or after `after_step`,

@@ -547,6 +547,9 @@ mod tests {
         let mut winograd = base.clone();
         winograd.train.conv_algorithm = crate::config::ConvAlgorithm::Winograd;
         assert_ne!(run_id(&winograd), old);
+        let mut winograd4 = base.clone();
+        winograd4.train.conv_algorithm = crate::config::ConvAlgorithm::Winograd4;
+        assert!(![old.clone(), run_id(&winograd)].contains(&run_id(&winograd4)));
         let mut branched = base.clone();
         (branched.model.variant, branched.loss.branch) = (Variant::Vqgan, Branch::SharedPrefix);
         let unbranched = ExperimentConfig {

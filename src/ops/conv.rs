@@ -16,8 +16,9 @@
 //! add and a relu on the input and/or the output are fused into the layout passes around the
 //! gemm, so they cost no extra tensors in the graph.
 //!
-//! A 3×3 convolution with stride 1 and padding 1 runs as Winograd F(2×2, 3×3) instead when
-//! asked (`train.conv_algorithm = "winograd"`, see [`super::winograd`]).
+//! A 3×3 convolution with stride 1 and padding 1 runs as Winograd F(2×2, 3×3) or F(4×4, 3×3)
+//! instead when asked (`train.conv_algorithm = "winograd"` or `"winograd4"`, see
+//! [`super::winograd`]).
 //!
 //! Other devices (CUDA) and `VQLAB_REFERENCE_OPS=1` take candle's own ops; the tests check
 //! that both give the same values and gradients.
@@ -31,7 +32,7 @@ use rayon::prelude::*;
 use candle_core::{bail, CpuStorage, CustomOp3, DType, Device, Layout, Result, Shape, Tensor};
 
 use super::kernels::{self, resized, Geom, MatRef};
-use super::winograd;
+use super::winograd::{self, Tile};
 use crate::config::ConvAlgorithm;
 use crate::util::tensor::{cpu_f32, with_slices};
 
@@ -205,10 +206,11 @@ struct ConvOp {
 /// least two chunks. (Side by side on a 1 MiB-L2 EPYC, 512 KiB ran the benchmark step 3–4%
 /// faster than 1 MiB and 256 KiB.) Winograd's V and M planes get 1 MiB: its 16 gemms per
 /// chunk are short in the tile count, and 1 MiB ran the benchmark's 3×3 layers 5–15% faster
-/// than 512 KiB and far faster than 256 KiB.
-fn chunk_images(g: &Geom, wino: bool) -> usize {
-    let (floats_per_image, budget) = if wino {
-        (winograd::floats_per_image(g.c, g.o, g.h, g.w).max(1), 1usize << 18)
+/// than 512 KiB and far faster than 256 KiB. F(4×4)'s 36 planes get the same 1 MiB (7 images
+/// of 128 + 128 channels at 7×7): 2 and 4 MiB ran the benchmark step no faster.
+fn chunk_images(g: &Geom, wino: Option<Tile>) -> usize {
+    let (floats_per_image, budget) = if let Some(tile) = wino {
+        (winograd::floats_per_image(g.c, g.o, g.h, g.w, tile).max(1), 1usize << 18)
     } else {
         ((g.q() * g.p()).max(g.c * g.hw()).max(g.o * g.p()).max(1), 1usize << 17)
     };
@@ -318,20 +320,22 @@ impl ConvOp {
         }
     }
 
-    /// A 3×3 convolution with stride 1 and padding 1 that runs as Winograd F(2×2, 3×3).
-    fn winograd(&self, g: &Geom) -> bool {
-        self.algorithm == ConvAlgorithm::Winograd
-            && !self.transpose
-            && (g.kh, g.kw, g.stride, g.pad) == (3, 3, 1, 1)
-            && g.c > 0
-            && g.o > 0
+    /// The Winograd tile of a 3×3 convolution with stride 1 and padding 1 when the algorithm
+    /// asks for one (None: im2row).
+    fn winograd(&self, g: &Geom) -> Option<Tile> {
+        let tile = match self.algorithm {
+            ConvAlgorithm::Im2row => return None,
+            ConvAlgorithm::Winograd => Tile::F2,
+            ConvAlgorithm::Winograd4 => Tile::F4,
+        };
+        (!self.transpose && (g.kh, g.kw, g.stride, g.pad) == (3, 3, 1, 1) && g.c > 0 && g.o > 0).then_some(tile)
     }
 
     /// The kernel in the forms the passes use, each computed once per op: (o, kh·kw·c) and
     /// its transpose for im2row, or the Winograd domain's `[ξ][o][c]` (the others empty).
-    fn kernel_forms(&self, w: &[f32], g: &Geom, wino: bool) -> (&[f32], &[f32], &[f32]) {
-        if wino {
-            (&[], &[], self.wino.get_or_init(|| winograd::weight_transform(w, g.o, g.c)))
+    fn kernel_forms(&self, w: &[f32], g: &Geom, wino: Option<Tile>) -> (&[f32], &[f32], &[f32]) {
+        if let Some(tile) = wino {
+            (&[], &[], self.wino.get_or_init(|| winograd::weight_transform(w, g.o, g.c, tile)))
         } else {
             let (wr, wrt) = self.row_weights(w, g);
             (wr, wrt, &[])
@@ -415,13 +419,13 @@ impl CustomOp3 for ConvOp {
                     let imgs = ys.len() / out_img;
                     let np = imgs * p;
                     let xs = &x[ci * chunk * in_img..][..imgs * in_img];
-                    if wino {
-                        let (th, tw) = winograd::tiles(g.h, g.w);
-                        let (t, c, o) = (imgs * th * tw, g.c, g.o);
+                    if let Some(tile) = wino {
+                        let (th, tw) = winograd::tiles(g.h, g.w, tile);
+                        let (t, c, o, pts) = (imgs * th * tw, g.c, g.o, tile.points());
                         let (sv, sm) = (winograd::plane_stride(c * t), winograd::plane_stride(o * t));
-                        let v = resized(&mut s.a, 16 * sv);
-                        winograd::input_transform(xs, imgs, c, g.h, g.w, fuse.relu_input, v, &mut s.d);
-                        let m = resized(&mut s.b, 16 * sm);
+                        let v = resized(&mut s.a, pts * sv);
+                        winograd::input_transform(tile, xs, imgs, c, g.h, g.w, fuse.relu_input, v, &mut s.d);
+                        let m = resized(&mut s.b, pts * sm);
                         for (xi, mx) in m.chunks_exact_mut(sm).enumerate() {
                             let (ux, vx) = (&u[xi * o * c..][..o * c], &s.a[xi * sv..][..c * t]);
                             kernels::gemm(
@@ -435,7 +439,8 @@ impl CustomOp3 for ConvOp {
                             );
                         }
                         winograd::output_transform(
-                            &s.b[..16 * sm],
+                            tile,
+                            &s.b[..pts * sm],
                             imgs,
                             o,
                             g.h,
@@ -509,7 +514,7 @@ impl CustomOp3 for ConvOp {
             let out_channels = if self.transpose { g.c } else { g.o };
             let (fuse, pointwise, wino) = (self.fuse, self.pointwise(&g), self.winograd(&g));
             let chunk = chunk_images(&g, wino);
-            let dw_len = if wino { 16 * g.o * g.c } else { g.o * q };
+            let dw_len = if let Some(tile) = wino { tile.points() * g.o * g.c } else { g.o * q };
             // Like y in the forward pass: each chunk is filled by the thread that computes it.
             let dx_len = if need_x { g.n * in_img } else { 0 };
             let mut dx: Vec<f32> = Vec::with_capacity(dx_len);
@@ -541,24 +546,24 @@ impl CustomOp3 for ConvOp {
                     let dyc = &dys[i0 * out_img..][..imgs * out_img];
                     resized(&mut part.dw, dw_len);
                     resized(&mut part.db, out_channels);
-                    if wino {
-                        let (th, tw) = winograd::tiles(g.h, g.w);
-                        let (t, c, o) = (imgs * th * tw, g.c, g.o);
+                    if let Some(tile) = wino {
+                        let (th, tw) = winograd::tiles(g.h, g.w, tile);
+                        let (t, c, o, pts) = (imgs * th * tw, g.c, g.o, tile.points());
                         let (sv, sm) = (winograd::plane_stride(c * t), winograd::plane_stride(o * t));
-                        let dm = resized(&mut s.b, 16 * sm);
+                        let dm = resized(&mut s.b, pts * sm);
                         let mask = fuse.relu_output.then_some(yc);
-                        winograd::grad_output_transform(dyc, mask, imgs, o, g.h, g.w, dm, &mut part.db, &mut s.d);
-                        let dm = &s.b[..16 * sm];
+                        winograd::grad_output_transform(tile, dyc, mask, imgs, o, g.h, g.w, dm, &mut part.db, &mut s.d);
+                        let dm = &s.b[..pts * sm];
                         if need_w {
-                            let v = resized(&mut s.a, 16 * sv);
-                            winograd::input_transform(xc, imgs, c, g.h, g.w, fuse.relu_input, v, &mut s.d);
+                            let v = resized(&mut s.a, pts * sv);
+                            winograd::input_transform(tile, xc, imgs, c, g.h, g.w, fuse.relu_input, v, &mut s.d);
                             for (xi, dux) in part.dw.chunks_exact_mut(o * c).enumerate() {
                                 let (dmx, vx) = (&dm[xi * sm..][..o * t], &s.a[xi * sv..][..c * t]);
                                 kernels::gemm(o, c, t, MatRef::rows(dmx, o).t(), MatRef::rows(vx, c), dux, true);
                             }
                         }
                         if let Some(dxc) = dxc {
-                            let dv = resized(&mut s.c, 16 * sv);
+                            let dv = resized(&mut s.c, pts * sv);
                             for (xi, dvx) in dv.chunks_exact_mut(sv).enumerate() {
                                 let (ux, dmx) = (&u[xi * o * c..][..o * c], &dm[xi * sm..][..o * t]);
                                 kernels::gemm(
@@ -572,7 +577,17 @@ impl CustomOp3 for ConvOp {
                                 );
                             }
                             let mask = fuse.relu_input.then_some(xc);
-                            winograd::grad_input_transform(&s.c[..16 * sv], imgs, c, g.h, g.w, mask, dxc, &mut s.d);
+                            winograd::grad_input_transform(
+                                tile,
+                                &s.c[..pts * sv],
+                                imgs,
+                                c,
+                                g.h,
+                                g.w,
+                                mask,
+                                dxc,
+                                &mut s.d,
+                            );
                         }
                     } else if !self.transpose {
                         // dyt = dy (through the output relu) in channel-major form; its row
@@ -656,8 +671,8 @@ impl CustomOp3 for ConvOp {
                     dw.iter_mut().zip(&s.dw).for_each(|(a, b)| *a += b);
                     db.iter_mut().zip(&s.db).for_each(|(a, b)| *a += b);
                 }
-                if wino {
-                    return Ok((winograd::weight_grad(&dw, g.o, g.c), db));
+                if let Some(tile) = wino {
+                    return Ok((winograd::weight_grad(&dw, g.o, g.c, tile), db));
                 }
                 // dw was summed in the row matrix's column order (o, kh, kw, c).
                 Ok((kernels::weight_from_rows(&dw, &g), db))
@@ -920,6 +935,13 @@ mod tests {
         conv2d_using(x, w, b, s, p, fuse, ConvAlgorithm::Winograd)
     }
 
+    fn conv2d_winograd4(x: &Tensor, w: &Tensor, b: Option<&Tensor>, s: usize, p: usize, fuse: Fuse) -> Result<Tensor> {
+        conv2d_using(x, w, b, s, p, fuse, ConvAlgorithm::Winograd4)
+    }
+
+    /// F(2×2, 3×3) and F(4×4, 3×3).
+    const WINOGRADS: [(&str, ConvFn); 2] = [("F2", conv2d_winograd), ("F4", conv2d_winograd4)];
+
     #[test]
     fn winograd_matches_candle_forward_and_gradients() {
         // 3×3, stride 1, padding 1 on random shapes: odd and even sides (partial tiles), 1×1
@@ -941,9 +963,11 @@ mod tests {
             let w = rand_tensor(&mut rng, &[o, xd[1], 3, 3], -1.0, 1.0);
             let b = (i % 3 != 0).then(|| rand_tensor(&mut rng, &[o], -1.0, 1.0));
             let r = rand_tensor(&mut rng, &[xd[0], o, xd[2], xd[3]], -1.0, 1.0);
-            let fast = run(conv2d_winograd, &x, &w, b.as_ref(), &r, 1, 1, fuse);
             let reference = run(conv2d_reference, &x, &w, b.as_ref(), &r, 1, 1, fuse);
-            assert_close(&fast, &reference, &format!("x {xd:?}, {o} out, {fuse:?}"));
+            for (tile, op) in WINOGRADS {
+                let fast = run(op, &x, &w, b.as_ref(), &r, 1, 1, fuse);
+                assert_close(&fast, &reference, &format!("{tile}: x {xd:?}, {o} out, {fuse:?}"));
+            }
         }
     }
 
@@ -951,28 +975,38 @@ mod tests {
     fn winograd_applies_to_3x3_stride_1_padding_1_only() {
         // Other shapes take the im2row path whatever the algorithm says: the same bits.
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(32);
-        for (k, s, p) in [(3, 2, 1), (3, 1, 0), (3, 1, 2), (4, 1, 1), (1, 1, 0), (5, 1, 2)] {
-            let x = rand_tensor(&mut rng, &[2, 5, 9, 8], -1.0, 1.0);
-            let w = rand_tensor(&mut rng, &[4, 5, k, k], -1.0, 1.0);
-            let a = conv2d_winograd(&x, &w, None, s, p, Fuse::NONE).unwrap();
-            let b = conv2d(&x, &w, None, s, p, Fuse::NONE).unwrap();
-            assert_eq!(rel_err(&a, &b), 0.0, "k {k} s {s} p {p}");
+        for (tile, op) in WINOGRADS {
+            for (k, s, p) in [(3, 2, 1), (3, 1, 0), (3, 1, 2), (4, 1, 1), (1, 1, 0), (5, 1, 2)] {
+                let x = rand_tensor(&mut rng, &[2, 5, 9, 8], -1.0, 1.0);
+                let w = rand_tensor(&mut rng, &[4, 5, k, k], -1.0, 1.0);
+                let a = op(&x, &w, None, s, p, Fuse::NONE).unwrap();
+                let b = conv2d(&x, &w, None, s, p, Fuse::NONE).unwrap();
+                assert_eq!(rel_err(&a, &b), 0.0, "{tile}: k {k} s {s} p {p}");
+            }
+            // Zero input or output channels: no Winograd planes to build, the im2row answer.
+            for (c, o) in [(0, 4), (5, 0)] {
+                let x = rand_tensor(&mut rng, &[2, c, 6, 6], -1.0, 1.0);
+                let w = rand_tensor(&mut rng, &[o, c, 3, 3], -1.0, 1.0);
+                let a = op(&x, &w, None, 1, 1, Fuse::NONE).unwrap();
+                assert_eq!(a.dims(), &[2, o, 6, 6]);
+                assert_eq!(a.flatten_all().unwrap().to_vec1::<f32>().unwrap(), vec![0.0; 2 * o * 36]);
+            }
+            // And 3×3/1/1 does take the Winograd path: it rounds differently from im2row.
+            let x = rand_tensor(&mut rng, &[4, 32, 7, 7], -1.0, 1.0);
+            let w = rand_tensor(&mut rng, &[16, 32, 3, 3], -1.0, 1.0);
+            let a = op(&x, &w, None, 1, 1, Fuse::NONE).unwrap();
+            let b = conv2d(&x, &w, None, 1, 1, Fuse::NONE).unwrap();
+            let e = rel_err(&a, &b);
+            assert!(e > 0.0 && e < 1e-5, "{tile}: {e:e}");
         }
-        // Zero input or output channels: no Winograd planes to build, the im2row answer.
-        for (c, o) in [(0, 4), (5, 0)] {
-            let x = rand_tensor(&mut rng, &[2, c, 6, 6], -1.0, 1.0);
-            let w = rand_tensor(&mut rng, &[o, c, 3, 3], -1.0, 1.0);
-            let a = conv2d_winograd(&x, &w, None, 1, 1, Fuse::NONE).unwrap();
-            assert_eq!(a.dims(), &[2, o, 6, 6]);
-            assert_eq!(a.flatten_all().unwrap().to_vec1::<f32>().unwrap(), vec![0.0; 2 * o * 36]);
-        }
-        // And 3×3/1/1 does take the Winograd path: it rounds differently from im2row.
+        // The two tiles are different computations.
         let x = rand_tensor(&mut rng, &[4, 32, 7, 7], -1.0, 1.0);
         let w = rand_tensor(&mut rng, &[16, 32, 3, 3], -1.0, 1.0);
-        let a = conv2d_winograd(&x, &w, None, 1, 1, Fuse::NONE).unwrap();
-        let b = conv2d(&x, &w, None, 1, 1, Fuse::NONE).unwrap();
-        let e = rel_err(&a, &b);
-        assert!(e > 0.0 && e < 1e-5, "{e:e}");
+        let (a, b) = (
+            conv2d_winograd(&x, &w, None, 1, 1, Fuse::NONE).unwrap(),
+            conv2d_winograd4(&x, &w, None, 1, 1, Fuse::NONE).unwrap(),
+        );
+        assert!(rel_err(&a, &b) > 0.0);
     }
 
     #[test]

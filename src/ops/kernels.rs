@@ -61,14 +61,14 @@ pub(crate) fn wide_simd() -> bool {
     *HAS.get_or_init(|| is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"))
 }
 
-/// Defines `pub fn $name(..) $body` so that the body runs compiled for AVX2 + FMA when the
+/// Defines `fn $name(..) $body` (with the visibility given) so that the body runs compiled for AVX2 + FMA when the
 /// CPU has them (the layout passes are loops the compiler vectorises, and the baseline x86-64
 /// target gives it only SSE2), and as compiled for the baseline otherwise.
 macro_rules! simd_dispatch {
-    ($(#[$m:meta])* pub fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $body:block) => {
+    ($(#[$m:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $body:block) => {
         $(#[$m])*
         #[allow(clippy::too_many_arguments)]
-        pub fn $name($($arg: $ty),*) {
+        $vis fn $name($($arg: $ty),*) {
             #[inline(always)]
             #[allow(clippy::too_many_arguments)]
             fn body($($arg: $ty),*) $body

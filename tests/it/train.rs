@@ -448,24 +448,29 @@ fn training_with_the_fast_ops_follows_training_with_candles_ops() {
 
 #[test]
 fn training_with_winograd_follows_training_with_candles_ops() {
-    // `train.conv_algorithm = "winograd"` computes the encoder's and decoder's 3×3
-    // convolutions (and the residual blocks') another way: the same convolution up to rounding,
-    // so the losses agree step by step with candle's ops, and the run gets its own id.
+    // `train.conv_algorithm = "winograd"` (F(2×2, 3×3)) and `"winograd4"` (F(4×4, 3×3))
+    // compute the encoder's and decoder's 3×3 convolutions (and the residual blocks') other
+    // ways: the same convolution up to rounding, so the losses agree step by step with candle's
+    // ops, and each run gets its own id.
     let dir = tempfile::tempdir().unwrap();
     write(dir.path(), "exp.toml", &tiny_experiment("wino", ""));
-    let sets = ["train.conv_algorithm=winograd"];
-    let winograd = losses_with(dir.path(), "winograd", "vqvae", false, &sets);
     let reference = losses_with(dir.path(), "reference", "vqvae", true, &[]);
-    assert_eq!(winograd.len(), 8);
-    for (step, (a, b)) in winograd.iter().zip(&reference).enumerate() {
-        assert!((a - b).abs() <= 1e-3 * b.abs(), "step {}: {a} vs {b}", step + 1);
+    for algorithm in ["winograd", "winograd4"] {
+        let sets = [format!("train.conv_algorithm={algorithm}")];
+        let sets: Vec<&str> = sets.iter().map(String::as_str).collect();
+        let winograd = losses_with(dir.path(), algorithm, "vqvae", false, &sets);
+        assert_eq!(winograd.len(), 8);
+        for (step, (a, b)) in winograd.iter().zip(&reference).enumerate() {
+            assert!((a - b).abs() <= 1e-3 * b.abs(), "{algorithm} step {}: {a} vs {b}", step + 1);
+        }
+        assert!(winograd[7] < winograd[0] * 0.98, "{algorithm}: {winograd:?}");
     }
-    assert!(winograd[7] < winograd[0] * 0.98, "{winograd:?}");
     let id = |name: &str| {
         let run = &run_dirs(&dir.path().join("runs").join(name))[0];
         run.file_name().unwrap().to_string_lossy().rsplit('-').next().unwrap().to_string()
     };
-    assert_ne!(id("winograd"), id("reference"));
+    let ids = [id("reference"), id("winograd"), id("winograd4")];
+    assert!(ids[0] != ids[1] && ids[0] != ids[2] && ids[1] != ids[2], "{ids:?}");
     let out = vqlab(dir.path(), &["plan", "exp.toml", "--set", "train.conv_algorithm=fft"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("train.conv_algorithm") && stderr(&out).contains("winograd"), "{}", stderr(&out));
