@@ -743,16 +743,20 @@ fn lines<const I: usize, const O: usize>(
     }
 }
 
-/// `count` mutable runs of `s`, the first at `first` and each `stride` after the one before.
+/// N mutable runs of `s`, the first at `first` and each `stride` after the one before.
 #[inline(always)]
 fn runs<const N: usize>(s: &mut [f32], first: usize, stride: usize) -> [&mut [f32]; N] {
     let mut it = s[first..].chunks_mut(stride);
+    // Cannot fail: the callers' planes and padded images hold all N runs of a tile (the
+    // tiling sizes them), so the iterator has N chunks.
     std::array::from_fn(|_| it.next().expect("runs inside the buffer"))
 }
 
 /// N rows of `CB` floats of a stack scratch from `first` on, as mutable runs.
 #[inline(always)]
 fn rows<const N: usize>(s: &mut [[f32; CB]], first: usize) -> [&mut [f32]; N] {
+    // Cannot fail: the slice has exactly N rows (an out-of-range `first` panics in the index
+    // before, and the callers' scratch arrays are sized for their blocks).
     let block: &mut [[f32; CB]; N] = (&mut s[first..first + N]).try_into().expect("N rows");
     block.each_mut().map(|r| &mut r[..])
 }
