@@ -219,7 +219,7 @@ pub enum Command {
         /// Also time each of vqlab's op passes (convolutions forward and backward, ActNorm +
         /// LeakyReLU, the nearest-code search; with --prior the transformer's linear layers,
         /// LayerNorm, GELU, attention and cross-entropy) and the Adam updates, and print where
-        /// the step time goes.
+        /// the step time goes, each convolution pass also by layer shape.
         #[arg(long)]
         profile: bool,
         /// Time the stage-2 prior's training step instead (the experiment's `[prior]` over its

@@ -131,16 +131,21 @@ pub fn bench(
             r.model, r.img_per_s, r.median_step_ms, r.steps, r.batch_size, r.threads, r.device
         )?;
         if !r.profile.is_empty() {
+            let row = |name: String, p: &crate::train::ProfileRow| {
+                vec![
+                    name,
+                    if p.calls_per_step > 0.0 { format!("{:.0}", p.calls_per_step) } else { String::new() },
+                    format!("{:.2}", p.ms_per_step),
+                    format!("{:.1}%", 100.0 * p.share),
+                ]
+            };
+            // Each pass, then (indented) the layer shapes it ran on.
             let rows: Vec<Vec<String>> = r
                 .profile
                 .iter()
-                .map(|p| {
-                    vec![
-                        p.op.clone(),
-                        if p.calls_per_step > 0.0 { format!("{:.0}", p.calls_per_step) } else { String::new() },
-                        format!("{:.2}", p.ms_per_step),
-                        format!("{:.1}%", 100.0 * p.share),
-                    ]
+                .flat_map(|p| {
+                    std::iter::once(row(p.op.clone(), p))
+                        .chain(p.layers.iter().map(|l| row(format!("    {}", l.op), l)))
                 })
                 .collect();
             writeln!(out, "\nwhere a step's time goes (mean over the timed steps):")?;

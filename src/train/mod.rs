@@ -132,6 +132,10 @@ pub struct ProfileRow {
     pub ms_per_step: f64,
     /// Of the mean step time.
     pub share: f64,
+    /// The pass broken down by what it ran on (a convolution's layer shape), slowest first;
+    /// empty for passes that do not say.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub layers: Vec<ProfileRow>,
 }
 
 /// Time `steps` training steps (after `warmup` untimed ones) of a run's model, optimizers and
@@ -199,7 +203,20 @@ fn profile_rows(secs: f64, steps: u64) -> Vec<ProfileRow> {
         let ms = op_secs * 1e3 / steps as f64;
         covered += ms;
         let calls_per_step = calls as f64 / steps as f64;
-        rows.push(ProfileRow { op: op.to_string(), calls_per_step, ms_per_step: ms, share: ms / step_ms_mean });
+        let layers = crate::util::profile::details(op)
+            .into_iter()
+            .map(|(layer, calls, secs)| {
+                let ms = secs * 1e3 / steps as f64;
+                ProfileRow {
+                    op: layer,
+                    calls_per_step: calls as f64 / steps as f64,
+                    ms_per_step: ms,
+                    share: ms / step_ms_mean,
+                    layers: Vec::new(),
+                }
+            })
+            .collect();
+        rows.push(ProfileRow { op: op.to_string(), calls_per_step, ms_per_step: ms, share: ms / step_ms_mean, layers });
     }
     let rest = (step_ms_mean - covered).max(0.0);
     rows.push(ProfileRow {
@@ -207,6 +224,7 @@ fn profile_rows(secs: f64, steps: u64) -> Vec<ProfileRow> {
         calls_per_step: 0.0,
         ms_per_step: rest,
         share: rest / step_ms_mean,
+        layers: Vec::new(),
     });
     rows
 }
