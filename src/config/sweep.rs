@@ -8,7 +8,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use super::load::{parse_sweep_arg, KeyOverride, Layers};
-use super::schema::{Branch, ExperimentConfig, QuantizerKind, SweepAxes, Variant};
+use super::schema::{Branch, ConvAlgorithm, ExperimentConfig, QuantizerKind, SweepAxes, Variant};
 use super::validate::{resolve, validate};
 use crate::error::InputError;
 
@@ -92,6 +92,13 @@ pub const TRAINING_REVISION: u32 = 2;
 /// without the 1e-5 clamp.
 pub const KIND_REVISIONS: &[(QuantizerKind, u32)] = &[(QuantizerKind::Lfq, 2)];
 
+/// Revisions of what one `train.conv_algorithm` computes, hashed into the ids of the runs
+/// that use it (like [`KIND_REVISIONS`]): a change to one algorithm moves only those ids.
+///
+/// winograd4 2: 4×4 convolutions with stride 1 and padding 1 and at least 8 outputs (the
+/// discriminator's inner ones) run as Winograd F(3×3, 4×4) as well.
+pub const CONV_ALGORITHM_REVISIONS: &[(ConvAlgorithm, u32)] = &[(ConvAlgorithm::Winograd4, 2)];
+
 /// What a stage-2 prior run computes from its config and its tokenizer's codes (bump it
 /// like [`TRAINING_REVISION`] when the prior's results change for the same config).
 ///
@@ -112,10 +119,10 @@ pub fn run_id(cfg: &ExperimentConfig) -> String {
     }
     if cfg.loss.branch == Branch::SharedPrefix {
         let parent = run_id(&branch_parent_of(cfg));
-        let own = run_id_with(cfg, KIND_REVISIONS);
+        let own = run_id_with(cfg, KIND_REVISIONS, CONV_ALGORITHM_REVISIONS);
         return short_hash(&canonical_json(&serde_json::json!({ "branch_parent": parent, "run": own })));
     }
-    run_id_with(cfg, KIND_REVISIONS)
+    run_id_with(cfg, KIND_REVISIONS, CONV_ALGORITHM_REVISIONS)
 }
 
 /// The VQ-VAE run a `loss.branch = "shared_prefix"` VQ-GAN run starts from: the same config
@@ -159,7 +166,11 @@ fn short_hash(canonical: &str) -> String {
     digest.iter().take(4).map(|b| format!("{b:02x}")).collect()
 }
 
-fn run_id_with(cfg: &ExperimentConfig, kind_revisions: &[(QuantizerKind, u32)]) -> String {
+fn run_id_with(
+    cfg: &ExperimentConfig,
+    kind_revisions: &[(QuantizerKind, u32)],
+    algorithm_revisions: &[(ConvAlgorithm, u32)],
+) -> String {
     // Plain structs and string-keyed maps: serializing to JSON cannot fail.
     let mut value = serde_json::to_value(cfg).expect("a config always serializes to JSON");
     for key in NON_RESULT_KEYS {
@@ -177,6 +188,9 @@ fn run_id_with(cfg: &ExperimentConfig, kind_revisions: &[(QuantizerKind, u32)]) 
         map.insert("training_revision".into(), TRAINING_REVISION.into());
         if let Some((_, revision)) = kind_revisions.iter().find(|(kind, _)| *kind == cfg.quantizer.kind) {
             map.insert("quantizer_revision".into(), (*revision).into());
+        }
+        if let Some((_, revision)) = algorithm_revisions.iter().find(|(a, _)| *a == cfg.train.conv_algorithm) {
+            map.insert("conv_algorithm_revision".into(), (*revision).into());
         }
     }
     short_hash(&canonical_json(&value))
@@ -545,10 +559,10 @@ mod tests {
         denoise.task.kind = crate::config::TaskKind::Denoise;
         assert_ne!(run_id(&denoise), old);
         let mut winograd = base.clone();
-        winograd.train.conv_algorithm = crate::config::ConvAlgorithm::Winograd;
+        winograd.train.conv_algorithm = ConvAlgorithm::Winograd;
         assert_ne!(run_id(&winograd), old);
         let mut winograd4 = base.clone();
-        winograd4.train.conv_algorithm = crate::config::ConvAlgorithm::Winograd4;
+        winograd4.train.conv_algorithm = ConvAlgorithm::Winograd4;
         assert!(![old.clone(), run_id(&winograd)].contains(&run_id(&winograd4)));
         let mut branched = base.clone();
         (branched.model.variant, branched.loss.branch) = (Variant::Vqgan, Branch::SharedPrefix);
@@ -565,11 +579,25 @@ mod tests {
     fn a_kind_revision_moves_the_ids_of_that_kind_only() {
         let mut lfq = ExperimentConfig::default();
         (lfq.quantizer.kind, lfq.quantizer.codebook_size) = (QuantizerKind::Lfq, 64);
-        assert_ne!(run_id(&lfq), run_id_with(&lfq, &[]));
+        assert_ne!(run_id(&lfq), run_id_with(&lfq, &[], CONV_ALGORITHM_REVISIONS));
         for kind in [QuantizerKind::Vq, QuantizerKind::Ema, QuantizerKind::Fsq, QuantizerKind::Simvq] {
             let mut other = lfq.clone();
             other.quantizer.kind = kind;
-            assert_eq!(run_id(&other), run_id_with(&other, &[]), "{kind:?}");
+            assert_eq!(run_id(&other), run_id_with(&other, &[], CONV_ALGORITHM_REVISIONS), "{kind:?}");
+        }
+    }
+
+    #[test]
+    fn a_conv_algorithm_revision_moves_the_ids_of_that_algorithm_only() {
+        for variant in [Variant::Vqvae, Variant::Vqgan] {
+            let mut cfg = ExperimentConfig::default();
+            cfg.model.variant = variant;
+            cfg.train.conv_algorithm = ConvAlgorithm::Winograd4;
+            assert_ne!(run_id(&cfg), run_id_with(&cfg, KIND_REVISIONS, &[]));
+            for other in [ConvAlgorithm::Im2row, ConvAlgorithm::Winograd] {
+                cfg.train.conv_algorithm = other;
+                assert_eq!(run_id(&cfg), run_id_with(&cfg, KIND_REVISIONS, &[]), "{other:?}");
+            }
         }
     }
 }

@@ -18,7 +18,8 @@
 //!
 //! A 3×3 convolution with stride 1 and padding 1 runs as Winograd F(2×2, 3×3) or F(4×4, 3×3)
 //! instead when asked (`train.conv_algorithm = "winograd"` or `"winograd4"`, see
-//! [`super::winograd`]).
+//! [`super::winograd`]); under `"winograd4"` a 4×4 one with 8 or more outputs runs as
+//! F(3×3, 4×4).
 //!
 //! Other devices (CUDA) and `VQLAB_REFERENCE_OPS=1` take candle's own ops; the tests check
 //! that both give the same values and gradients.
@@ -320,15 +321,20 @@ impl ConvOp {
         }
     }
 
-    /// The Winograd tile of a 3×3 convolution with stride 1 and padding 1 when the algorithm
-    /// asks for one (None: im2row).
+    /// The Winograd tile of a convolution with stride 1 and padding 1 when the algorithm asks
+    /// for one (None: im2row): 3×3 kernels under `winograd` and `winograd4`, 4×4 kernels with
+    /// at least 8 outputs (the discriminator's inner ones) under `winograd4`. (Its last conv,
+    /// 4×4 to one channel, ran 1.4× slower as F(3×3, 4×4): 36 gemms of one column each.)
     fn winograd(&self, g: &Geom) -> Option<Tile> {
-        let tile = match self.algorithm {
-            ConvAlgorithm::Im2row => return None,
-            ConvAlgorithm::Winograd => Tile::F2,
-            ConvAlgorithm::Winograd4 => Tile::F4,
-        };
-        (!self.transpose && (g.kh, g.kw, g.stride, g.pad) == (3, 3, 1, 1) && g.c > 0 && g.o > 0).then_some(tile)
+        if self.transpose || (g.stride, g.pad) != (1, 1) || g.c == 0 || g.o == 0 || g.kh != g.kw {
+            return None;
+        }
+        match (self.algorithm, g.kh) {
+            (ConvAlgorithm::Winograd, 3) => Some(Tile::F2),
+            (ConvAlgorithm::Winograd4, 3) => Some(Tile::F4),
+            (ConvAlgorithm::Winograd4, 4) if g.o >= 8 => Some(Tile::F3K4),
+            _ => None,
+        }
     }
 
     /// The kernel in the forms the passes use, each computed once per op: (o, kh·kw·c) and
@@ -345,6 +351,22 @@ impl ConvOp {
     /// A 1×1 convolution with stride 1 and no padding, which runs without a row matrix.
     fn pointwise(&self, g: &Geom) -> bool {
         !self.transpose && g.kh == 1 && g.kw == 1 && g.stride == 1 && g.pad == 0 && !legacy_pointwise()
+    }
+
+    /// What a pass ran on, for the profile's per-layer rows: kernel/stride, channels in → out
+    /// (the layer's own, for a transposed convolution), the input map and the algorithm.
+    fn label(&self, x: &[usize], w: &[usize]) -> String {
+        let (Ok([n, c, h, wd]), Ok([w0, w1, kh, kw])) = (dims4(x, ""), dims4(w, "")) else {
+            return format!("{x:?} {w:?}");
+        };
+        let (kind, out) = if self.transpose { ("T", w1) } else { ("", w0) };
+        let how = match self.geom(x, w).ok().and_then(|g| self.winograd(&g)) {
+            Some(Tile::F2) => ", Winograd F(2×2, 3×3)",
+            Some(Tile::F4) => ", Winograd F(4×4, 3×3)",
+            Some(Tile::F3K4) => ", Winograd F(3×3, 4×4)",
+            None => "",
+        };
+        format!("{kind}{kh}×{kw}/{} {c}→{out} on {n}×{h}×{wd}{how}", self.stride)
     }
 
     fn name_(&self) -> &'static str {
@@ -382,7 +404,8 @@ impl CustomOp3 for ConvOp {
             (false, false) => "conv2d forward",
             (false, true) => "conv2d forward, output reused",
         };
-        crate::util::profile::time(pass, || {
+        let layer = || self.label(l1.dims(), l2.dims());
+        crate::util::profile::time_detailed(pass, layer, || {
             let g = self.geom(l1.dims(), l2.dims())?;
             let (x, w, b) =
                 (cpu_f32(s1, l1, self.name_())?, cpu_f32(s2, l2, self.name_())?, cpu_f32(s3, l3, self.name_())?);
@@ -420,7 +443,7 @@ impl CustomOp3 for ConvOp {
                     let np = imgs * p;
                     let xs = &x[ci * chunk * in_img..][..imgs * in_img];
                     if let Some(tile) = wino {
-                        let (th, tw) = winograd::tiles(g.h, g.w, tile);
+                        let (th, tw) = winograd::tiles(g.ho, g.wo, tile);
                         let (t, c, o, pts) = (imgs * th * tw, g.c, g.o, tile.points());
                         let (sv, sm) = (winograd::plane_stride(c * t), winograd::plane_stride(o * t));
                         let v = resized(&mut s.a, pts * sv);
@@ -443,8 +466,8 @@ impl CustomOp3 for ConvOp {
                             &s.b[..pts * sm],
                             imgs,
                             o,
-                            g.h,
-                            g.w,
+                            g.ho,
+                            g.wo,
                             bias,
                             fuse.relu_output,
                             ys,
@@ -506,7 +529,9 @@ impl CustomOp3 for ConvOp {
         y: &Tensor,
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        crate::util::profile::time(if self.transpose { "conv_transpose2d backward" } else { "conv2d backward" }, || {
+        let pass = if self.transpose { "conv_transpose2d backward" } else { "conv2d backward" };
+        let layer = || self.label(x.dims(), w.dims());
+        crate::util::profile::time_detailed(pass, layer, || {
             let g = self.geom(x.dims(), w.dims())?;
             let (q, p, hw) = (g.q(), g.p(), g.hw());
             let (need_x, need_w, need_b) = (x.track_op(), w.track_op(), b.elem_count() > 0 && b.track_op());
@@ -547,12 +572,23 @@ impl CustomOp3 for ConvOp {
                     resized(&mut part.dw, dw_len);
                     resized(&mut part.db, out_channels);
                     if let Some(tile) = wino {
-                        let (th, tw) = winograd::tiles(g.h, g.w, tile);
+                        let (th, tw) = winograd::tiles(g.ho, g.wo, tile);
                         let (t, c, o, pts) = (imgs * th * tw, g.c, g.o, tile.points());
                         let (sv, sm) = (winograd::plane_stride(c * t), winograd::plane_stride(o * t));
                         let dm = resized(&mut s.b, pts * sm);
                         let mask = fuse.relu_output.then_some(yc);
-                        winograd::grad_output_transform(tile, dyc, mask, imgs, o, g.h, g.w, dm, &mut part.db, &mut s.d);
+                        winograd::grad_output_transform(
+                            tile,
+                            dyc,
+                            mask,
+                            imgs,
+                            o,
+                            g.ho,
+                            g.wo,
+                            dm,
+                            &mut part.db,
+                            &mut s.d,
+                        );
                         let dm = &s.b[..pts * sm];
                         if need_w {
                             let v = resized(&mut s.a, pts * sv);
@@ -939,44 +975,59 @@ mod tests {
         conv2d_using(x, w, b, s, p, fuse, ConvAlgorithm::Winograd4)
     }
 
-    /// F(2×2, 3×3) and F(4×4, 3×3).
+    /// F(2×2, 3×3); F(4×4, 3×3) with F(3×3, 4×4) for 4×4 kernels.
     const WINOGRADS: [(&str, ConvFn); 2] = [("F2", conv2d_winograd), ("F4", conv2d_winograd4)];
 
     #[test]
     fn winograd_matches_candle_forward_and_gradients() {
-        // 3×3, stride 1, padding 1 on random shapes: odd and even sides (partial tiles), 1×1
-        // images, non-square ones, one and many channels and images (several per chunk), every
-        // fusion, with and without bias; and the model's shapes at batch 16.
+        // 3×3 and 4×4 kernels, stride 1, padding 1 on random shapes: odd and even sides
+        // (partial tiles), the smallest images, non-square ones, one and many channels and
+        // images (several per chunk), every fusion, with and without bias; and the model's
+        // shapes at batch 16 (the discriminator's 4×4 ones too).
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(31);
         let fuses = [Fuse::NONE, Fuse::RELU_OUT, Fuse::RELU_IN, Fuse::RELU_BOTH];
-        let mut shapes: Vec<([usize; 4], usize)> = (0..40)
-            .map(|_| {
-                let x =
-                    [rng.random_range(1..6), rng.random_range(1..9), rng.random_range(1..12), rng.random_range(1..12)];
-                (x, rng.random_range(1..9))
+        let mut shapes: Vec<([usize; 4], usize, usize)> = (0..60)
+            .map(|i| {
+                let k = 3 + i % 2;
+                let side = |rng: &mut rand_chacha::ChaCha8Rng| rng.random_range(k - 2..12);
+                let x = [rng.random_range(1..6), rng.random_range(1..9), side(&mut rng), side(&mut rng)];
+                // (4×4 kernels take F(3×3, 4×4) from 8 outputs on.)
+                let o = if k == 4 { rng.random_range(8..20) } else { rng.random_range(1..9) };
+                (x, o, k)
             })
             .collect();
-        shapes.extend([([16, 128, 7, 7], 128), ([16, 128, 7, 7], 32), ([16, 64, 7, 7], 128), ([3, 70, 8, 8], 65)]);
-        for (i, (xd, o)) in shapes.into_iter().enumerate() {
+        shapes.extend([
+            ([16, 128, 7, 7], 128, 3),
+            ([16, 128, 7, 7], 32, 3),
+            ([16, 64, 7, 7], 128, 3),
+            ([3, 70, 8, 8], 65, 3),
+            ([16, 128, 7, 7], 256, 4),
+            ([16, 256, 6, 6], 8, 4),
+            ([3, 70, 8, 9], 65, 4),
+        ]);
+        for (i, (xd, o, k)) in shapes.into_iter().enumerate() {
             let fuse = fuses[i % 4];
             let x = rand_tensor(&mut rng, &xd, -1.0, 1.0);
-            let w = rand_tensor(&mut rng, &[o, xd[1], 3, 3], -1.0, 1.0);
+            let w = rand_tensor(&mut rng, &[o, xd[1], k, k], -1.0, 1.0);
             let b = (i % 3 != 0).then(|| rand_tensor(&mut rng, &[o], -1.0, 1.0));
-            let r = rand_tensor(&mut rng, &[xd[0], o, xd[2], xd[3]], -1.0, 1.0);
+            let r = rand_tensor(&mut rng, &[xd[0], o, xd[2] + 3 - k, xd[3] + 3 - k], -1.0, 1.0);
             let reference = run(conv2d_reference, &x, &w, b.as_ref(), &r, 1, 1, fuse);
             for (tile, op) in WINOGRADS {
                 let fast = run(op, &x, &w, b.as_ref(), &r, 1, 1, fuse);
-                assert_close(&fast, &reference, &format!("{tile}: x {xd:?}, {o} out, {fuse:?}"));
+                assert_close(&fast, &reference, &format!("{tile}: x {xd:?}, {o} out, {k}×{k}, {fuse:?}"));
             }
         }
     }
 
     #[test]
-    fn winograd_applies_to_3x3_stride_1_padding_1_only() {
-        // Other shapes take the im2row path whatever the algorithm says: the same bits.
+    fn winograd_applies_to_its_kernels_with_stride_1_padding_1_only() {
+        // Other shapes take the im2row path whatever the algorithm says: the same bits. So do
+        // 4×4/1/1 kernels under F(2×2, 3×3), and under F4 with fewer than 8 outputs (4 here).
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(32);
         for (tile, op) in WINOGRADS {
-            for (k, s, p) in [(3, 2, 1), (3, 1, 0), (3, 1, 2), (4, 1, 1), (1, 1, 0), (5, 1, 2)] {
+            let others =
+                [(3, 2, 1), (3, 1, 0), (3, 1, 2), (4, 2, 1), (4, 1, 0), (4, 1, 2), (4, 1, 1), (1, 1, 0), (5, 1, 2)];
+            for (k, s, p) in others {
                 let x = rand_tensor(&mut rng, &[2, 5, 9, 8], -1.0, 1.0);
                 let w = rand_tensor(&mut rng, &[4, 5, k, k], -1.0, 1.0);
                 let a = op(&x, &w, None, s, p, Fuse::NONE).unwrap();
@@ -991,13 +1042,17 @@ mod tests {
                 assert_eq!(a.dims(), &[2, o, 6, 6]);
                 assert_eq!(a.flatten_all().unwrap().to_vec1::<f32>().unwrap(), vec![0.0; 2 * o * 36]);
             }
-            // And 3×3/1/1 does take the Winograd path: it rounds differently from im2row.
-            let x = rand_tensor(&mut rng, &[4, 32, 7, 7], -1.0, 1.0);
-            let w = rand_tensor(&mut rng, &[16, 32, 3, 3], -1.0, 1.0);
-            let a = op(&x, &w, None, 1, 1, Fuse::NONE).unwrap();
-            let b = conv2d(&x, &w, None, 1, 1, Fuse::NONE).unwrap();
-            let e = rel_err(&a, &b);
-            assert!(e > 0.0 && e < 1e-5, "{tile}: {e:e}");
+            // And 3×3/1/1 (and 4×4/1/1 under F4) does take the Winograd path: it rounds
+            // differently from im2row.
+            let ks: &[usize] = if tile == "F2" { &[3] } else { &[3, 4] };
+            for &k in ks {
+                let x = rand_tensor(&mut rng, &[4, 32, 7, 7], -1.0, 1.0);
+                let w = rand_tensor(&mut rng, &[16, 32, k, k], -1.0, 1.0);
+                let a = op(&x, &w, None, 1, 1, Fuse::NONE).unwrap();
+                let b = conv2d(&x, &w, None, 1, 1, Fuse::NONE).unwrap();
+                let e = rel_err(&a, &b);
+                assert!(e > 0.0 && e < 1e-5, "{tile} {k}×{k}: {e:e}");
+            }
         }
         // The two tiles are different computations.
         let x = rand_tensor(&mut rng, &[4, 32, 7, 7], -1.0, 1.0);

@@ -1,5 +1,6 @@
-//! Winograd F(2×2, 3×3) and F(4×4, 3×3) for 3×3 convolutions with stride 1 and padding 1
-//! (Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks", 2016).
+//! Winograd F(2×2, 3×3) and F(4×4, 3×3) for 3×3 convolutions with stride 1 and padding 1,
+//! and F(3×3, 4×4) for 4×4 ones (Lavin & Gray, "Fast Algorithms for Convolutional Neural
+//! Networks", 2016).
 //!
 //! [`Tile::F2`]: the output is cut into 2×2 tiles; tile t reads the 4×4 input patch d_t
 //! around it. With
@@ -35,8 +36,29 @@
 //! 36 multiplies per tile and channel pair where the direct convolution needs 144 (on a 7×7
 //! map, whose 8×8 of whole tiles wastes 15 of 64 outputs with either tile: 0.31 of the direct
 //! multiply-adds against F(2×2)'s 0.58). Its transforms have larger coefficients, so it rounds
-//! worse: at most 3.4e-6 of the sum of the products' magnitudes in the tests below, against
+//! worse: at most 4.4e-6 of the sum of the products' magnitudes in the tests below, against
 //! F(2×2)'s 1.5e-7.
+//!
+//! [`Tile::F3K4`] is F(3×3, 4×4) for the discriminator's 4×4 convolutions with stride 1 and
+//! padding 1 (output one smaller a side than the input): 3×3 output tiles, 6×6 patches, the
+//! same six points and so the same Bᵀ as F(4×4, 3×3) (Bᵀ is the inverse transpose of the
+//! points' Vandermonde matrix, scaled as Lavin & Gray scale it), with G the 4-tap evaluation
+//! at the points under that scaling, and Aᵀ the 3-output one:
+//!
+//! ```text
+//!       ⎡ 1/4    0     0     0  ⎤
+//!       ⎢−1/6  −1/6  −1/6  −1/6 ⎥
+//! G =   ⎢−1/6   1/6  −1/6   1/6 ⎥   Aᵀ = ⎡1  1  1  1  1  0⎤
+//!       ⎢1/24  1/12   1/6   1/3 ⎥        ⎢0  1 −1  2 −2  0⎥
+//!       ⎢1/24 −1/12   1/6  −1/3 ⎥        ⎣0  1  1  4  4  1⎦
+//!       ⎣  0     0     0     1  ⎦
+//! ```
+//!
+//! 36 multiplies per tile and channel pair where the direct convolution needs 144: on the
+//! discriminator's 7×7 → 6×6 layer the 2×2 tiles cover the output exactly, 0.25 of the direct
+//! multiply-adds. Rounding: at most 1.9e-6 of the products' magnitudes in the tests below.
+//! F(4×4, 3×3) and F(3×3, 4×4) share their code: the transforms are written once over the
+//! output side M and kernel side R.
 //!
 //! Layouts: U is `[ξ][o][c]`; V, dV are `[ξ][T][c]`; M, dM are `[ξ][T][o]` (channels last,
 //! so that the transforms run on runs of channels), with the tile index t = (image · th +
@@ -45,11 +67,13 @@
 
 use super::kernels::{resized, simd_dispatch};
 
-/// The output tile of a Winograd convolution: F(2×2, 3×3) or F(4×4, 3×3).
+/// The tile of a Winograd convolution: F(2×2, 3×3), F(4×4, 3×3) or F(3×3, 4×4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Tile {
     F2,
     F4,
+    /// F(3×3, 4×4), for 4×4 convolutions with stride 1 and padding 1.
+    F3K4,
 }
 
 impl Tile {
@@ -58,43 +82,62 @@ impl Tile {
         match self {
             Tile::F2 => 2,
             Tile::F4 => 4,
+            Tile::F3K4 => 3,
         }
     }
 
-    /// The side of an input patch and of a transformed tile: m + 2.
+    /// The side of the kernel.
+    pub fn r(self) -> usize {
+        match self {
+            Tile::F2 | Tile::F4 => 3,
+            Tile::F3K4 => 4,
+        }
+    }
+
+    /// The side of an input patch and of a transformed tile: m + r − 1.
     pub fn alpha(self) -> usize {
-        self.m() + 2
+        self.m() + self.r() - 1
     }
 
     /// The points ξ of a transformed tile: one gemm each.
     pub fn points(self) -> usize {
         self.alpha() * self.alpha()
     }
+
+    /// The output sides of an h × w input (stride 1, padding 1).
+    pub fn out_sides(self, h: usize, w: usize) -> (usize, usize) {
+        out_sides(h, w, self.r())
+    }
 }
 
-/// Tiles per image: rows and columns of m×m output tiles covering an h × w image.
+/// The output sides of an h × w input under an r × r kernel with stride 1 and padding 1.
+fn out_sides(h: usize, w: usize, r: usize) -> (usize, usize) {
+    ((h + 3).saturating_sub(r), (w + 3).saturating_sub(r))
+}
+
+/// Tiles per image: rows and columns of m×m output tiles covering an h × w output.
 pub fn tiles(h: usize, w: usize, tile: Tile) -> (usize, usize) {
     (h.div_ceil(tile.m()), w.div_ceil(tile.m()))
 }
 
-/// The kernel (o, c, 3, 3) transformed: U_ξ = G g Gᵀ, laid out `[ξ][o][c]`.
+/// The kernel (o, c, r, r) transformed: U_ξ = G g Gᵀ, laid out `[ξ][o][c]`.
 pub fn weight_transform(w: &[f32], o: usize, c: usize, tile: Tile) -> Vec<f32> {
     match tile {
         Tile::F2 => weight_transform_f2(w, o, c),
-        Tile::F4 => weight_transform_f4(w, o, c),
+        Tile::F4 | Tile::F3K4 => weight_transform_a6(w, o, c, tile),
     }
 }
 
-/// The kernel gradient (o, c, 3, 3) from dU (`[ξ][o][c]`): dg = Gᵀ dU G.
+/// The kernel gradient (o, c, r, r) from dU (`[ξ][o][c]`): dg = Gᵀ dU G.
 pub fn weight_grad(du: &[f32], o: usize, c: usize, tile: Tile) -> Vec<f32> {
     match tile {
         Tile::F2 => weight_grad_f2(du, o, c),
-        Tile::F4 => weight_grad_f4(du, o, c),
+        Tile::F4 | Tile::F3K4 => weight_grad_a6(du, o, c, tile),
     }
 }
 
 /// V = Bᵀ d B for every tile of `imgs` images x (imgs, c, h, w), through relu when `relu`,
-/// into `v` (`[ξ][T][c]`, T = imgs · th · tw). `scratch` is reused.
+/// into `v` (`[ξ][T][c]`, T = imgs · th · tw, the tiles of the output). `scratch` is reused.
 #[allow(clippy::too_many_arguments)]
 pub fn input_transform(
     tile: Tile,
@@ -110,10 +153,12 @@ pub fn input_transform(
     match tile {
         Tile::F2 => input_transform_f2(x, imgs, c, h, w, relu, v, scratch),
         Tile::F4 => input_transform_f4(x, imgs, c, h, w, relu, v, scratch),
+        Tile::F3K4 => input_transform_f3k4(x, imgs, c, h, w, relu, v, scratch),
     }
 }
 
-/// y = relu?(Aᵀ M A + bias) for `imgs` images into `y` (imgs, o, h, w), from M (`[ξ][T][o]`).
+/// y = relu?(Aᵀ M A + bias) for `imgs` images into `y` (imgs, o, h, w: the output's sides),
+/// from M (`[ξ][T][o]`).
 #[allow(clippy::too_many_arguments)]
 pub fn output_transform(
     tile: Tile,
@@ -130,11 +175,13 @@ pub fn output_transform(
     match tile {
         Tile::F2 => output_transform_f2(m, imgs, o, h, w, bias, relu, y, scratch),
         Tile::F4 => output_transform_f4(m, imgs, o, h, w, bias, relu, y, scratch),
+        Tile::F3K4 => output_transform_f3k4(m, imgs, o, h, w, bias, relu, y, scratch),
     }
 }
 
-/// dM = A dY Aᵀ for every tile of `imgs` images, dY = dy (imgs, o, h, w) zeroed where `mask`
-/// (laid out like dy) is ≤ 0, into `dm` (`[ξ][T][o]`); adds each channel's sum of dY to `sums`.
+/// dM = A dY Aᵀ for every tile of `imgs` images, dY = dy (imgs, o, h, w: the output's sides)
+/// zeroed where `mask` (laid out like dy) is ≤ 0, into `dm` (`[ξ][T][o]`); adds each channel's
+/// sum of dY to `sums`.
 #[allow(clippy::too_many_arguments)]
 pub fn grad_output_transform(
     tile: Tile,
@@ -151,6 +198,7 @@ pub fn grad_output_transform(
     match tile {
         Tile::F2 => grad_output_transform_f2(dy, mask, imgs, o, h, w, dm, sums, scratch),
         Tile::F4 => grad_output_transform_f4(dy, mask, imgs, o, h, w, dm, sums, scratch),
+        Tile::F3K4 => grad_output_transform_f3k4(dy, mask, imgs, o, h, w, dm, sums, scratch),
     }
 }
 
@@ -171,6 +219,7 @@ pub fn grad_input_transform(
     match tile {
         Tile::F2 => grad_input_transform_f2(dv, imgs, c, h, w, mask, dx, scratch),
         Tile::F4 => grad_input_transform_f4(dv, imgs, c, h, w, mask, dx, scratch),
+        Tile::F3K4 => grad_input_transform_f3k4(dv, imgs, c, h, w, mask, dx, scratch),
     }
 }
 
@@ -228,16 +277,17 @@ pub fn plane_stride(len: usize) -> usize {
     len.next_multiple_of(1024) + 16
 }
 
-/// The tiling of `imgs` images of h × w with `ch` channels: tile rows and columns per image,
-/// tiles per image, and the planes' stride.
-fn tiling(imgs: usize, ch: usize, h: usize, w: usize, tile: Tile) -> (usize, usize, usize, usize) {
-    let (th, tw) = tiles(h, w, tile);
+/// The tiling of `imgs` outputs of h × w with `ch` channels by m × m tiles: tile rows and
+/// columns per image, tiles per image, and the planes' stride.
+fn tiling(imgs: usize, ch: usize, h: usize, w: usize, m: usize) -> (usize, usize, usize, usize) {
+    let (th, tw) = (h.div_ceil(m), w.div_ceil(m));
     (th, tw, th * tw, plane_stride(imgs * th * tw * ch))
 }
 
-/// Floats of V and M (or dV and dM) for one image of c input and o output channels.
+/// Floats of V and M (or dV and dM) for one h × w input image of c input and o output channels.
 pub fn floats_per_image(c: usize, o: usize, h: usize, w: usize, tile: Tile) -> usize {
-    let (th, tw) = tiles(h, w, tile);
+    let (ho, wo) = tile.out_sides(h, w);
+    let (th, tw) = tiles(ho, wo, tile);
     tile.points() * th * tw * (c + o)
 }
 
@@ -356,7 +406,7 @@ simd_dispatch! {
         v: &mut [f32],
         scratch: &mut Vec<f32>,
     ) {
-        let (th, tw, tpi, ps) = tiling(imgs, c, h, w, Tile::F2);
+        let (th, tw, tpi, ps) = tiling(imgs, c, h, w, 2);
         // One zero row/column before the image and enough after it for whole tiles.
         let (ph, pw) = (2 * th + 2, 2 * tw + 2);
         let plane = resized(scratch, ph * pw * c);
@@ -415,7 +465,7 @@ simd_dispatch! {
         y: &mut [f32],
         scratch: &mut Vec<f32>,
     ) {
-        let (th, tw, tpi, ps) = tiling(imgs, o, h, w, Tile::F2);
+        let (th, tw, tpi, ps) = tiling(imgs, o, h, w, 2);
         // One image's output, channels last, on whole tiles.
         let (ph, pw) = (2 * th, 2 * tw);
         let full = resized(scratch, ph * pw * o);
@@ -470,7 +520,7 @@ simd_dispatch! {
         sums: &mut [f32],
         scratch: &mut Vec<f32>,
     ) {
-        let (th, tw, tpi, ps) = tiling(imgs, o, h, w, Tile::F2);
+        let (th, tw, tpi, ps) = tiling(imgs, o, h, w, 2);
         // One image's dY, channels last, on whole tiles (zeros past the image).
         let (ph, pw) = (2 * th, 2 * tw);
         let full = resized(scratch, ph * pw * o);
@@ -531,7 +581,7 @@ simd_dispatch! {
         dx: &mut [f32],
         scratch: &mut Vec<f32>,
     ) {
-        let (th, tw, tpi, ps) = tiling(imgs, c, h, w, Tile::F2);
+        let (th, tw, tpi, ps) = tiling(imgs, c, h, w, 2);
         // The padded input plane, channels last, as an accumulator.
         let (ph, pw) = (2 * th + 2, 2 * tw + 2);
         let acc = resized(scratch, ph * pw * c);
@@ -610,65 +660,147 @@ fn gt4(u: [f32; 6]) -> [f32; 3] {
     [0.25 * u0 - SIXTH * p12 + TWENTY_FOURTH * p34, SIXTH * (u2 - u1) + TWELFTH * (u3 - u4), SIXTH * (p34 - p12) + u5]
 }
 
-/// [`weight_transform`] for F(4×4, 3×3).
-fn weight_transform_f4(w: &[f32], o: usize, c: usize) -> Vec<f32> {
+/// G g for F(3×3, 4×4): a line of 4 kernel taps to 6 (Lavin & Gray's scaling of the points
+/// 0, ±1, ±2, ∞, as in [`g4`]).
+#[inline(always)]
+fn g34(g: [f32; 4]) -> [f32; 6] {
+    let [g0, g1, g2, g3] = g;
+    let (p, q) = (g0 + g2, g1 + g3);
+    let (p4, q4) = (g0 + 4.0 * g2, 2.0 * g1 + 8.0 * g3);
+    const SIXTH: f32 = 1.0 / 6.0;
+    const TWENTY_FOURTH: f32 = 1.0 / 24.0;
+    [0.25 * g0, -SIXTH * (p + q), -SIXTH * (p - q), TWENTY_FOURTH * (p4 + q4), TWENTY_FOURTH * (p4 - q4), g3]
+}
+
+/// Gᵀ u for F(3×3, 4×4), the adjoint of [`g34`]: 6 to 4.
+#[inline(always)]
+fn gt34(u: [f32; 6]) -> [f32; 4] {
+    let [u0, u1, u2, u3, u4, u5] = u;
+    const SIXTH: f32 = 1.0 / 6.0;
+    const TWELFTH: f32 = 1.0 / 12.0;
+    const THIRD: f32 = 1.0 / 3.0;
+    const TWENTY_FOURTH: f32 = 1.0 / 24.0;
+    let (p12, m12, p34, m34) = (u1 + u2, u2 - u1, u3 + u4, u3 - u4);
+    [
+        0.25 * u0 - SIXTH * p12 + TWENTY_FOURTH * p34,
+        SIXTH * m12 + TWELFTH * m34,
+        SIXTH * (p34 - p12),
+        SIXTH * m12 + THIRD * m34 + u5,
+    ]
+}
+
+/// Aᵀ m for F(3×3, 4×4): a line of 6 to the 3 outputs.
+#[inline(always)]
+fn at34(m: [f32; 6]) -> [f32; 3] {
+    let [m0, m1, m2, m3, m4, m5] = m;
+    let (p12, m12, p34, m34) = (m1 + m2, m1 - m2, m3 + m4, m3 - m4);
+    [m0 + p12 + p34, m12 + 2.0 * m34, p12 + 4.0 * p34 + m5]
+}
+
+/// A y, the adjoint of [`at34`]: 3 to 6.
+#[inline(always)]
+fn a34(y: [f32; 3]) -> [f32; 6] {
+    let [y0, y1, y2] = y;
+    let (p, q) = (y0 + y2, y0 + 4.0 * y2);
+    [y0, p + y1, p - y1, q + 2.0 * y1, q - 2.0 * y1, y2]
+}
+
+/// [`weight_transform`] for the 36-point tiles.
+fn weight_transform_a6(w: &[f32], o: usize, c: usize, tile: Tile) -> Vec<f32> {
     let mut u = vec![0.0f32; 36 * o * c];
-    weight_transform_f4_into(w, o * c, &mut u);
+    match tile {
+        Tile::F3K4 => weight_transform_f3k4_into(w, o * c, &mut u),
+        _ => weight_transform_f4_into(w, o * c, &mut u),
+    }
     u
 }
 
 simd_dispatch! {
-    /// U = G g Gᵀ for the `plane` = o · c kernels of w, blocks of CB kernels at a time (the
-    /// taps gathered into runs, so that the transform runs on whole runs).
+    /// U = G g Gᵀ of F(4×4, 3×3) for the `plane` = o · c kernels of w.
     fn weight_transform_f4_into(w: &[f32], plane: usize, u: &mut [f32]) {
-        for b0 in (0..plane).step_by(CB) {
-            let n = CB.min(plane - b0);
-            let mut g = [[0.0f32; CB]; 9];
-            for (q, taps) in w[b0 * 9..][..n * 9].chunks_exact(9).enumerate() {
-                for (k, t) in taps.iter().enumerate() {
-                    g[k][q] = *t;
-                }
+        weight_transform_lines(g4, w, plane, u)
+    }
+}
+
+simd_dispatch! {
+    /// U = G g Gᵀ of F(3×3, 4×4) for the `plane` = o · c kernels of w.
+    fn weight_transform_f3k4_into(w: &[f32], plane: usize, u: &mut [f32]) {
+        weight_transform_lines(g34, w, plane, u)
+    }
+}
+
+/// U = G g Gᵀ for the `plane` = o · c kernels of w (R × R taps each), with G's lines `gf`,
+/// blocks of CB kernels at a time (the taps gathered into runs, so that the transform runs on
+/// whole runs).
+#[inline(always)]
+fn weight_transform_lines<const R: usize>(gf: impl Fn([f32; R]) -> [f32; 6], w: &[f32], plane: usize, u: &mut [f32]) {
+    let taps = R * R;
+    for b0 in (0..plane).step_by(CB) {
+        let n = CB.min(plane - b0);
+        let mut g = [[0.0f32; CB]; 16];
+        for (q, kernel) in w[b0 * taps..][..n * taps].chunks_exact(taps).enumerate() {
+            for (k, t) in kernel.iter().enumerate() {
+                g[k][q] = *t;
             }
-            // G g, column j into s[6j..6j + 6].
-            let mut s = [[0.0f32; CB]; 18];
-            for j in 0..3 {
-                lines(g4, [&g[j][..], &g[3 + j][..], &g[6 + j][..]], rows(&mut s, 6 * j), n, false);
-            }
-            // (G g) Gᵀ, row i into the planes 6i..6i + 6.
-            for i in 0..6 {
-                lines(g4, [&s[i][..], &s[6 + i][..], &s[12 + i][..]], runs(u, 6 * i * plane + b0, plane), n, false);
-            }
+        }
+        // G g, column j into s[6j..6j + 6].
+        let mut s = [[0.0f32; CB]; 24];
+        for j in 0..R {
+            lines(&gf, std::array::from_fn(|i| &g[R * i + j][..]), rows(&mut s, 6 * j), n, false);
+        }
+        // (G g) Gᵀ, row i into the planes 6i..6i + 6.
+        for i in 0..6 {
+            lines(&gf, std::array::from_fn(|j| &s[6 * j + i][..]), runs(u, 6 * i * plane + b0, plane), n, false);
         }
     }
 }
 
-/// [`weight_grad`] for F(4×4, 3×3).
-fn weight_grad_f4(du: &[f32], o: usize, c: usize) -> Vec<f32> {
-    let mut dw = vec![0.0f32; 9 * o * c];
-    weight_grad_f4_into(du, o * c, &mut dw);
+/// [`weight_grad`] for the 36-point tiles.
+fn weight_grad_a6(du: &[f32], o: usize, c: usize, tile: Tile) -> Vec<f32> {
+    let r = tile.r();
+    let mut dw = vec![0.0f32; r * r * o * c];
+    match tile {
+        Tile::F3K4 => weight_grad_f3k4_into(du, o * c, &mut dw),
+        _ => weight_grad_f4_into(du, o * c, &mut dw),
+    }
     dw
 }
 
 simd_dispatch! {
-    /// dg = Gᵀ dU G for the `plane` = o · c kernels, blocks of CB kernels at a time.
+    /// dg = Gᵀ dU G of F(4×4, 3×3) for the `plane` = o · c kernels.
     fn weight_grad_f4_into(du: &[f32], plane: usize, dw: &mut [f32]) {
-        for b0 in (0..plane).step_by(CB) {
-            let n = CB.min(plane - b0);
-            // Gᵀ dU, column j into r[3j..3j + 3].
-            let mut r = [[0.0f32; CB]; 18];
-            for j in 0..6 {
-                lines(gt4, std::array::from_fn(|i| &du[(6 * i + j) * plane + b0..]), rows(&mut r, 3 * j), n, false);
-            }
-            // (Gᵀ dU) G, row a into taps 3a..3a + 3.
-            let mut g = [[0.0f32; CB]; 9];
-            for a in 0..3 {
-                let row: [&[f32]; 6] = std::array::from_fn(|j| &r[3 * j + a][..]);
-                lines(gt4, row, rows(&mut g, 3 * a), n, false);
-            }
-            for (q, taps) in dw[b0 * 9..][..n * 9].chunks_exact_mut(9).enumerate() {
-                for (k, t) in taps.iter_mut().enumerate() {
-                    *t = g[k][q];
-                }
+        weight_grad_lines(gt4, du, plane, dw)
+    }
+}
+
+simd_dispatch! {
+    /// dg = Gᵀ dU G of F(3×3, 4×4) for the `plane` = o · c kernels.
+    fn weight_grad_f3k4_into(du: &[f32], plane: usize, dw: &mut [f32]) {
+        weight_grad_lines(gt34, du, plane, dw)
+    }
+}
+
+/// dg = Gᵀ dU G for the `plane` = o · c kernels (R × R taps each), with Gᵀ's lines `gtf`,
+/// blocks of CB kernels at a time.
+#[inline(always)]
+fn weight_grad_lines<const R: usize>(gtf: impl Fn([f32; 6]) -> [f32; R], du: &[f32], plane: usize, dw: &mut [f32]) {
+    let taps = R * R;
+    for b0 in (0..plane).step_by(CB) {
+        let n = CB.min(plane - b0);
+        // Gᵀ dU, column j into r[Rj..Rj + R].
+        let mut r = [[0.0f32; CB]; 24];
+        for j in 0..6 {
+            lines(&gtf, std::array::from_fn(|i| &du[(6 * i + j) * plane + b0..]), rows(&mut r, R * j), n, false);
+        }
+        // (Gᵀ dU) G, row a into taps Ra..Ra + R.
+        let mut g = [[0.0f32; CB]; 16];
+        for a in 0..R {
+            let row: [&[f32]; 6] = std::array::from_fn(|j| &r[R * j + a][..]);
+            lines(&gtf, row, rows(&mut g, R * a), n, false);
+        }
+        for (q, kernel) in dw[b0 * taps..][..n * taps].chunks_exact_mut(taps).enumerate() {
+            for (k, t) in kernel.iter_mut().enumerate() {
+                *t = g[k][q];
             }
         }
     }
@@ -761,9 +893,31 @@ fn rows<const N: usize>(s: &mut [[f32; CB]], first: usize) -> [&mut [f32]; N] {
     block.each_mut().map(|r| &mut r[..])
 }
 
-simd_dispatch! {
-    /// [`input_transform`] for F(4×4, 3×3).
-    fn input_transform_f4(
+/// A 36-point transform body, written once over the tile's output side M and kernel side R
+/// (M + R − 1 = 6), and its two instances: `$f4` for F(4×4, 3×3) and `$f3k4` for F(3×3, 4×4),
+/// each compiled for AVX2 + FMA where the CPU has them.
+macro_rules! a6_transform {
+    ($(#[$m:meta])* fn $body:ident($($arg:ident: $ty:ty),* $(,)?) $block:block => $f4:ident, $f3k4:ident) => {
+        $(#[$m])*
+        #[allow(clippy::too_many_arguments)]
+        #[inline(always)]
+        fn $body<const M: usize, const R: usize>($($arg: $ty),*) $block
+        simd_dispatch! {
+            fn $f4($($arg: $ty),*) {
+                $body::<4, 3>($($arg),*)
+            }
+        }
+        simd_dispatch! {
+            fn $f3k4($($arg: $ty),*) {
+                $body::<3, 4>($($arg),*)
+            }
+        }
+    };
+}
+
+a6_transform! {
+    /// [`input_transform`] for the tile with M × M outputs and R × R kernel taps (M + R − 1 = 6).
+    fn input_transform_body(
         x: &[f32],
         imgs: usize,
         c: usize,
@@ -773,9 +927,10 @@ simd_dispatch! {
         v: &mut [f32],
         scratch: &mut Vec<f32>,
     ) {
-        let (th, tw, tpi, ps) = tiling(imgs, c, h, w, Tile::F4);
+        let (ho, wo) = out_sides(h, w, R);
+        let (th, tw, tpi, ps) = tiling(imgs, c, ho, wo, M);
         // One zero row/column before the image and enough after it for whole tiles.
-        let (ph, pw) = (4 * th + 2, 4 * tw + 2);
+        let (ph, pw) = (M * th + R - 1, M * tw + R - 1);
         let plane = resized(scratch, ph * pw * c);
         plane.fill(0.0);
         for img in 0..imgs {
@@ -786,7 +941,7 @@ simd_dispatch! {
                     let t = img * tpi + a * tw + b;
                     for cb in (0..c).step_by(CB) {
                         let n = CB.min(c - cb);
-                        let d = |i: usize, j: usize| &plane[((4 * a + i) * pw + 4 * b + j) * c + cb..];
+                        let d = |i: usize, j: usize| &plane[((M * a + i) * pw + M * b + j) * c + cb..];
                         // Bᵀ d, column j into s[6j..6j + 6].
                         let mut s = [[0.0f32; CB]; 36];
                         for j in 0..6 {
@@ -801,12 +956,29 @@ simd_dispatch! {
                 }
             }
         }
+    } => input_transform_f4, input_transform_f3k4
+}
+
+/// Aᵀ m of the tile with M outputs a side.
+#[inline(always)]
+fn at_lines<const M: usize>(m: [f32; 6]) -> [f32; M] {
+    let (v4, v3) = (at4(m), at34(m));
+    std::array::from_fn(|i| if M == 4 { v4[i] } else { v3[i] })
+}
+
+/// A y of the tile with M outputs a side.
+#[inline(always)]
+fn a_lines<const M: usize>(y: [f32; M]) -> [f32; 6] {
+    if M == 4 {
+        a4(std::array::from_fn(|i| y[i]))
+    } else {
+        a34(std::array::from_fn(|i| y[i]))
     }
 }
 
-simd_dispatch! {
-    /// [`output_transform`] for F(4×4, 3×3).
-    fn output_transform_f4(
+a6_transform! {
+    /// [`output_transform`] for the tile with M × M outputs (h × w are the output's sides).
+    fn output_transform_body(
         m: &[f32],
         imgs: usize,
         o: usize,
@@ -817,10 +989,10 @@ simd_dispatch! {
         y: &mut [f32],
         scratch: &mut Vec<f32>,
     ) {
-        let (th, tw, tpi, ps) = tiling(imgs, o, h, w, Tile::F4);
+        let (th, tw, tpi, ps) = tiling(imgs, o, h, w, M);
         // One image's output, channels last, on whole tiles.
-        let pw = 4 * tw;
-        let full = resized(scratch, 4 * th * pw * o);
+        let pw = M * tw;
+        let full = resized(scratch, M * th * pw * o);
         for img in 0..imgs {
             for a in 0..th {
                 for b in 0..tw {
@@ -828,15 +1000,15 @@ simd_dispatch! {
                     for cb in (0..o).step_by(CB) {
                         let n = CB.min(o - cb);
                         let mv = |i: usize, j: usize| &m[(6 * i + j) * ps + t * o + cb..];
-                        // Aᵀ M, column j into u[4j..4j + 4].
+                        // Aᵀ M, column j into u[Mj..Mj + M].
                         let mut u = [[0.0f32; CB]; 24];
                         for j in 0..6 {
-                            lines(at4, std::array::from_fn(|i| mv(i, j)), rows(&mut u, 4 * j), n, false);
+                            lines(at_lines::<M>, std::array::from_fn(|i| mv(i, j)), rows(&mut u, M * j), n, false);
                         }
                         // (Aᵀ M) A, row r into the tile's output row r.
-                        for r in 0..4 {
-                            let row: [&[f32]; 6] = std::array::from_fn(|j| &u[4 * j + r][..]);
-                            lines(at4, row, runs(full, ((4 * a + r) * pw + 4 * b) * o + cb, o), n, false);
+                        for r in 0..M {
+                            let row: [&[f32]; 6] = std::array::from_fn(|j| &u[M * j + r][..]);
+                            lines(at_lines::<M>, row, runs(full, ((M * a + r) * pw + M * b) * o + cb, o), n, false);
                         }
                     }
                 }
@@ -844,12 +1016,12 @@ simd_dispatch! {
             // Channels last to (o, h, w), with the bias and the relu.
             from_channels_last(full, o, h, w, pw, bias, relu, &mut y[img * o * h * w..][..o * h * w]);
         }
-    }
+    } => output_transform_f4, output_transform_f3k4
 }
 
-simd_dispatch! {
-    /// [`grad_output_transform`] for F(4×4, 3×3).
-    fn grad_output_transform_f4(
+a6_transform! {
+    /// [`grad_output_transform`] for the tile with M × M outputs (h × w are the output's sides).
+    fn grad_output_transform_body(
         dy: &[f32],
         mask: Option<&[f32]>,
         imgs: usize,
@@ -860,10 +1032,10 @@ simd_dispatch! {
         sums: &mut [f32],
         scratch: &mut Vec<f32>,
     ) {
-        let (th, tw, tpi, ps) = tiling(imgs, o, h, w, Tile::F4);
+        let (th, tw, tpi, ps) = tiling(imgs, o, h, w, M);
         // One image's dY, channels last, on whole tiles (zeros past the image).
-        let pw = 4 * tw;
-        let full = resized(scratch, 4 * th * pw * o);
+        let pw = M * tw;
+        let full = resized(scratch, M * th * pw * o);
         full.fill(0.0);
         for img in 0..imgs {
             let base = img * o * h * w;
@@ -875,27 +1047,27 @@ simd_dispatch! {
                     let t = img * tpi + a * tw + b;
                     for cb in (0..o).step_by(CB) {
                         let n = CB.min(o - cb);
-                        let g = |r: usize, q: usize| &full[((4 * a + r) * pw + 4 * b + q) * o + cb..];
+                        let g = |r: usize, q: usize| &full[((M * a + r) * pw + M * b + q) * o + cb..];
                         // dY Aᵀ, row r into z[6r..6r + 6].
                         let mut z = [[0.0f32; CB]; 24];
-                        for r in 0..4 {
-                            lines(a4, std::array::from_fn(|q| g(r, q)), rows(&mut z, 6 * r), n, false);
+                        for r in 0..M {
+                            lines(a_lines::<M>, std::array::from_fn(|q| g(r, q)), rows(&mut z, 6 * r), n, false);
                         }
                         // A (dY Aᵀ), column j into the planes j, 6 + j, …, 30 + j.
                         for j in 0..6 {
-                            let col: [&[f32]; 4] = std::array::from_fn(|r| &z[6 * r + j][..]);
-                            lines(a4, col, runs(dm, j * ps + t * o + cb, 6 * ps), n, false);
+                            let col: [&[f32]; M] = std::array::from_fn(|r| &z[6 * r + j][..]);
+                            lines(a_lines::<M>, col, runs(dm, j * ps + t * o + cb, 6 * ps), n, false);
                         }
                     }
                 }
             }
         }
-    }
+    } => grad_output_transform_f4, grad_output_transform_f3k4
 }
 
-simd_dispatch! {
-    /// [`grad_input_transform`] for F(4×4, 3×3).
-    fn grad_input_transform_f4(
+a6_transform! {
+    /// [`grad_input_transform`] for the tile with M × M outputs and R × R kernel taps.
+    fn grad_input_transform_body(
         dv: &[f32],
         imgs: usize,
         c: usize,
@@ -905,9 +1077,10 @@ simd_dispatch! {
         dx: &mut [f32],
         scratch: &mut Vec<f32>,
     ) {
-        let (th, tw, tpi, ps) = tiling(imgs, c, h, w, Tile::F4);
+        let (ho, wo) = out_sides(h, w, R);
+        let (th, tw, tpi, ps) = tiling(imgs, c, ho, wo, M);
         // The padded input plane, channels last, as an accumulator.
-        let (ph, pw) = (4 * th + 2, 4 * tw + 2);
+        let (ph, pw) = (M * th + R - 1, M * tw + R - 1);
         let acc = resized(scratch, ph * pw * c);
         for img in 0..imgs {
             acc.fill(0.0);
@@ -925,7 +1098,7 @@ simd_dispatch! {
                         // B (dV Bᵀ), column l added into the patch's column l.
                         for l in 0..6 {
                             let col: [&[f32]; 6] = std::array::from_fn(|i| &r[6 * i + l][..]);
-                            lines(b4, col, runs(acc, ((4 * a) * pw + 4 * b + l) * c + cb, pw * c), n, true);
+                            lines(b4, col, runs(acc, ((M * a) * pw + M * b + l) * c + cb, pw * c), n, true);
                         }
                     }
                 }
@@ -935,40 +1108,50 @@ simd_dispatch! {
             let mask = mask.map(|m| &m[base..][..c * h * w]);
             unpad_channels_last(acc, c, h, w, pw, mask, &mut dx[base..][..c * h * w]);
         }
-    }
+    } => grad_input_transform_f4, grad_input_transform_f3k4
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// A direct 3×3, stride 1, pad 1 convolution in f64, the oracle.
-    /// Also the sum of the products' magnitudes of each output, the scale its rounding
-    /// errors are relative to.
-    fn direct(x: &[f32], wt: &[f32], n: usize, c: usize, o: usize, h: usize, w: usize) -> (Vec<f64>, Vec<f64>) {
-        let mut y = vec![0.0f64; n * o * h * w];
-        let mut scale = vec![0.0f64; n * o * h * w];
+    /// A direct r×r, stride 1, pad 1 convolution in f64, the oracle (output (h + 3 − r) ×
+    /// (w + 3 − r)). Also the sum of the products' magnitudes of each output, the scale its
+    /// rounding errors are relative to.
+    #[allow(clippy::too_many_arguments)]
+    fn direct(
+        x: &[f32],
+        wt: &[f32],
+        n: usize,
+        c: usize,
+        o: usize,
+        h: usize,
+        w: usize,
+        r: usize,
+    ) -> (Vec<f64>, Vec<f64>) {
+        let (ho, wo) = (h + 3 - r, w + 3 - r);
+        let mut y = vec![0.0f64; n * o * ho * wo];
+        let mut scale = vec![0.0f64; n * o * ho * wo];
         for img in 0..n {
             for oc in 0..o {
-                for yy in 0..h {
-                    for xx in 0..w {
+                for yy in 0..ho {
+                    for xx in 0..wo {
                         let (mut s, mut a) = (0.0f64, 0.0f64);
                         for ci in 0..c {
-                            for i in 0..3 {
-                                for j in 0..3 {
+                            for i in 0..r {
+                                for j in 0..r {
                                     let (sy, sx) = (yy as isize + i as isize - 1, xx as isize + j as isize - 1);
                                     if sy < 0 || sx < 0 || sy >= h as isize || sx >= w as isize {
                                         continue;
                                     }
                                     let p = x[((img * c + ci) * h + sy as usize) * w + sx as usize] as f64
-                                        * wt[((oc * c + ci) * 3 + i) * 3 + j] as f64;
+                                        * wt[((oc * c + ci) * r + i) * r + j] as f64;
                                     s += p;
                                     a += p.abs();
                                 }
                             }
                         }
-                        y[((img * o + oc) * h + yy) * w + xx] = s;
-                        scale[((img * o + oc) * h + yy) * w + xx] = a;
+                        y[((img * o + oc) * ho + yy) * wo + xx] = s;
+                        scale[((img * o + oc) * ho + yy) * wo + xx] = a;
                     }
                 }
             }
@@ -984,7 +1167,8 @@ mod tests {
     /// Forward through the transforms and a naive product in the Winograd domain.
     #[allow(clippy::too_many_arguments)]
     fn forward(x: &[f32], wt: &[f32], n: usize, c: usize, o: usize, h: usize, w: usize, tile: Tile) -> Vec<f32> {
-        let (th, tw) = tiles(h, w, tile);
+        let (ho, wo) = tile.out_sides(h, w);
+        let (th, tw) = tiles(ho, wo, tile);
         let t_all = n * th * tw;
         let (sv, sm) = (plane_stride(c * t_all), plane_stride(o * t_all));
         let pts = tile.points();
@@ -1000,34 +1184,40 @@ mod tests {
                 }
             }
         }
-        let mut y = vec![0.0f32; n * o * h * w];
-        output_transform(tile, &m, n, o, h, w, None, false, &mut y, &mut Vec::new());
+        let mut y = vec![0.0f32; n * o * ho * wo];
+        output_transform(tile, &m, n, o, ho, wo, None, false, &mut y, &mut Vec::new());
         y
     }
 
     #[test]
     fn the_transforms_compute_a_direct_convolution() {
         // Odd and even sides (a partial last tile), one and several images and channels.
-        // Both tiles; sides that are and are not whole numbers of tiles. Errors relative to the
-        // sum of the products' magnitudes, the scale of any summation order's rounding.
+        // All three tiles; sides that are and are not whole numbers of tiles (the 4×4 kernel's
+        // output is one smaller a side than its input). Errors relative to the sum of the
+        // products' magnitudes, the scale of any summation order's rounding.
         let mut seed = 7u64;
-        for tile in [Tile::F2, Tile::F4] {
+        for tile in [Tile::F2, Tile::F4, Tile::F3K4] {
             for (n, c, o, h, w) in
-                [(1, 1, 1, 1, 1), (2, 3, 2, 7, 7), (1, 2, 3, 4, 5), (3, 4, 2, 8, 3), (1, 3, 2, 9, 12)]
+                [(1, 1, 1, 2, 2), (2, 3, 2, 7, 7), (1, 2, 3, 4, 5), (3, 4, 2, 8, 3), (1, 3, 2, 9, 12), (1, 70, 3, 6, 7)]
             {
                 let x: Vec<f32> = (0..n * c * h * w).map(|_| lcg(&mut seed)).collect();
-                let wt: Vec<f32> = (0..o * c * 9).map(|_| lcg(&mut seed)).collect();
+                let wt: Vec<f32> = (0..o * c * tile.r() * tile.r()).map(|_| lcg(&mut seed)).collect();
                 let y = forward(&x, &wt, n, c, o, h, w, tile);
-                let (r, scale) = direct(&x, &wt, n, c, o, h, w);
+                let (r, scale) = direct(&x, &wt, n, c, o, h, w, tile.r());
+                assert_eq!(y.len(), r.len());
                 let worst = y
                     .iter()
                     .zip(&r)
                     .zip(&scale)
                     .map(|((a, b), s)| (*a as f64 - b).abs() / s.max(1e-30))
                     .fold(0.0, f64::max);
-                // Measured: F2 ≤ 1.5e-7, F4 ≤ 3.4e-6 (its larger coefficients round worse).
+                // Measured (VQLAB_PRINT_ROUNDING=1 prints them): F2 ≤ 1.5e-7, F4 ≤ 4.4e-6,
+                // F3K4 ≤ 1.9e-6 (the 36-point transforms' larger coefficients round worse).
                 let bound = if tile == Tile::F2 { 1e-6 } else { 1e-5 };
                 assert!(worst < bound, "{worst:e} for {:?}", (tile, n, c, o, h, w));
+                if std::env::var_os("VQLAB_PRINT_ROUNDING").is_some() {
+                    eprintln!("{tile:?} {:?}: {worst:e}", (n, c, o, h, w));
+                }
             }
         }
     }
@@ -1046,10 +1236,11 @@ mod tests {
         };
         let close = |(a, ma): (f64, f64), (b, mb): (f64, f64)| (a - b).abs() <= 1e-6 * ma.max(mb);
         let mut seed = 11u64;
-        for tile in [Tile::F2, Tile::F4] {
+        for tile in [Tile::F2, Tile::F4, Tile::F3K4] {
             for (n, c, h, w) in [(2usize, 3usize, 5usize, 6usize), (1, 70, 7, 7)] {
                 let pts = tile.points();
-                let (th, tw) = tiles(h, w, tile);
+                let (ho, wo) = tile.out_sides(h, w);
+                let (th, tw) = tiles(ho, wo, tile);
                 let t_all = n * th * tw;
                 let sp = plane_stride(c * t_all);
                 let x: Vec<f32> = (0..n * c * h * w).map(|_| lcg(&mut seed)).collect();
@@ -1063,19 +1254,19 @@ mod tests {
                 // Only the planes' first c · T floats are read and written; the gaps stay zero.
                 let m: Vec<f32> =
                     (0..pts * sp).map(|i| if i % sp < c * t_all { lcg(&mut seed) } else { 0.0 }).collect();
-                let dy: Vec<f32> = (0..n * c * h * w).map(|_| lcg(&mut seed)).collect();
+                let dy: Vec<f32> = (0..n * c * ho * wo).map(|_| lcg(&mut seed)).collect();
                 let mut y = vec![0.0f32; dy.len()];
-                output_transform(tile, &m, n, c, h, w, None, false, &mut y, &mut Vec::new());
+                output_transform(tile, &m, n, c, ho, wo, None, false, &mut y, &mut Vec::new());
                 let mut dm = vec![0.0f32; m.len()];
                 let mut sums = vec![0.0f32; c];
-                grad_output_transform(tile, &dy, None, n, c, h, w, &mut dm, &mut sums, &mut Vec::new());
+                grad_output_transform(tile, &dy, None, n, c, ho, wo, &mut dm, &mut sums, &mut Vec::new());
                 assert!(close(dot(&y, &dy), dot(&m, &dm)), "{tile:?} {c}: {:?} {:?}", dot(&y, &dy), dot(&m, &dm));
                 for (ci, s) in sums.iter().enumerate() {
-                    let want: f32 = (0..n).map(|i| dy[(i * c + ci) * h * w..][..h * w].iter().sum::<f32>()).sum();
+                    let want: f32 = (0..n).map(|i| dy[(i * c + ci) * ho * wo..][..ho * wo].iter().sum::<f32>()).sum();
                     assert!((s - want).abs() < 1e-4);
                 }
 
-                let g: Vec<f32> = (0..2 * c * 9).map(|_| lcg(&mut seed)).collect();
+                let g: Vec<f32> = (0..2 * c * tile.r() * tile.r()).map(|_| lcg(&mut seed)).collect();
                 let du: Vec<f32> = (0..pts * 2 * c).map(|_| lcg(&mut seed)).collect();
                 let u = weight_transform(&g, 2, c, tile);
                 let dg = weight_grad(&du, 2, c, tile);

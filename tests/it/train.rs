@@ -396,10 +396,58 @@ fn bench_profile_counts_each_op_pass_of_the_architecture() {
     assert_eq!(calls("conv2d backward"), Some(9.0 + 4.0 + 8.0), "{rows:?}");
     assert_eq!(calls("conv_transpose2d backward"), Some(3.0), "{rows:?}");
     assert_eq!(calls("ActNorm + LeakyReLU forward"), Some(3.0 * 3.0), "{rows:?}");
-    // The text form prints the same table.
+    // Each convolution pass is broken down by layer shape: the discriminator's convolutions
+    // over 28×28 (1→8, 4×4/2), 14×14 (8→16, 4×4/2), 7×7 (16→32, 4×4/1) and 6×6 (32→1), four
+    // forward passes each (reals, frozen fakes, and the reused output counted apart), and the
+    // layers' calls add up to the pass's.
+    for pass in ["conv2d forward", "conv2d backward", "conv_transpose2d backward"] {
+        let row = rows.iter().find(|r| r["op"] == pass).unwrap();
+        let layers = row["layers"].as_array().unwrap_or_else(|| panic!("{pass}: no layers: {row}"));
+        let sum: f64 = layers.iter().map(|l| l["calls_per_step"].as_f64().unwrap()).sum();
+        assert_eq!(sum, row["calls_per_step"].as_f64().unwrap(), "{row}");
+    }
+    let layer_calls = |pass: &str, layer: &str| {
+        let row = rows.iter().find(|r| r["op"] == pass).unwrap();
+        row["layers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["op"] == layer)
+            .map(|l| l["calls_per_step"].as_f64().unwrap())
+    };
+    assert_eq!(layer_calls("conv2d forward", "4×4/1 16→32 on 16×7×7"), Some(2.0), "{rows:?}");
+    assert_eq!(layer_calls("conv2d forward, output reused", "4×4/1 16→32 on 16×7×7"), Some(1.0), "{rows:?}");
+    assert_eq!(layer_calls("conv2d backward", "4×4/1 32→1 on 16×6×6"), Some(3.0), "{rows:?}");
+    assert_eq!(layer_calls("conv_transpose2d backward", "T4×4/2 8→1 on 16×14×14"), Some(2.0), "{rows:?}");
+    // Under winograd4 the rows name the Winograd tile the layer ran with: the 3×3 layers
+    // F(4×4, 3×3), the discriminator's 4×4/1 one with 32 outputs F(3×3, 4×4), its last (one
+    // output) the row matrix.
+    let out = vqlab(
+        dir.path(),
+        &["bench", "exp.toml", "--steps", "1", "--warmup", "1", "--json", "--profile"]
+            .into_iter()
+            .chain(["--set", "model.variant=vqgan", "--set", "loss.disc_start=0"])
+            .chain(["--set", "train.conv_algorithm=winograd4"])
+            .collect::<Vec<_>>(),
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+    let rows = v["profile"].as_array().unwrap();
+    let forward = rows.iter().find(|r| r["op"] == "conv2d forward").unwrap()["layers"].as_array().unwrap();
+    let names: Vec<&str> = forward.iter().map(|l| l["op"].as_str().unwrap()).collect();
+    for want in [
+        "4×4/1 16→32 on 16×7×7, Winograd F(3×3, 4×4)",
+        "4×4/1 32→1 on 16×6×6",
+        "3×3/1 16→16 on 16×7×7, Winograd F(4×4, 3×3)",
+        "4×4/2 8→16 on 16×14×14",
+    ] {
+        assert!(names.contains(&want), "{want}: {names:?}");
+    }
+    // The text form prints the same table, the layers indented under their pass.
     let out = vqlab(dir.path(), &["bench", "exp.toml", "--steps", "2", "--warmup", "0", "--profile"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert!(stdout(&out).contains("where a step's time goes") && stdout(&out).contains("conv2d backward"));
+    assert!(stdout(&out).contains("\n    4×4/2 8→16 on 16×14×14 "), "{}", stdout(&out));
 }
 
 /// rec_loss per step of a run of the tiny experiment, with candle's ops or vqlab's.
@@ -450,8 +498,9 @@ fn training_with_the_fast_ops_follows_training_with_candles_ops() {
 fn training_with_winograd_follows_training_with_candles_ops() {
     // `train.conv_algorithm = "winograd"` (F(2×2, 3×3)) and `"winograd4"` (F(4×4, 3×3))
     // compute the encoder's and decoder's 3×3 convolutions (and the residual blocks') other
-    // ways: the same convolution up to rounding, so the losses agree step by step with candle's
-    // ops, and each run gets its own id.
+    // ways, and winograd4 the discriminator's 4×4/1 one too (F(3×3, 4×4)): the same
+    // convolutions up to rounding, so the losses agree step by step with candle's ops, and
+    // each run gets its own id.
     let dir = tempfile::tempdir().unwrap();
     write(dir.path(), "exp.toml", &tiny_experiment("wino", ""));
     let reference = losses_with(dir.path(), "reference", "vqvae", true, &[]);
@@ -469,6 +518,14 @@ fn training_with_winograd_follows_training_with_candles_ops() {
         let run = &run_dirs(&dir.path().join("runs").join(name))[0];
         run.file_name().unwrap().to_string_lossy().rsplit('-').next().unwrap().to_string()
     };
+    // The VQ-GAN (adversarial term on from step 2) with winograd4.
+    let reference = losses_with(dir.path(), "reference-gan", "vqgan", true, &[]);
+    let winograd = losses_with(dir.path(), "winograd4-gan", "vqgan", false, &["train.conv_algorithm=winograd4"]);
+    assert_eq!(winograd.len(), 8);
+    for (step, (a, b)) in winograd.iter().zip(&reference).enumerate() {
+        assert!((a - b).abs() <= 1e-3 * b.abs(), "winograd4 VQ-GAN step {}: {a} vs {b}", step + 1);
+    }
+    assert!(winograd[7] < winograd[0] * 0.98, "winograd4 VQ-GAN: {winograd:?}");
     let ids = [id("reference"), id("winograd"), id("winograd4")];
     assert!(ids[0] != ids[1] && ids[0] != ids[2] && ids[1] != ids[2], "{ids:?}");
     let out = vqlab(dir.path(), &["plan", "exp.toml", "--set", "train.conv_algorithm=fft"]);
