@@ -448,13 +448,13 @@ pub struct TrainConfig {
     /// out of the resolved config when empty, so it changes no run id unless used).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub early_stop: Vec<EarlyStopRule>,
-    /// How the CPU ops compute 3×3 convolutions with stride 1 and padding 1.
+    /// How the CPU ops compute convolutions with stride 1 and padding 1.
     pub conv_algorithm: ConvAlgorithm,
 }
 
-/// How 3×3, stride-1, padding-1 convolutions run on the CPU (`train.conv_algorithm`). Both
-/// compute the same convolution; they add the products in different orders, so their results
-/// differ by rounding and the run id hashes the choice. Other devices run candle's ops.
+/// How stride-1, padding-1 convolutions run on the CPU (`train.conv_algorithm`). All compute
+/// the same convolution; they add the products in different orders, so their results differ
+/// by rounding and the run id hashes the choice. Other devices run candle's ops.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ConvAlgorithm {
@@ -463,7 +463,9 @@ pub enum ConvAlgorithm {
     Im2row,
     /// Winograd F(2×2, 3×3) (Lavin & Gray 2016): 16 gemms in the Winograd domain.
     Winograd,
-    /// Winograd F(4×4, 3×3) (Lavin & Gray 2016): 36 gemms over a quarter of the tiles.
+    /// Winograd F(4×4, 3×3) (Lavin & Gray 2016): 36 gemms over a quarter of the tiles; and
+    /// 4×4 kernels with 8 or more outputs (the discriminator's) as F(3×3, 4×4), the same
+    /// 36-point transforms.
     Winograd4,
 }
 
