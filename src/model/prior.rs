@@ -11,7 +11,6 @@
 
 use candle_core::{DType, Device, Result, Tensor};
 use rand::{Rng, RngCore, SeedableRng};
-use rayon::prelude::*;
 
 use super::params::{Init, ParamStore};
 use crate::ops::dense;
@@ -41,7 +40,7 @@ impl Linear {
         Ok(Linear { weight, bias })
     }
 
-    /// Rows (N, from) to (N, to).
+    /// Rows (…, from) to (…, to).
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         dense::linear(x, &self.weight, self.bias.as_ref())
     }
@@ -110,15 +109,17 @@ impl Dropout {
         let keep = 1.0 - self.p;
         let threshold = (keep * 4_294_967_296.0).round() as u64;
         let scale = (1.0 / keep) as f32;
-        let mut mask = vec![0f32; dims.iter().product()];
-        mask.par_chunks_mut(CHUNK).enumerate().for_each(|(ci, m)| {
-            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(stream);
-            rng.set_stream(site);
-            rng.set_word_pos((ci * CHUNK) as u128);
-            for v in m {
-                *v = if u64::from(rng.next_u32()) < threshold { scale } else { 0.0 };
-            }
-        });
+        // SAFETY: each chunk's loop writes every element of it.
+        let mask = unsafe {
+            crate::ops::kernels::par_filled(dims.iter().product(), CHUNK, |ci, m| {
+                let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(stream);
+                rng.set_stream(site);
+                rng.set_word_pos((ci * CHUNK) as u128);
+                for v in m {
+                    v.write(if u64::from(rng.next_u32()) < threshold { scale } else { 0.0 });
+                }
+            })
+        };
         Ok(Some(Tensor::from_vec(mask, dims, device)?))
     }
 }
@@ -174,25 +175,21 @@ impl Prior {
         let emb = self.tok.index_select(&tokens.flatten_all()?, 0)?.reshape((b, t, c))?;
         let mut x = drop.apply(&emb.broadcast_add(&self.pos.narrow(0, 0, t)?)?)?;
         for block in &self.blocks {
-            let a = block.ln1.forward(&x)?.reshape((b * t, c))?;
-            let qkv = block.qkv.forward(&a)?.reshape((b, t, 3 * c))?;
+            // (B, T, ·) throughout: the linear layers take rows of any leading shape, so the
+            // graph holds no reshapes (each would cost a pass in the backward pass).
+            let qkv = block.qkv.forward(&block.ln1.forward(&x)?)?;
             let weights_dropout = drop.mask(&[b, h, t, t], x.device())?;
-            let y = dense::causal_attention(&qkv, h, weights_dropout.as_ref())?.reshape((b * t, c))?;
-            let y = block.proj.forward(&y)?.reshape((b, t, c))?;
+            let y = block.proj.forward(&dense::causal_attention(&qkv, h, weights_dropout.as_ref())?)?;
             x = dense::add_dropout(&x, &y, drop.mask(&[b, t, c], x.device())?.as_ref())?;
-            let m = block.ln2.forward(&x)?.reshape((b * t, c))?;
-            let m = block.out.forward(&dense::gelu(&block.fc.forward(&m)?)?)?.reshape((b, t, c))?;
+            let m = block.out.forward(&dense::gelu(&block.fc.forward(&block.ln2.forward(&x)?)?)?)?;
             x = dense::add_dropout(&x, &m, drop.mask(&[b, t, c], x.device())?.as_ref())?;
         }
-        let x = self.ln_f.forward(&x)?.reshape((b * t, c))?;
-        self.head.forward(&x)?.reshape((b, t, self.shape.codes))
+        self.head.forward(&self.ln_f.forward(&x)?)
     }
 
     /// Mean cross-entropy (nats per code) of code grids (B, T) under the prior.
     pub fn nll(&self, codes: &Tensor, dropout: Option<DropoutKey>) -> Result<Tensor> {
-        let logits = self.logits(&self.inputs(codes)?, dropout)?;
-        let (b, t, k) = logits.dims3()?;
-        dense::cross_entropy(&logits.reshape((b * t, k))?, &codes.flatten_all()?)
+        dense::cross_entropy(&self.logits(&self.inputs(codes)?, dropout)?, &codes.flatten_all()?)
     }
 
     /// Sample `n` code grids (n, T) autoregressively: softmax(logits / temperature) over the

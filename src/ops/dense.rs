@@ -11,7 +11,10 @@
 //! rather than kept.
 //!
 //! Work is split into chunks of a fixed number of rows, never by the thread count, so a result
-//! is the same on any number of threads. Other devices and `VQLAB_REFERENCE_OPS=1` take the
+//! is the same on any number of threads. (A weight gradient's rows are split among the
+//! threads, but each of its elements is one sum over the rows in the gemm's fixed order,
+//! whichever thread computes it.) Outputs that an op writes in full are written into fresh
+//! capacity, without the zero-fill of `vec![0.0; n]` first. Other devices and `VQLAB_REFERENCE_OPS=1` take the
 //! candle compositions (`*_reference`), which the tests check these against.
 
 use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor, D};
@@ -42,7 +45,10 @@ fn dims2(d: &[usize], what: &str) -> Result<(usize, usize)> {
 // ---------------------------------------------------------------------------------------------
 // Linear
 
-/// x (N, in) · wᵀ + b with w (out, in) and b (out) — PyTorch's `Linear` on rows.
+/// x (…, in) · wᵀ + b with w (out, in) and b (out) — PyTorch's `Linear` on the rows of x's
+/// last dimension: (…, out). Taking (B, T, in) as it is spares the graph the reshapes to and
+/// from rows, each of which costs a pass in the backward pass (candle adds every gradient into
+/// a zeroed tensor).
 pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
     if !fast(&[x, w]) || b.is_some_and(|b| !fast(&[b])) {
         return linear_reference(x, w, b);
@@ -56,7 +62,7 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
 
 /// The same with candle's ops.
 pub fn linear_reference(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
-    let y = x.matmul(&w.t()?)?;
+    let y = x.broadcast_matmul(&w.t()?)?;
     match b {
         Some(b) => y.broadcast_add(b),
         None => Ok(y),
@@ -64,6 +70,22 @@ pub fn linear_reference(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Te
 }
 
 struct LinearOp;
+
+/// (rows, in) of x (…, in): every dimension but the last is rows.
+fn rows_of(d: &[usize], what: &str) -> Result<(usize, usize)> {
+    match d.split_last() {
+        Some((&inp, lead)) if !lead.is_empty() => Ok((lead.iter().product(), inp)),
+        _ => bail!("{what}: expected rows (…, in) of at least 2 dimensions, got shape {d:?}"),
+    }
+}
+
+/// What a linear layer ran on, for the profile: "in → out, N rows".
+fn linear_label(x: &[usize], w: &[usize]) -> String {
+    match (rows_of(x, ""), w) {
+        (Ok((n, inp)), [out, _]) => format!("{inp} → {out}, {n} rows"),
+        _ => format!("{x:?} · {w:?}ᵀ"),
+    }
+}
 
 impl CustomOp3 for LinearOp {
     fn name(&self) -> &'static str {
@@ -79,20 +101,36 @@ impl CustomOp3 for LinearOp {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        crate::util::profile::time("linear forward", || {
+        let layer = || linear_label(l1.dims(), l2.dims());
+        crate::util::profile::time_detailed("linear forward", layer, || {
             let (x, w, b) =
                 (cpu_f32(s1, l1, self.name())?, cpu_f32(s2, l2, self.name())?, cpu_f32(s3, l3, self.name())?);
-            let (n, inp) = dims2(l1.dims(), self.name())?;
+            let (n, inp) = rows_of(l1.dims(), self.name())?;
             let (out, win) = dims2(l2.dims(), self.name())?;
             if win != inp || (!b.is_empty() && b.len() != out) {
                 bail!("vqlab-linear: x {:?}, weight {:?}, bias of {} elements", l1.dims(), l2.dims(), b.len());
             }
-            let mut y = vec![0.0f32; n * out];
-            if !b.is_empty() {
-                y.par_chunks_mut(ROWS * out).for_each(|rows| rows.chunks_mut(out).for_each(|r| r.copy_from_slice(b)));
-            }
-            kernels::gemm_parallel(n, out, inp, MatRef::rows(x, inp), MatRef::rows(w, inp).t(), &mut y, !b.is_empty());
-            Ok((CpuStorage::F32(y), Shape::from((n, out))))
+            let (xm, wt) = (MatRef::rows(x, inp), MatRef::rows(w, inp).t());
+            let y = if b.is_empty() {
+                kernels::gemm_parallel_new(n, out, inp, xm, wt)
+            } else {
+                // Each row starts as the bias, and the gemm adds x · wᵀ to it.
+                // SAFETY: every row of every chunk is written.
+                let mut y = unsafe {
+                    kernels::par_filled(n * out, ROWS * out, |_, rows| {
+                        for row in rows.chunks_mut(out) {
+                            row.iter_mut().zip(b).for_each(|(d, &v)| {
+                                d.write(v);
+                            });
+                        }
+                    })
+                };
+                kernels::gemm_parallel(n, out, inp, xm, wt, &mut y, true);
+                y
+            };
+            let mut shape = l1.dims().to_vec();
+            *shape.last_mut().expect("rows_of checked the rank") = out;
+            Ok((CpuStorage::F32(y), Shape::from(shape)))
         })
     }
 
@@ -104,8 +142,9 @@ impl CustomOp3 for LinearOp {
         _y: &Tensor,
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        crate::util::profile::time("linear backward", || {
-            let (n, inp) = x.dims2()?;
+        let layer = || linear_label(x.dims(), w.dims());
+        crate::util::profile::time_detailed("linear backward", layer, || {
+            let (n, inp) = rows_of(x.dims(), self.name())?;
             let out = w.dim(0)?;
             let has_bias = b.elem_count() > 0;
             // Inputs that are not variables and come from no op (code embeddings are) need no
@@ -113,23 +152,36 @@ impl CustomOp3 for LinearOp {
             let need_x = x.track_op();
             let (dx, dw, db) = with_slices([x, w, dy], |[xs, ws, dys]| {
                 // dx = dy · w, dw = dyᵀ · x, db = Σ_rows dy.
-                let mut dx = vec![0.0f32; if need_x { n * inp } else { 0 }];
-                if need_x {
-                    kernels::gemm_parallel(n, inp, out, MatRef::rows(dys, out), MatRef::rows(ws, inp), &mut dx, false);
-                }
+                let dx = if need_x {
+                    kernels::gemm_parallel_new(n, inp, out, MatRef::rows(dys, out), MatRef::rows(ws, inp))
+                } else {
+                    Vec::new()
+                };
+                // dw is short and wide with a long k (the rows): split by its rows, and each
+                // part of the pool also sums its stretch of db.
                 let mut dw = vec![0.0f32; out * inp];
-                kernels::gemm_parallel(out, inp, n, MatRef::rows(dys, out).t(), MatRef::rows(xs, inp), &mut dw, false);
+                let parts = rayon::current_num_threads().clamp(1, out.max(1));
+                let per = out.div_ceil(parts).max(1);
+                let dyt = MatRef::rows(dys, out).t();
                 let mut db = vec![0.0f32; if has_bias { out } else { 0 }];
-                if has_bias {
-                    for row in dys.chunks_exact(out) {
-                        db.iter_mut().zip(row).for_each(|(s, v)| *s += v);
+                let mut db_parts: Vec<&mut [f32]> =
+                    if has_bias { db.chunks_mut(per).collect() } else { (0..parts).map(|_| &mut [][..]).collect() };
+                dw.par_chunks_mut(per * inp).zip(db_parts.par_iter_mut()).enumerate().for_each(|(i, (dwp, dbp))| {
+                    let o0 = i * per;
+                    let rows = dwp.len() / inp.max(1);
+                    let a = MatRef { data: &dyt.data[o0.min(dyt.data.len())..], rs: dyt.rs, cs: dyt.cs };
+                    kernels::gemm(rows, inp, n, a, MatRef::rows(xs, inp), dwp, false);
+                    if !dbp.is_empty() {
+                        for row in dys.chunks_exact(out) {
+                            dbp.iter_mut().zip(&row[o0..o0 + rows]).for_each(|(s, v)| *s += v);
+                        }
                     }
-                }
+                });
                 Ok((dx, dw, db))
             })?;
             let dev = x.device();
             let db = if has_bias { Some(Tensor::from_vec(db, out, dev)?) } else { None };
-            let dx = if need_x { Some(Tensor::from_vec(dx, (n, inp), dev)?) } else { None };
+            let dx = if need_x { Some(Tensor::from_vec(dx, x.shape(), dev)?) } else { None };
             Ok((dx, Some(Tensor::from_vec(dw, (out, inp), dev)?), db))
         })
     }
@@ -180,10 +232,13 @@ impl CustomOp3 for LayerNormOp {
             if c == 0 || g.len() != c || b.len() != c {
                 bail!("vqlab-layer-norm: x {:?} with gain of {} and bias of {} elements", l1.dims(), g.len(), b.len());
             }
-            let mut y = vec![0.0f32; x.len()];
-            y.par_chunks_mut(ROWS * c)
-                .zip(x.par_chunks(ROWS * c))
-                .for_each(|(ys, xs)| vecmath::layer_norm_rows(xs, g, b, self.eps, ys));
+            // SAFETY: layer_norm_rows writes every element of its whole rows.
+            let y = unsafe {
+                kernels::par_filled(x.len(), ROWS * c, |i, ys| {
+                    let mut centred = vec![0.0f32; c];
+                    vecmath::layer_norm_rows(&x[i * ROWS * c..][..ys.len()], g, b, self.eps, &mut centred, ys)
+                })
+            };
             Ok((CpuStorage::F32(y), l1.shape().clone()))
         })
     }
@@ -248,8 +303,10 @@ impl CustomOp1 for GeluOp {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         crate::util::profile::time("GELU forward", || {
             let x = cpu_f32(s, l, self.name())?;
-            let mut y = vec![0.0f32; x.len()];
-            y.par_chunks_mut(ELEMS).zip(x.par_chunks(ELEMS)).for_each(|(ys, xs)| vecmath::gelu_forward(xs, ys));
+            // SAFETY: gelu_forward writes every element of its chunk.
+            let y = unsafe {
+                kernels::par_filled(x.len(), ELEMS, |i, ys| vecmath::gelu_forward(&x[i * ELEMS..][..ys.len()], ys))
+            };
             Ok((CpuStorage::F32(y), l.shape().clone()))
         })
     }
@@ -257,11 +314,13 @@ impl CustomOp1 for GeluOp {
     fn bwd(&self, x: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
         crate::util::profile::time("GELU backward", || {
             let dx = with_slices([x, dy], |[xs, dys]| {
-                let mut dx = vec![0.0f32; xs.len()];
-                dx.par_chunks_mut(ELEMS)
-                    .zip(xs.par_chunks(ELEMS).zip(dys.par_chunks(ELEMS)))
-                    .for_each(|(dxs, (xs, dys))| vecmath::gelu_backward(xs, dys, dxs));
-                Ok(dx)
+                // SAFETY: gelu_backward writes every element of its chunk.
+                Ok(unsafe {
+                    kernels::par_filled(xs.len(), ELEMS, |i, dxs| {
+                        let at = i * ELEMS;
+                        vecmath::gelu_backward(&xs[at..][..dxs.len()], &dys[at..][..dxs.len()], dxs)
+                    })
+                })
             })?;
             Ok(Some(Tensor::from_vec(dx, x.shape(), x.device())?))
         })
@@ -510,8 +569,8 @@ impl CustomOp3 for AddDropoutOp {
 // ---------------------------------------------------------------------------------------------
 // Cross-entropy
 
-/// Mean cross-entropy (nats) of logits (N, K) against targets (N,) u32: log-sum-exp minus the
-/// target's logit, averaged over rows.
+/// Mean cross-entropy (nats) of logits (…, K) against targets (N,) u32, N the rows of the
+/// logits: log-sum-exp minus the target's logit, averaged over rows.
 pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
     if !fast(&[logits]) || !targets.device().is_cpu() {
         return cross_entropy_reference(logits, targets);
@@ -521,7 +580,8 @@ pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
 
 /// The same with candle's ops.
 pub fn cross_entropy_reference(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
-    let log_p = candle_nn::ops::log_softmax(logits, D::Minus1)?;
+    let logits = logits.flatten_to(D::Minus2)?;
+    let log_p = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
     let picked = log_p.gather(&targets.unsqueeze(1)?, 1)?;
     picked.mean_all()?.neg()
 }
@@ -552,7 +612,7 @@ impl CustomOp2 for CrossEntropyOp {
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         crate::util::profile::time("cross-entropy forward", || {
             let (logits, targets) = (cpu_f32(s1, l1, self.name())?, u32_slice(s2, l2)?);
-            let (n, k) = dims2(l1.dims(), self.name())?;
+            let (n, k) = rows_of(l1.dims(), self.name())?;
             check_targets(n, k, targets)?;
             // Per chunk of rows in f64, added up in chunk order.
             let partial: Vec<f64> = logits
@@ -577,7 +637,7 @@ impl CustomOp2 for CrossEntropyOp {
         g: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         crate::util::profile::time("cross-entropy backward", || {
-            let (n, k) = logits.dims2()?;
+            let (n, k) = rows_of(logits.dims(), self.name())?;
             let g = g.to_dtype(DType::F32)?.to_scalar::<f32>()?;
             let targets = targets.to_vec1::<u32>()?;
             check_targets(n, k, &targets)?;
@@ -600,7 +660,7 @@ impl CustomOp2 for CrossEntropyOp {
                 );
                 Ok(dl)
             })?;
-            Ok((Some(Tensor::from_vec(dl, (n, k), logits.device())?), None))
+            Ok((Some(Tensor::from_vec(dl, logits.shape(), logits.device())?), None))
         })
     }
 }
@@ -649,6 +709,39 @@ mod tests {
             let g = value_and_grads(&[x, w], &r, |t| linear_reference(&t[0], &t[1], None).unwrap());
             assert_matches(&f, &g, &format!("linear {n}x{inp}->{out} without bias"));
         }
+    }
+
+    #[test]
+    fn linear_takes_rows_of_any_leading_shape() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(8);
+        let (b_, t, inp, out) = (3, 49, 40, 24);
+        let x = rand_tensor(&mut rng, &[b_, t, inp], -1.0, 1.0);
+        let w = rand_tensor(&mut rng, &[out, inp], -0.5, 0.5);
+        let b = rand_tensor(&mut rng, &[out], -0.5, 0.5);
+        let r = rand_tensor(&mut rng, &[b_, t, out], -1.0, 1.0);
+        let inputs = [x.clone(), w.clone(), b.clone()];
+        let f = value_and_grads(&inputs, &r, |t| linear(&t[0], &t[1], Some(&t[2])).unwrap());
+        assert_eq!(f[0].dims(), &[b_, t, out]);
+        assert_eq!(f[1].dims(), &[b_, t, inp], "dx has x's shape");
+        let g = value_and_grads(&inputs, &r, |t| linear_reference(&t[0], &t[1], Some(&t[2])).unwrap());
+        assert_matches(&f, &g, "linear (3, 49, 40) -> 24");
+        // The same numbers, bit for bit, as on the (B·T, in) rows.
+        let r2 = r.reshape((b_ * t, out)).unwrap();
+        let rows = value_and_grads(&[x.reshape((b_ * t, inp)).unwrap(), w, b], &r2, |t| {
+            linear(&t[0], &t[1], Some(&t[2])).unwrap()
+        });
+        for (a, b) in f.iter().zip(&rows) {
+            let bits = |t: &Tensor| {
+                t.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+            };
+            assert_eq!(bits(a), bits(b));
+        }
+        let err = linear(
+            &Tensor::zeros(5, DType::F32, &Device::Cpu).unwrap(),
+            &Tensor::zeros((2, 5), DType::F32, &Device::Cpu).unwrap(),
+            None,
+        );
+        assert!(err.is_err(), "a 1-D input is no rows");
     }
 
     #[test]
@@ -765,6 +858,15 @@ mod tests {
             let g = value_and_grads(&[logits], &r, |t| cross_entropy_reference(&t[0], &targets).unwrap());
             assert_matches(&f, &g, &format!("cross-entropy {n}x{k}"));
         }
+        // Logits (B, T, K) are B·T rows.
+        let logits = rand_tensor(&mut rng, &[4, 7, 11], -6.0, 6.0);
+        let targets: Vec<u32> = (0..28).map(|_| rng.random_range(0..11u32)).collect();
+        let targets = Tensor::from_vec(targets, 28, &Device::Cpu).unwrap();
+        let r = Tensor::new(0.6f32, &Device::Cpu).unwrap();
+        let f = value_and_grads(std::slice::from_ref(&logits), &r, |t| cross_entropy(&t[0], &targets).unwrap());
+        assert_eq!(f[1].dims(), &[4, 7, 11]);
+        let g = value_and_grads(&[logits], &r, |t| cross_entropy_reference(&t[0], &targets).unwrap());
+        assert_matches(&f, &g, "cross-entropy (4, 7, 11)");
         let logits = Tensor::zeros((2, 3), DType::F32, &Device::Cpu).unwrap();
         let bad = Tensor::new(&[0u32, 3], &Device::Cpu).unwrap();
         let err = cross_entropy(&logits, &bad).unwrap_err().to_string();

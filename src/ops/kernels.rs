@@ -377,6 +377,88 @@ pub fn gemm_parallel(m: usize, n: usize, k: usize, a: MatRef<'_>, b: MatRef<'_>,
     gemm_with(m, n, k, a, b, dst, accumulate, par)
 }
 
+/// A vector of `len` elements whose chunks of `chunk` elements `fill(chunk index, chunk)`
+/// writes in parallel, straight into the vector's uninitialised capacity: no zero-fill first
+/// (a pass over memory as large as the vector, for an output every element of which is
+/// written anyway).
+///
+/// # Safety
+/// `fill` must write every element of the chunk it is given.
+pub(crate) unsafe fn par_filled(
+    len: usize,
+    chunk: usize,
+    fill: impl Fn(usize, &mut [std::mem::MaybeUninit<f32>]) + Sync + Send,
+) -> Vec<f32> {
+    use rayon::prelude::*;
+    let mut v = Vec::with_capacity(len);
+    v.spare_capacity_mut()[..len].par_chunks_mut(chunk.max(1)).enumerate().for_each(|(i, c)| fill(i, c));
+    // SAFETY: the caller's `fill` wrote all `len` elements.
+    unsafe { v.set_len(len) };
+    v
+}
+
+/// [`gemm_parallel`] into a new buffer: dst = a · b, written by the gemm without the zero-fill a
+/// `vec![0.0; m·n]` costs (a pass over memory as large as the output).
+pub fn gemm_parallel_new(m: usize, n: usize, k: usize, a: MatRef<'_>, b: MatRef<'_>) -> Vec<f32> {
+    let mut dst = Vec::with_capacity(m * n);
+    if m == 0 || n == 0 || k == 0 {
+        dst.resize(m * n, 0.0);
+        return dst;
+    }
+    let threads = rayon::current_num_threads();
+    let par = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
+    // SAFETY: `gemm_raw` checks that the reads stay inside `a` and `b`; with `accumulate`
+    // false the gemm does not read dst and writes each of its m·n elements (m, n, k > 0), so
+    // the capacity is initialised when its length is set.
+    unsafe {
+        gemm_raw(m, n, k, a, b, dst.as_mut_ptr(), false, par);
+        dst.set_len(m * n);
+    }
+    dst
+}
+
+/// The gemm crate's call on checked operands and a raw row-major m × n dst.
+///
+/// # Safety
+/// dst must be valid for writes of m·n elements (and for reads too with `accumulate`).
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_raw(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: MatRef<'_>,
+    b: MatRef<'_>,
+    dst: *mut f32,
+    accumulate: bool,
+    par: gemm::Parallelism,
+) {
+    assert!(a.data.len() >= a.reach(m, k) && b.data.len() >= b.reach(k, n), "gemm operands too short");
+    // SAFETY: the assert keeps the reads inside `a` and `b`; the caller vouches for dst.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst,
+            1,
+            n as isize,
+            accumulate,
+            a.data.as_ptr(),
+            a.cs as isize,
+            a.rs as isize,
+            b.data.as_ptr(),
+            b.cs as isize,
+            b.rs as isize,
+            if accumulate { 1.0 } else { 0.0 },
+            1.0,
+            false,
+            false,
+            false,
+            par,
+        );
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 fn gemm_with(
     m: usize,
@@ -401,29 +483,6 @@ fn gemm_with(
         }
         return;
     }
-    // SAFETY: the assert keeps every read inside `a` and `b` and every write inside `dst`
-    // (m·n elements, row stride n).
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            n as isize,
-            accumulate,
-            a.data.as_ptr(),
-            a.cs as isize,
-            a.rs as isize,
-            b.data.as_ptr(),
-            b.cs as isize,
-            b.rs as isize,
-            if accumulate { 1.0 } else { 0.0 },
-            1.0,
-            false,
-            false,
-            false,
-            par,
-        );
-    }
+    // SAFETY: the assert keeps every write inside `dst` (m·n elements, row stride n).
+    unsafe { gemm_raw(m, n, k, a, b, dst.as_mut_ptr(), accumulate, par) }
 }

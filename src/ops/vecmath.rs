@@ -7,6 +7,8 @@
 //! - erf: Eigen's rational approximation for f32, x·P(x²)/Q(x²) on [−4, 4] (erf is ±1 in f32
 //!   outside it); within a few ulp.
 
+use std::mem::MaybeUninit;
+
 use super::kernels::simd_dispatch;
 
 const LOG2E: f32 = std::f32::consts::LOG2_E;
@@ -76,9 +78,20 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + ra.iter().zip(rb).map(|(x, y)| x * y).sum::<f32>()
 }
 
+/// The largest of v (−∞ for none; NaNs are passed over), in eight lanes so that the loop
+/// vectorises (a fold is one serial chain). Any order gives the same maximum.
 #[inline(always)]
 fn max(v: &[f32]) -> f32 {
-    v.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x))
+    let larger = |m: f32, x: f32| if x > m { x } else { m };
+    let mut acc = [f32::NEG_INFINITY; 8];
+    let chunks = v.chunks_exact(8);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for l in 0..8 {
+            acc[l] = larger(acc[l], c[l]);
+        }
+    }
+    rest.iter().fold(acc.into_iter().fold(f32::NEG_INFINITY, larger), |m, &x| larger(m, x))
 }
 
 const FRAC_1_SQRT_2: f32 = std::f32::consts::FRAC_1_SQRT_2;
@@ -86,20 +99,20 @@ const FRAC_1_SQRT_2: f32 = std::f32::consts::FRAC_1_SQRT_2;
 const FRAC_1_SQRT_2PI: f32 = 0.398_942_3;
 
 simd_dispatch! {
-    /// y = x·Φ(x) = x · (1 + erf(x/√2)) / 2.
-    pub fn gelu_forward(x: &[f32], y: &mut [f32]) {
+    /// y = x·Φ(x) = x · (1 + erf(x/√2)) / 2, written into `y` (uninitialised is fine).
+    pub fn gelu_forward(x: &[f32], y: &mut [MaybeUninit<f32>]) {
         for (y, &x) in y.iter_mut().zip(x) {
-            *y = (erf(x * FRAC_1_SQRT_2) + 1.0) * 0.5 * x;
+            y.write((erf(x * FRAC_1_SQRT_2) + 1.0) * 0.5 * x);
         }
     }
 }
 
 simd_dispatch! {
-    /// dx = dy · (Φ(x) + x·φ(x)).
-    pub fn gelu_backward(x: &[f32], dy: &[f32], dx: &mut [f32]) {
+    /// dx = dy · (Φ(x) + x·φ(x)), written into `dx` (uninitialised is fine).
+    pub fn gelu_backward(x: &[f32], dy: &[f32], dx: &mut [MaybeUninit<f32>]) {
         for ((d, &x), &g) in dx.iter_mut().zip(x).zip(dy) {
             let cdf = 0.5 * (1.0 + erf(x * FRAC_1_SQRT_2));
-            *d = g * (cdf + x * FRAC_1_SQRT_2PI * exp(-0.5 * x * x));
+            d.write(g * (cdf + x * FRAC_1_SQRT_2PI * exp(-0.5 * x * x)));
         }
     }
 }
@@ -163,17 +176,26 @@ simd_dispatch! {
 }
 
 simd_dispatch! {
-    /// LayerNorm of rows (`gain.len()` wide): y = (x − mean)/√(var + eps) · gain + bias.
-    pub fn layer_norm_rows(x: &[f32], gain: &[f32], bias: &[f32], eps: f32, y: &mut [f32]) {
+    /// LayerNorm of rows (`gain.len()` wide): y = (x − mean)/√(var + eps) · gain + bias,
+    /// written into `y` (uninitialised is fine). `centred` is scratch of one row.
+    pub fn layer_norm_rows(
+        x: &[f32],
+        gain: &[f32],
+        bias: &[f32],
+        eps: f32,
+        centred: &mut [f32],
+        y: &mut [MaybeUninit<f32>],
+    ) {
         let c = gain.len();
+        let centred = &mut centred[..c];
         for (yr, xr) in y.chunks_exact_mut(c).zip(x.chunks_exact(c)) {
             let mean = sum(xr) / c as f32;
-            for (y, &x) in yr.iter_mut().zip(xr) {
-                *y = x - mean;
+            for (h, &x) in centred.iter_mut().zip(xr) {
+                *h = x - mean;
             }
-            let rstd = 1.0 / (dot(yr, yr) / c as f32 + eps).sqrt();
-            for ((y, &g), &b) in yr.iter_mut().zip(gain).zip(bias) {
-                *y = *y * rstd * g + b;
+            let rstd = 1.0 / (dot(centred, centred) / c as f32 + eps).sqrt();
+            for (((y, &h), &g), &b) in yr.iter_mut().zip(centred.iter()).zip(gain).zip(bias) {
+                y.write(h * rstd * g + b);
             }
         }
     }
@@ -221,6 +243,24 @@ simd_dispatch! {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn max_is_the_largest_element_at_every_length() {
+        let mut x = 0x2545_f491_u32;
+        for len in 0..40 {
+            let v: Vec<f32> = (0..len)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 17;
+                    x ^= x << 5;
+                    (x % 20_001) as f32 / 100.0 - 100.0
+                })
+                .collect();
+            let want = v.iter().map(|&a| f64::from(a)).fold(f64::NEG_INFINITY, f64::max);
+            assert_eq!(f64::from(max(&v)), want, "length {len}");
+        }
+        assert_eq!(max(&[1.0, f32::NAN, 3.0, -2.0, f32::NAN, 0.5, 2.0, 1.0, 2.5]), 3.0, "NaNs are passed over");
+    }
 
     #[test]
     fn exp_and_erf_are_within_a_few_ulp_of_f64() {
