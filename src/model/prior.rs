@@ -115,8 +115,16 @@ impl Dropout {
                 let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(stream);
                 rng.set_stream(site);
                 rng.set_word_pos((ci * CHUNK) as u128);
-                for v in m {
-                    v.write(if u64::from(rng.next_u32()) < threshold { scale } else { 0.0 });
+                // The stream's words in blocks (one call per 256 words rather than one per
+                // word; the same words in the same order as `next_u32`).
+                let mut words = [0u8; 4 * 256];
+                for part in m.chunks_mut(256) {
+                    let bytes = &mut words[..4 * part.len()];
+                    rng.fill_bytes(bytes);
+                    for (v, w) in part.iter_mut().zip(bytes.chunks_exact(4)) {
+                        let word = u32::from_le_bytes([w[0], w[1], w[2], w[3]]);
+                        v.write(if u64::from(word) < threshold { scale } else { 0.0 });
+                    }
                 }
             })
         };
@@ -260,6 +268,26 @@ pub fn choose(row: &[f32], temperature: f64, top_k: usize, u: f64) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dropout_masks_keep_element_i_by_word_i_of_the_sites_stream() {
+        let key = DropoutKey { seed: 11, step: 3 };
+        let drop = Dropout { p: 0.1, key: Some(key), site: std::cell::Cell::new(0) };
+        let _ = drop.mask(&[5], &Device::Cpu).unwrap();
+        // Site 1, over more than one chunk of the parallel draw and not a multiple of 256.
+        let n = (1 << 14) + 777;
+        let mask = drop.mask(&[n], &Device::Cpu).unwrap().unwrap().to_vec1::<f32>().unwrap();
+        let stream = 11u64.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ 3u64.wrapping_mul(0xbf58_476d_1ce4_e5b9) ^ 1;
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(stream);
+        rng.set_stream(1);
+        let threshold = (0.9f64 * 4_294_967_296.0).round() as u64;
+        for (i, &m) in mask.iter().enumerate() {
+            let want = if u64::from(rng.next_u32()) < threshold { (1.0 / 0.9f64) as f32 } else { 0.0 };
+            assert_eq!(m, want, "element {i}");
+        }
+        let kept = mask.iter().filter(|&&m| m > 0.0).count() as f64 / n as f64;
+        assert!((kept - 0.9).abs() < 0.01, "{kept}");
+    }
 
     #[test]
     fn choose_inverts_the_cdf_and_respects_top_k() {
