@@ -44,6 +44,11 @@ impl Linear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         dense::linear(x, &self.weight, self.bias.as_ref())
     }
+
+    /// GELU of [`Self::forward`], as one op.
+    fn forward_gelu(&self, x: &Tensor) -> Result<Tensor> {
+        dense::linear_gelu(x, &self.weight, self.bias.as_ref())
+    }
 }
 
 struct LayerNorm {
@@ -189,7 +194,7 @@ impl Prior {
             let weights_dropout = drop.mask(&[b, h, t, t], x.device())?;
             let y = block.proj.forward(&dense::causal_attention(&qkv, h, weights_dropout.as_ref())?)?;
             x = dense::add_dropout(&x, &y, drop.mask(&[b, t, c], x.device())?.as_ref())?;
-            let m = block.out.forward(&dense::gelu(&block.fc.forward(&block.ln2.forward(&x)?)?)?)?;
+            let m = block.out.forward(&block.fc.forward_gelu(&block.ln2.forward(&x)?)?)?;
             x = dense::add_dropout(&x, &m, drop.mask(&[b, t, c], x.device())?.as_ref())?;
         }
         self.head.forward(&self.ln_f.forward(&x)?)

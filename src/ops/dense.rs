@@ -110,24 +110,7 @@ impl CustomOp3 for LinearOp {
             if win != inp || (!b.is_empty() && b.len() != out) {
                 bail!("vqlab-linear: x {:?}, weight {:?}, bias of {} elements", l1.dims(), l2.dims(), b.len());
             }
-            let (xm, wt) = (MatRef::rows(x, inp), MatRef::rows(w, inp).t());
-            let y = if b.is_empty() {
-                kernels::gemm_parallel_new(n, out, inp, xm, wt)
-            } else {
-                // Each row starts as the bias, and the gemm adds x · wᵀ to it.
-                // SAFETY: every row of every chunk is written.
-                let mut y = unsafe {
-                    kernels::par_filled(n * out, ROWS * out, |_, rows| {
-                        for row in rows.chunks_mut(out) {
-                            row.iter_mut().zip(b).for_each(|(d, &v)| {
-                                d.write(v);
-                            });
-                        }
-                    })
-                };
-                kernels::gemm_parallel(n, out, inp, xm, wt, &mut y, true);
-                y
-            };
+            let y = linear_rows(x, w, b, n, inp, out);
             let mut shape = l1.dims().to_vec();
             *shape.last_mut().expect("rows_of checked the rank") = out;
             Ok((CpuStorage::F32(y), Shape::from(shape)))
@@ -151,33 +134,7 @@ impl CustomOp3 for LinearOp {
             // gradient.
             let need_x = x.track_op();
             let (dx, dw, db) = with_slices([x, w, dy], |[xs, ws, dys]| {
-                // dx = dy · w, dw = dyᵀ · x, db = Σ_rows dy.
-                let dx = if need_x {
-                    kernels::gemm_parallel_new(n, inp, out, MatRef::rows(dys, out), MatRef::rows(ws, inp))
-                } else {
-                    Vec::new()
-                };
-                // dw is short and wide with a long k (the rows): split by its rows, and each
-                // part of the pool also sums its stretch of db.
-                let mut dw = vec![0.0f32; out * inp];
-                let parts = rayon::current_num_threads().clamp(1, out.max(1));
-                let per = out.div_ceil(parts).max(1);
-                let dyt = MatRef::rows(dys, out).t();
-                let mut db = vec![0.0f32; if has_bias { out } else { 0 }];
-                let mut db_parts: Vec<&mut [f32]> =
-                    if has_bias { db.chunks_mut(per).collect() } else { (0..parts).map(|_| &mut [][..]).collect() };
-                dw.par_chunks_mut(per * inp).zip(db_parts.par_iter_mut()).enumerate().for_each(|(i, (dwp, dbp))| {
-                    let o0 = i * per;
-                    let rows = dwp.len() / inp.max(1);
-                    let a = MatRef { data: &dyt.data[o0.min(dyt.data.len())..], rs: dyt.rs, cs: dyt.cs };
-                    kernels::gemm(rows, inp, n, a, MatRef::rows(xs, inp), dwp, false);
-                    if !dbp.is_empty() {
-                        for row in dys.chunks_exact(out) {
-                            dbp.iter_mut().zip(&row[o0..o0 + rows]).for_each(|(s, v)| *s += v);
-                        }
-                    }
-                });
-                Ok((dx, dw, db))
+                Ok(linear_rows_backward(xs, ws, dys, n, inp, out, has_bias, need_x))
             })?;
             let dev = x.device();
             let db = if has_bias { Some(Tensor::from_vec(db, out, dev)?) } else { None };
@@ -185,6 +142,163 @@ impl CustomOp3 for LinearOp {
             Ok((dx, Some(Tensor::from_vec(dw, (out, inp), dev)?), db))
         })
     }
+}
+
+/// gelu(x · wᵀ + b): a linear layer and the GELU after it (the MLP's first half) as one op, so
+/// that the graph holds one node where it held two (the linear output, 4× the width, costs a
+/// zero-fill and an add of its own in candle's backward pass) and the GELU runs on the gemm's
+/// output as it lands. The same numbers, bit for bit, as `gelu(&linear(x, w, b)?)`.
+pub fn linear_gelu(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+    if !fast(&[x, w]) || b.is_some_and(|b| !fast(&[b])) {
+        return linear_reference(x, w, b)?.gelu_erf();
+    }
+    let b = match b {
+        Some(b) => b.contiguous()?,
+        None => Tensor::zeros(0, DType::F32, x.device())?,
+    };
+    x.contiguous()?.apply_op3(&w.contiguous()?, &b, LinearGeluOp { pre: std::sync::OnceLock::new() })
+}
+
+/// The fused op keeps its pre-activation x · wᵀ + b for the backward pass (GELU's derivative
+/// needs it; the graph holds only the op's output).
+struct LinearGeluOp {
+    pre: std::sync::OnceLock<Vec<f32>>,
+}
+
+impl CustomOp3 for LinearGeluOp {
+    fn name(&self) -> &'static str {
+        "vqlab-linear-gelu"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (x, w, b) = (cpu_f32(s1, l1, self.name())?, cpu_f32(s2, l2, self.name())?, cpu_f32(s3, l3, self.name())?);
+        let (n, inp) = rows_of(l1.dims(), self.name())?;
+        let (out, win) = dims2(l2.dims(), self.name())?;
+        if win != inp || (!b.is_empty() && b.len() != out) {
+            bail!("{}: x {:?}, weight {:?}, bias of {} elements", self.name(), l1.dims(), l2.dims(), b.len());
+        }
+        let layer = || linear_label(l1.dims(), l2.dims());
+        let h = crate::util::profile::time_detailed("linear forward", layer, || linear_rows(x, w, b, n, inp, out));
+        let y = crate::util::profile::time("GELU forward", || {
+            // SAFETY: gelu_forward writes every element of its chunk.
+            unsafe {
+                kernels::par_filled(h.len(), ELEMS, |i, ys| vecmath::gelu_forward(&h[i * ELEMS..][..ys.len()], ys))
+            }
+        });
+        if self.pre.set(h).is_err() {
+            bail!("{}: one op, one forward pass", self.name())
+        }
+        let mut shape = l1.dims().to_vec();
+        *shape.last_mut().expect("rows_of checked the rank") = out;
+        Ok((CpuStorage::F32(y), Shape::from(shape)))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        b: &Tensor,
+        _y: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let Some(h) = self.pre.get() else { bail!("{}: backward pass before the forward pass", self.name()) };
+        let (n, inp) = rows_of(x.dims(), self.name())?;
+        let out = w.dim(0)?;
+        if h.len() != n * out || dy.elem_count() != n * out {
+            bail!("{}: a gradient of {:?} for {n} rows of {out}", self.name(), dy.dims());
+        }
+        let dh = crate::util::profile::time("GELU backward", || {
+            with_slices([dy], |[dys]| {
+                // SAFETY: gelu_backward writes every element of its chunk.
+                Ok(unsafe {
+                    kernels::par_filled(h.len(), ELEMS, |i, dhs| {
+                        let at = i * ELEMS;
+                        vecmath::gelu_backward(&h[at..][..dhs.len()], &dys[at..][..dhs.len()], dhs)
+                    })
+                })
+            })
+        })?;
+        let layer = || linear_label(x.dims(), w.dims());
+        crate::util::profile::time_detailed("linear backward", layer, || {
+            let (has_bias, need_x) = (b.elem_count() > 0, x.track_op());
+            let (dx, dw, db) =
+                with_slices([x, w], |[xs, ws]| Ok(linear_rows_backward(xs, ws, &dh, n, inp, out, has_bias, need_x)))?;
+            let dev = x.device();
+            let db = if has_bias { Some(Tensor::from_vec(db, out, dev)?) } else { None };
+            let dx = if need_x { Some(Tensor::from_vec(dx, x.shape(), dev)?) } else { None };
+            Ok((dx, Some(Tensor::from_vec(dw, (out, inp), dev)?), db))
+        })
+    }
+}
+
+/// x (n × inp rows) · wᵀ (w: out × inp) + b (out, or empty): the linear layer's forward pass.
+fn linear_rows(x: &[f32], w: &[f32], b: &[f32], n: usize, inp: usize, out: usize) -> Vec<f32> {
+    let (xm, wt) = (MatRef::rows(x, inp), MatRef::rows(w, inp).t());
+    if b.is_empty() {
+        return kernels::gemm_parallel_new(n, out, inp, xm, wt);
+    }
+    // Each row starts as the bias, and the gemm adds x · wᵀ to it.
+    // SAFETY: every row of every chunk is written.
+    let mut y = unsafe {
+        kernels::par_filled(n * out, ROWS * out, |_, rows| {
+            for row in rows.chunks_mut(out) {
+                row.iter_mut().zip(b).for_each(|(d, &v)| {
+                    d.write(v);
+                });
+            }
+        })
+    };
+    kernels::gemm_parallel(n, out, inp, xm, wt, &mut y, true);
+    y
+}
+
+/// The linear layer's backward pass from dy (n × out): dx = dy · w (empty unless `need_x`),
+/// dw = dyᵀ · x, db = Σ_rows dy (empty unless `has_bias`).
+#[allow(clippy::too_many_arguments)]
+fn linear_rows_backward(
+    xs: &[f32],
+    ws: &[f32],
+    dys: &[f32],
+    n: usize,
+    inp: usize,
+    out: usize,
+    has_bias: bool,
+    need_x: bool,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let dx = if need_x {
+        kernels::gemm_parallel_new(n, inp, out, MatRef::rows(dys, out), MatRef::rows(ws, inp))
+    } else {
+        Vec::new()
+    };
+    // dw is short and wide with a long k (the rows): split by its rows, and each part of the
+    // pool also sums its stretch of db.
+    let mut dw = vec![0.0f32; out * inp];
+    let parts = rayon::current_num_threads().clamp(1, out.max(1));
+    let per = out.div_ceil(parts).max(1);
+    let dyt = MatRef::rows(dys, out).t();
+    let mut db = vec![0.0f32; if has_bias { out } else { 0 }];
+    let mut db_parts: Vec<&mut [f32]> =
+        if has_bias { db.chunks_mut(per).collect() } else { (0..parts).map(|_| &mut [][..]).collect() };
+    dw.par_chunks_mut(per * inp).zip(db_parts.par_iter_mut()).enumerate().for_each(|(i, (dwp, dbp))| {
+        let o0 = i * per;
+        let rows = dwp.len() / inp.max(1);
+        let a = MatRef { data: &dyt.data[o0.min(dyt.data.len())..], rs: dyt.rs, cs: dyt.cs };
+        kernels::gemm(rows, inp, n, a, MatRef::rows(xs, inp), dwp, false);
+        if !dbp.is_empty() {
+            for row in dys.chunks_exact(out) {
+                dbp.iter_mut().zip(&row[o0..o0 + rows]).for_each(|(s, v)| *s += v);
+            }
+        }
+    });
+    (dx, dw, db)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -742,6 +856,39 @@ mod tests {
             None,
         );
         assert!(err.is_err(), "a 1-D input is no rows");
+    }
+
+    #[test]
+    fn linear_gelu_matches_candle_and_the_two_ops_bit_for_bit() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
+        let bits = |t: &Tensor| {
+            t.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+        };
+        for (lead, inp, out) in [(vec![1], 3, 2), (vec![2, 49], 32, 128), (vec![300], 17, 70_000 / 300)] {
+            let mut xd = lead.clone();
+            xd.push(inp);
+            let mut yd = lead.clone();
+            yd.push(out);
+            let x = rand_tensor(&mut rng, &xd, -2.0, 2.0);
+            let w = rand_tensor(&mut rng, &[out, inp], -0.5, 0.5);
+            let b = rand_tensor(&mut rng, &[out], -0.5, 0.5);
+            let r = rand_tensor(&mut rng, &yd, -1.0, 1.0);
+            let inputs = [x, w, b];
+            let f = value_and_grads(&inputs, &r, |t| linear_gelu(&t[0], &t[1], Some(&t[2])).unwrap());
+            let g = value_and_grads(&inputs, &r, |t| {
+                linear_reference(&t[0], &t[1], Some(&t[2])).unwrap().gelu_erf().unwrap()
+            });
+            assert_matches(&f, &g, &format!("linear + gelu {xd:?} -> {out}"));
+            let two = value_and_grads(&inputs, &r, |t| gelu(&linear(&t[0], &t[1], Some(&t[2])).unwrap()).unwrap());
+            for (i, (a, b)) in f.iter().zip(&two).enumerate() {
+                assert_eq!(bits(a), bits(b), "output {i} of {xd:?} -> {out}");
+            }
+            let nb = value_and_grads(&inputs[..2], &r, |t| linear_gelu(&t[0], &t[1], None).unwrap());
+            let nb_ref = value_and_grads(&inputs[..2], &r, |t| gelu(&linear(&t[0], &t[1], None).unwrap()).unwrap());
+            for (a, b) in nb.iter().zip(&nb_ref) {
+                assert_eq!(bits(a), bits(b), "without bias, {xd:?} -> {out}");
+            }
+        }
     }
 
     #[test]
