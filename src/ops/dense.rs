@@ -105,15 +105,8 @@ impl CustomOp3 for LinearOp {
         crate::util::profile::time_detailed("linear forward", layer, || {
             let (x, w, b) =
                 (cpu_f32(s1, l1, self.name())?, cpu_f32(s2, l2, self.name())?, cpu_f32(s3, l3, self.name())?);
-            let (n, inp) = rows_of(l1.dims(), self.name())?;
-            let (out, win) = dims2(l2.dims(), self.name())?;
-            if win != inp || (!b.is_empty() && b.len() != out) {
-                bail!("vqlab-linear: x {:?}, weight {:?}, bias of {} elements", l1.dims(), l2.dims(), b.len());
-            }
-            let y = linear_rows(x, w, b, n, inp, out);
-            let mut shape = l1.dims().to_vec();
-            *shape.last_mut().expect("rows_of checked the rank") = out;
-            Ok((CpuStorage::F32(y), Shape::from(shape)))
+            let (n, inp, out, shape) = linear_dims(self.name(), l1.dims(), l2.dims(), b.len())?;
+            Ok((CpuStorage::F32(linear_rows(x, w, b, n, inp, out)), shape))
         })
     }
 
@@ -127,21 +120,45 @@ impl CustomOp3 for LinearOp {
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let layer = || linear_label(x.dims(), w.dims());
         crate::util::profile::time_detailed("linear backward", layer, || {
-            let (n, inp) = rows_of(x.dims(), self.name())?;
-            let out = w.dim(0)?;
-            let has_bias = b.elem_count() > 0;
-            // Inputs that are not variables and come from no op (code embeddings are) need no
-            // gradient.
-            let need_x = x.track_op();
-            let (dx, dw, db) = with_slices([x, w, dy], |[xs, ws, dys]| {
-                Ok(linear_rows_backward(xs, ws, dys, n, inp, out, has_bias, need_x))
-            })?;
-            let dev = x.device();
-            let db = if has_bias { Some(Tensor::from_vec(db, out, dev)?) } else { None };
-            let dx = if need_x { Some(Tensor::from_vec(dx, x.shape(), dev)?) } else { None };
-            Ok((dx, Some(Tensor::from_vec(dw, (out, inp), dev)?), db))
+            with_slices([dy], |[dys]| linear_grads(x, w, b, dys))
         })
     }
+}
+
+/// (rows, in, out) of a linear layer's x (…, in) and w (out, in) with a bias of `bias`
+/// elements (0: none), and the shape of its output (…, out).
+fn linear_dims(name: &str, x: &[usize], w: &[usize], bias: usize) -> Result<(usize, usize, usize, Shape)> {
+    let (n, inp) = rows_of(x, name)?;
+    let (out, win) = dims2(w, name)?;
+    if win != inp || (bias != 0 && bias != out) {
+        bail!("{name}: x {x:?}, weight {w:?}, bias of {bias} elements");
+    }
+    let mut shape = x.to_vec();
+    *shape.last_mut().expect("rows_of checked the rank") = out;
+    Ok((n, inp, out, Shape::from(shape)))
+}
+
+/// A linear layer's gradients (x's only when it needs one: inputs that are not variables and
+/// come from no op, as code embeddings do, need none) from the rows of dy.
+#[allow(clippy::type_complexity)]
+fn linear_grads(
+    x: &Tensor,
+    w: &Tensor,
+    b: &Tensor,
+    dys: &[f32],
+) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    let (n, inp) = rows_of(x.dims(), "vqlab-linear")?;
+    let out = w.dim(0)?;
+    if dys.len() != n * out {
+        bail!("vqlab-linear: a gradient of {} elements for {n} rows of {out}", dys.len());
+    }
+    let (has_bias, need_x) = (b.elem_count() > 0, x.track_op());
+    let (dx, dw, db) =
+        with_slices([x, w], |[xs, ws]| Ok(linear_rows_backward(xs, ws, dys, n, inp, out, has_bias, need_x)))?;
+    let dev = x.device();
+    let db = if has_bias { Some(Tensor::from_vec(db, out, dev)?) } else { None };
+    let dx = if need_x { Some(Tensor::from_vec(dx, x.shape(), dev)?) } else { None };
+    Ok((dx, Some(Tensor::from_vec(dw, (out, inp), dev)?), db))
 }
 
 /// gelu(x · wᵀ + b): a linear layer and the GELU after it (the MLP's first half) as one op, so
@@ -180,11 +197,7 @@ impl CustomOp3 for LinearGeluOp {
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let (x, w, b) = (cpu_f32(s1, l1, self.name())?, cpu_f32(s2, l2, self.name())?, cpu_f32(s3, l3, self.name())?);
-        let (n, inp) = rows_of(l1.dims(), self.name())?;
-        let (out, win) = dims2(l2.dims(), self.name())?;
-        if win != inp || (!b.is_empty() && b.len() != out) {
-            bail!("{}: x {:?}, weight {:?}, bias of {} elements", self.name(), l1.dims(), l2.dims(), b.len());
-        }
+        let (n, inp, out, shape) = linear_dims(self.name(), l1.dims(), l2.dims(), b.len())?;
         let layer = || linear_label(l1.dims(), l2.dims());
         let h = crate::util::profile::time_detailed("linear forward", layer, || linear_rows(x, w, b, n, inp, out));
         let y = crate::util::profile::time("GELU forward", || {
@@ -196,9 +209,7 @@ impl CustomOp3 for LinearGeluOp {
         if self.pre.set(h).is_err() {
             bail!("{}: one op, one forward pass", self.name())
         }
-        let mut shape = l1.dims().to_vec();
-        *shape.last_mut().expect("rows_of checked the rank") = out;
-        Ok((CpuStorage::F32(y), Shape::from(shape)))
+        Ok((CpuStorage::F32(y), shape))
     }
 
     fn bwd(
@@ -210,7 +221,7 @@ impl CustomOp3 for LinearGeluOp {
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let Some(h) = self.pre.get() else { bail!("{}: backward pass before the forward pass", self.name()) };
-        let (n, inp) = rows_of(x.dims(), self.name())?;
+        let (n, _) = rows_of(x.dims(), self.name())?;
         let out = w.dim(0)?;
         if h.len() != n * out || dy.elem_count() != n * out {
             bail!("{}: a gradient of {:?} for {n} rows of {out}", self.name(), dy.dims());
@@ -227,15 +238,7 @@ impl CustomOp3 for LinearGeluOp {
             })
         })?;
         let layer = || linear_label(x.dims(), w.dims());
-        crate::util::profile::time_detailed("linear backward", layer, || {
-            let (has_bias, need_x) = (b.elem_count() > 0, x.track_op());
-            let (dx, dw, db) =
-                with_slices([x, w], |[xs, ws]| Ok(linear_rows_backward(xs, ws, &dh, n, inp, out, has_bias, need_x)))?;
-            let dev = x.device();
-            let db = if has_bias { Some(Tensor::from_vec(db, out, dev)?) } else { None };
-            let dx = if need_x { Some(Tensor::from_vec(dx, x.shape(), dev)?) } else { None };
-            Ok((dx, Some(Tensor::from_vec(dw, (out, inp), dev)?), db))
-        })
+        crate::util::profile::time_detailed("linear backward", layer, || linear_grads(x, w, b, &dh))
     }
 }
 
