@@ -63,6 +63,7 @@ export RAYON_NUM_THREADS=$THREADS
 field() { python3 -c 'import json,sys; print(json.loads(sys.stdin.read().strip().splitlines()[-1])[sys.argv[1]])' "$1"; }
 
 echo "training step, vqlab vs PyTorch: $ROUNDS alternating rounds of $STEPS timed steps (after $WARMUP), $THREADS thread(s)"
+echo "cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//') ($(nproc) cores seen)"
 echo "torch: $("$TORCH_PYTHON" -c 'import torch; print(torch.__version__, "MKL-DNN" if torch.backends.mkldnn.is_available() else "")')"
 for variant in $VARIANTS; do
   : >"$WORK/$variant.vqlab"
