@@ -45,9 +45,11 @@ impl Linear {
         dense::linear(x, &self.weight, self.bias.as_ref())
     }
 
-    /// GELU of [`Self::forward`], as one op.
-    fn forward_gelu(&self, x: &Tensor) -> Result<Tensor> {
-        dense::linear_gelu(x, &self.weight, self.bias.as_ref())
+    fn weight_bias(&self) -> Result<[&Tensor; 2]> {
+        match &self.bias {
+            Some(b) => Ok([&self.weight, b]),
+            None => candle_core::bail!("prior: a block's linear layers have biases"),
+        }
     }
 }
 
@@ -79,6 +81,20 @@ struct Block {
     out: Linear,
 }
 
+impl Block {
+    fn params(&self) -> Result<dense::BlockParams<'_>> {
+        let wb = Linear::weight_bias;
+        Ok(dense::BlockParams {
+            ln1: [&self.ln1.gain, &self.ln1.bias],
+            qkv: wb(&self.qkv)?,
+            proj: wb(&self.proj)?,
+            ln2: [&self.ln2.gain, &self.ln2.bias],
+            fc: wb(&self.fc)?,
+            out: wb(&self.out)?,
+        })
+    }
+}
+
 /// Dropout of one forward pass: off in eval passes; in training passes, masks drawn from
 /// (seed, step, site).
 #[derive(Debug, Clone, Copy)]
@@ -101,13 +117,18 @@ impl Dropout {
         }
     }
 
-    /// The next site's mask of the given shape: 0 or 1/(1 − p) per element (None when off).
+    /// The next site's mask of the given shape as a tensor.
+    fn mask(&self, dims: &[usize], device: &Device) -> Result<Option<Tensor>> {
+        self.mask_values(dims.iter().product()).map(|m| Tensor::from_vec(m, dims, device)).transpose()
+    }
+
+    /// The next site's mask of `len` elements: 0 or 1/(1 − p) per element (None when off).
     /// Element i keeps its value when word i of the site's ChaCha8 stream is below
     /// (1 − p)·2³²; chunks of the mask are drawn in parallel, each from its own position of
     /// the stream, so the mask does not depend on the thread count.
-    fn mask(&self, dims: &[usize], device: &Device) -> Result<Option<Tensor>> {
+    fn mask_values(&self, len: usize) -> Option<Vec<f32>> {
         const CHUNK: usize = 1 << 14;
-        let Some(key) = self.key.filter(|_| self.p > 0.0) else { return Ok(None) };
+        let key = self.key.filter(|_| self.p > 0.0)?;
         let site = self.site.get();
         self.site.set(site + 1);
         let stream = key.seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ key.step.wrapping_mul(0xbf58_476d_1ce4_e5b9) ^ site;
@@ -116,7 +137,7 @@ impl Dropout {
         let scale = (1.0 / keep) as f32;
         // SAFETY: each chunk's loop writes every element of it.
         let mask = unsafe {
-            crate::ops::kernels::par_filled(dims.iter().product(), CHUNK, |ci, m| {
+            crate::ops::kernels::par_filled(len, CHUNK, |ci, m| {
                 let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(stream);
                 rng.set_stream(site);
                 rng.set_word_pos((ci * CHUNK) as u128);
@@ -133,7 +154,7 @@ impl Dropout {
                 }
             })
         };
-        Ok(Some(Tensor::from_vec(mask, dims, device)?))
+        Some(mask)
     }
 }
 
@@ -182,27 +203,37 @@ impl Prior {
     /// Logits (B, T', K) of input tokens (B, T') with T' ≤ T (start token first); `dropout`
     /// in training passes.
     pub fn logits(&self, tokens: &Tensor, dropout: Option<DropoutKey>) -> Result<Tensor> {
+        self.head.forward(&self.features(tokens, dropout)?)
+    }
+
+    /// What the head sees: the final LayerNorm's output (B, T', C).
+    fn features(&self, tokens: &Tensor, dropout: Option<DropoutKey>) -> Result<Tensor> {
         let (b, t) = tokens.dims2()?;
         let (c, h) = (self.shape.width, self.shape.heads);
         let drop = Dropout { p: self.shape.dropout, key: dropout, site: std::cell::Cell::new(0) };
         let emb = self.tok.index_select(&tokens.flatten_all()?, 0)?.reshape((b, t, c))?;
         let mut x = drop.apply(&emb.broadcast_add(&self.pos.narrow(0, 0, t)?)?)?;
         for block in &self.blocks {
-            // (B, T, ·) throughout: the linear layers take rows of any leading shape, so the
-            // graph holds no reshapes (each would cost a pass in the backward pass).
-            let qkv = block.qkv.forward(&block.ln1.forward(&x)?)?;
-            let weights_dropout = drop.mask(&[b, h, t, t], x.device())?;
-            let y = block.proj.forward(&dense::causal_attention(&qkv, h, weights_dropout.as_ref())?)?;
-            x = dense::add_dropout(&x, &y, drop.mask(&[b, t, c], x.device())?.as_ref())?;
-            let m = block.out.forward(&block.fc.forward_gelu(&block.ln2.forward(&x)?)?)?;
-            x = dense::add_dropout(&x, &m, drop.mask(&[b, t, c], x.device())?.as_ref())?;
+            // Sites in the order of the block's dropouts: the attention weights, then the two
+            // residual branches.
+            let masks = drop.mask_values(b * h * t * t).map(|attn| dense::BlockMasks {
+                attn,
+                resid1: drop.mask_values(b * t * c).unwrap_or_default(),
+                resid2: drop.mask_values(b * t * c).unwrap_or_default(),
+            });
+            x = dense::transformer_block(&x, &block.params()?, h, 1e-5, masks)?;
         }
-        self.head.forward(&self.ln_f.forward(&x)?)
+        self.ln_f.forward(&x)
     }
 
     /// Mean cross-entropy (nats per code) of code grids (B, T) under the prior.
     pub fn nll(&self, codes: &Tensor, dropout: Option<DropoutKey>) -> Result<Tensor> {
-        dense::cross_entropy(&self.logits(&self.inputs(codes)?, dropout)?, &codes.flatten_all()?)
+        // The head and the loss as one op: the same numbers as cross_entropy(logits(..)).
+        dense::linear_cross_entropy(
+            &self.features(&self.inputs(codes)?, dropout)?,
+            &self.head.weight,
+            &codes.flatten_all()?,
+        )
     }
 
     /// Sample `n` code grids (n, T) autoregressively: softmax(logits / temperature) over the
