@@ -59,7 +59,19 @@ if "--server" in sys.argv:
     port = s.getsockname()[1]
     s.close()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tensorboard.main", "--logdir", sweep, "--port", str(port), "--host", "127.0.0.1"],
+        [
+            sys.executable,
+            "-m",
+            "tensorboard.main",
+            "--logdir",
+            sweep,
+            "--port",
+            str(port),
+            "--host",
+            "127.0.0.1",
+            "--reload_interval",
+            "2",
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -74,7 +86,10 @@ if "--server" in sys.argv:
             }
         ).encode()
         groups = None
-        deadline = time.time() + 90
+        last_error = None
+        # Generous: on a loaded 2-core machine (the suite runs tests in parallel) TensorBoard
+        # has been seen to need more than 90 s to start and load four runs.
+        deadline = time.time() + 300
         while time.time() < deadline:
             try:
                 req = urllib.request.Request(
@@ -85,9 +100,11 @@ if "--server" in sys.argv:
                 groups = json.load(urllib.request.urlopen(req, timeout=10))
                 if len(groups.get("sessionGroups", [])) >= len(out["runs"]):
                     break
-            except Exception:
-                pass
+            except Exception as e:
+                last_error = e
             time.sleep(1)
+        if groups is None or len(groups.get("sessionGroups", [])) < len(out["runs"]):
+            print(f"tb_read: TensorBoard's HParams tab listed {groups} after 300 s (last error: {last_error})", file=sys.stderr)
         out["session_groups"] = [
             {
                 "name": g["name"],
