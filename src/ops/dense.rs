@@ -175,7 +175,7 @@ pub fn linear_gelu(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor>
         Some(b) => b.contiguous()?,
         None => Tensor::zeros(0, DType::F32, x.device())?,
     };
-    x.contiguous()?.apply_op3(&w.contiguous()?, &b, LinearGeluOp { pre: Kept::new() })
+    x.contiguous()?.apply_op3(&w.contiguous()?, &b, LinearGeluOp { derivative: Kept::new() })
 }
 
 /// What a fused op keeps from its forward pass for its backward pass (the graph holds only the
@@ -202,9 +202,9 @@ impl<T> Kept<T> {
     }
 }
 
-/// The fused op keeps its pre-activation x · wᵀ + b (GELU's derivative needs it).
+/// The fused op keeps GELU's derivative at its pre-activation x · wᵀ + b.
 struct LinearGeluOp {
-    pre: Kept<Vec<f32>>,
+    derivative: Kept<Vec<f32>>,
 }
 
 impl CustomOp3 for LinearGeluOp {
@@ -223,9 +223,8 @@ impl CustomOp3 for LinearGeluOp {
     ) -> Result<(CpuStorage, Shape)> {
         let (x, w, b) = (cpu_f32(s1, l1, self.name())?, cpu_f32(s2, l2, self.name())?, cpu_f32(s3, l3, self.name())?);
         let (n, inp, out, shape) = linear_dims(self.name(), l1.dims(), l2.dims(), b.len())?;
-        let h = linear_timed(x, w, b, n, inp, out);
-        let y = gelu_forward(&h);
-        self.pre.keep(h, self.name())?;
+        let (y, d) = gelu_forward_keeping_derivative(&linear_timed(x, w, b, n, inp, out));
+        self.derivative.keep(d, self.name())?;
         Ok((CpuStorage::F32(y), shape))
     }
 
@@ -237,13 +236,13 @@ impl CustomOp3 for LinearGeluOp {
         _y: &Tensor,
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let h = self.pre.get(self.name())?;
+        let d = self.derivative.get(self.name())?;
         let (n, _) = rows_of(x.dims(), self.name())?;
         let out = w.dim(0)?;
-        if h.len() != n * out || dy.elem_count() != n * out {
+        if d.len() != n * out || dy.elem_count() != n * out {
             bail!("{}: a gradient of {:?} for {n} rows of {out}", self.name(), dy.dims());
         }
-        let dh = with_slices([dy], |[dys]| gelu_backward(h, dys))?;
+        let dh = with_slices([dy], |[dys]| gelu_backward_by(d, dys))?;
         let layer = || linear_label(x.dims(), w.dims());
         crate::util::profile::time_detailed("linear backward", layer, || linear_grads(x, w, b, &dh))
     }
@@ -453,6 +452,44 @@ fn gelu_forward(x: &[f32]) -> Vec<f32> {
         // SAFETY: gelu_forward writes every element of its chunk.
         unsafe { kernels::par_filled(x.len(), ELEMS, |i, ys| vecmath::gelu_forward(&x[i * ELEMS..][..ys.len()], ys)) }
     })
+}
+
+/// GELU of every element and its derivative there, for a layer whose backward pass is
+/// [`gelu_backward_by`]: the same numbers as [`gelu_forward`] and [`gelu_backward`], one erf
+/// per element fewer.
+fn gelu_forward_keeping_derivative(x: &[f32]) -> (Vec<f32>, Vec<f32>) {
+    crate::util::profile::time("GELU forward", || {
+        let (mut y, mut d) = (Vec::with_capacity(x.len()), Vec::with_capacity(x.len()));
+        y.spare_capacity_mut()[..x.len()]
+            .par_chunks_mut(ELEMS)
+            .zip(d.spare_capacity_mut()[..x.len()].par_chunks_mut(ELEMS))
+            .zip(x.par_chunks(ELEMS))
+            .for_each(|((y, d), x)| vecmath::gelu_forward_and_derivative(x, y, d));
+        // SAFETY: gelu_forward_and_derivative wrote every element of both.
+        unsafe {
+            y.set_len(x.len());
+            d.set_len(x.len());
+        }
+        (y, d)
+    })
+}
+
+/// GELU's backward pass from the kept derivative: dx = dy · d.
+fn gelu_backward_by(d: &[f32], dys: &[f32]) -> Result<Vec<f32>> {
+    if dys.len() != d.len() {
+        bail!("vqlab-gelu: a gradient of {} elements for {}", dys.len(), d.len())
+    }
+    Ok(crate::util::profile::time("GELU backward", || {
+        // SAFETY: every element of every chunk is written.
+        unsafe {
+            kernels::par_filled(d.len(), ELEMS, |i, dx| {
+                let at = i * ELEMS;
+                dx.iter_mut().zip(&d[at..]).zip(&dys[at..]).for_each(|((o, d), g)| {
+                    o.write(g * d);
+                });
+            })
+        }
+    }))
 }
 
 /// GELU's backward pass: dx from x and dy (of x's length).
@@ -869,7 +906,7 @@ struct BlockOp {
 }
 
 /// What the forward pass keeps for the backward pass: LN₁(x), qkv, the attention weights and
-/// output, x₁, LN₂(x₁), fc's output before and after the GELU.
+/// output, x₁, LN₂(x₁), the GELU's output and its derivative at fc's output.
 struct BlockKept {
     a1: Vec<f32>,
     qkv: Vec<f32>,
@@ -877,7 +914,7 @@ struct BlockKept {
     att: Vec<f32>,
     x1: Vec<f32>,
     a2: Vec<f32>,
-    pre: Vec<f32>,
+    dgelu: Vec<f32>,
     act: Vec<f32>,
 }
 
@@ -960,11 +997,11 @@ impl CustomOp2 for BlockOp {
         let y = linear_timed(&att, &w[r[4].clone()], &w[r[5].clone()], n, c, c);
         let x1 = add_dropout_forward(x, &y, m1)?;
         let a2 = layer_norm_forward(&x1, &w[r[6].clone()], &w[r[7].clone()], self.eps)?;
-        let pre = linear_timed(&a2, &w[r[8].clone()], &w[r[9].clone()], n, c, hidden);
-        let act = gelu_forward(&pre);
+        let (act, dgelu) =
+            gelu_forward_keeping_derivative(&linear_timed(&a2, &w[r[8].clone()], &w[r[9].clone()], n, c, hidden));
         let m = linear_timed(&act, &w[r[10].clone()], &w[r[11].clone()], n, hidden, c);
         let x2 = add_dropout_forward(&x1, &m, m2)?;
-        self.kept.keep(BlockKept { a1, qkv, weights, att, x1, a2, pre, act }, self.name())?;
+        self.kept.keep(BlockKept { a1, qkv, weights, att, x1, a2, dgelu, act }, self.name())?;
         Ok((CpuStorage::F32(x2), l1.shape().clone()))
     }
 
@@ -985,7 +1022,7 @@ impl CustomOp2 for BlockOp {
             let dm = masked(dx2, m2)?;
             let [dact, dw_out, db_out] =
                 linear_backward_timed(&k.act, &w[r[10].clone()], &dm, n, hidden, c, true, true);
-            let dpre = gelu_backward(&k.pre, &dact)?;
+            let dpre = gelu_backward_by(&k.dgelu, &dact)?;
             let [da2, dw_fc, db_fc] = linear_backward_timed(&k.a2, &w[r[8].clone()], &dpre, n, c, hidden, true, true);
             let (dx1_ln, dg2, db2) = layer_norm_backward(&k.x1, &w[r[6].clone()], &da2, self.eps)?;
             let dx1 = add_gradients(dx2, &dx1_ln);
@@ -1015,7 +1052,7 @@ pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
     if !fast(&[logits]) || !targets.device().is_cpu() {
         return cross_entropy_reference(logits, targets);
     }
-    logits.contiguous()?.apply_op2(&targets.to_dtype(DType::U32)?.contiguous()?, CrossEntropyOp)
+    logits.contiguous()?.apply_op2(&targets.to_dtype(DType::U32)?.contiguous()?, CrossEntropyOp { lse: Kept::new() })
 }
 
 /// The same with candle's ops.
@@ -1026,7 +1063,10 @@ pub fn cross_entropy_reference(logits: &Tensor, targets: &Tensor) -> Result<Tens
     picked.mean_all()?.neg()
 }
 
-struct CrossEntropyOp;
+/// The op keeps each row's log-sum-exp.
+struct CrossEntropyOp {
+    lse: Kept<Vec<f32>>,
+}
 
 fn u32_slice<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [u32]> {
     let CpuStorage::U32(v) = s else { bail!("vqlab-cross-entropy: u32 targets only") };
@@ -1052,7 +1092,9 @@ impl CustomOp2 for CrossEntropyOp {
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         let (logits, targets) = (cpu_f32(s1, l1, self.name())?, u32_slice(s2, l2)?);
         let (n, k) = rows_of(l1.dims(), self.name())?;
-        Ok((CpuStorage::F32(vec![cross_entropy_forward(logits, targets, n, k)?]), Shape::from(())))
+        let (loss, lse) = cross_entropy_forward(logits, targets, n, k)?;
+        self.lse.keep(lse, self.name())?;
+        Ok((CpuStorage::F32(vec![loss]), Shape::from(())))
     }
 
     fn bwd(
@@ -1064,31 +1106,42 @@ impl CustomOp2 for CrossEntropyOp {
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let (n, k) = rows_of(logits.dims(), self.name())?;
         let (g, targets) = (g.to_dtype(DType::F32)?.to_scalar::<f32>()?, targets.to_vec1::<u32>()?);
-        let dl = with_slices([logits], |[ls]| cross_entropy_backward(ls, &targets, n, k, g))?;
+        let lse = self.lse.get(self.name())?;
+        let dl = with_slices([logits], |[ls]| cross_entropy_backward(ls, lse, &targets, n, k, g))?;
         Ok((Some(Tensor::from_vec(dl, logits.shape(), logits.device())?), None))
     }
 }
 
-/// The mean cross-entropy of n rows of k logits against their targets.
-fn cross_entropy_forward(logits: &[f32], targets: &[u32], n: usize, k: usize) -> Result<f32> {
+/// The mean cross-entropy of n rows of k logits against their targets, and each row's
+/// log-sum-exp (which the backward pass reuses).
+fn cross_entropy_forward(logits: &[f32], targets: &[u32], n: usize, k: usize) -> Result<(f32, Vec<f32>)> {
     crate::util::profile::time("cross-entropy forward", || {
         check_targets(n, k, targets)?;
+        let mut lse = vec![0.0f32; if k == 0 { 0 } else { n }];
         // Per chunk of rows in f64, added up in chunk order.
         let partial: Vec<f64> = logits
             .par_chunks(ROWS * k.max(1))
             .zip(targets.par_chunks(ROWS))
-            .map(|(ls, ts)| {
-                let mut lse = vec![0.0f32; ts.len()];
-                vecmath::log_sum_exp(ls, k, &mut lse);
-                ls.chunks_exact(k).zip(ts).zip(&lse).map(|((row, &t), l)| f64::from(l - row[t as usize])).sum()
+            .zip(lse.par_chunks_mut(ROWS))
+            .map(|((ls, ts), lse)| {
+                vecmath::log_sum_exp(ls, k, lse);
+                ls.chunks_exact(k).zip(ts).zip(lse.iter()).map(|((row, &t), l)| f64::from(l - row[t as usize])).sum()
             })
             .collect();
-        Ok((partial.iter().sum::<f64>() / n as f64) as f32)
+        Ok(((partial.iter().sum::<f64>() / n as f64) as f32, lse))
     })
 }
 
-/// The cross-entropy's gradient g/N · (softmax − onehot(target)) for the loss's gradient g.
-fn cross_entropy_backward(logits: &[f32], targets: &[u32], n: usize, k: usize, g: f32) -> Result<Vec<f32>> {
+/// The cross-entropy's gradient g/N · (softmax − onehot(target)) for the loss's gradient g,
+/// from the rows' log-sum-exp.
+fn cross_entropy_backward(
+    logits: &[f32],
+    lse: &[f32],
+    targets: &[u32],
+    n: usize,
+    k: usize,
+    g: f32,
+) -> Result<Vec<f32>> {
     crate::util::profile::time("cross-entropy backward", || {
         check_targets(n, k, targets)?;
         let scale = g / n as f32;
@@ -1096,16 +1149,18 @@ fn cross_entropy_backward(logits: &[f32], targets: &[u32], n: usize, k: usize, g
         if k == 0 {
             return Ok(dl);
         }
-        dl.par_chunks_mut(ROWS * k).zip(logits.par_chunks(ROWS * k)).zip(targets.par_chunks(ROWS)).for_each(
-            |((ds, ls), ts)| {
-                let mut lse = vec![0.0f32; ts.len()];
-                vecmath::log_sum_exp(ls, k, &mut lse);
-                vecmath::softmax_scaled(ls, k, &lse, scale, ds);
+        if lse.len() != n {
+            bail!("vqlab-cross-entropy: {} log-sum-exps for {n} rows", lse.len())
+        }
+        dl.par_chunks_mut(ROWS * k)
+            .zip(logits.par_chunks(ROWS * k))
+            .zip(targets.par_chunks(ROWS).zip(lse.par_chunks(ROWS)))
+            .for_each(|((ds, ls), (ts, lse))| {
+                vecmath::softmax_scaled(ls, k, lse, scale, ds);
                 for (d, &t) in ds.chunks_exact_mut(k).zip(ts) {
                     d[t as usize] -= scale;
                 }
-            },
-        );
+            });
         Ok(dl)
     })
 }
@@ -1122,9 +1177,9 @@ pub fn linear_cross_entropy(x: &Tensor, w: &Tensor, targets: &Tensor) -> Result<
     x.contiguous()?.apply_op3(&w.contiguous()?, &targets, LinearCrossEntropyOp { logits: Kept::new() })
 }
 
-/// The fused op keeps its logits.
+/// The fused op keeps its logits and their rows' log-sum-exp.
 struct LinearCrossEntropyOp {
-    logits: Kept<Vec<f32>>,
+    logits: Kept<(Vec<f32>, Vec<f32>)>,
 }
 
 impl CustomOp3 for LinearCrossEntropyOp {
@@ -1144,8 +1199,8 @@ impl CustomOp3 for LinearCrossEntropyOp {
         let (x, w, targets) = (cpu_f32(s1, l1, self.name())?, cpu_f32(s2, l2, self.name())?, u32_slice(s3, l3)?);
         let (n, inp, k, _) = linear_dims(self.name(), l1.dims(), l2.dims(), 0)?;
         let logits = linear_timed(x, w, &[], n, inp, k);
-        let loss = cross_entropy_forward(&logits, targets, n, k)?;
-        self.logits.keep(logits, self.name())?;
+        let (loss, lse) = cross_entropy_forward(&logits, targets, n, k)?;
+        self.logits.keep((logits, lse), self.name())?;
         Ok((CpuStorage::F32(vec![loss]), Shape::from(())))
     }
 
@@ -1157,10 +1212,10 @@ impl CustomOp3 for LinearCrossEntropyOp {
         _loss: &Tensor,
         g: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let logits = self.logits.get(self.name())?;
+        let (logits, lse) = self.logits.get(self.name())?;
         let (n, inp, k, _) = linear_dims(self.name(), x.dims(), w.dims(), 0)?;
         let (g, targets) = (g.to_dtype(DType::F32)?.to_scalar::<f32>()?, targets.to_vec1::<u32>()?);
-        let dl = cross_entropy_backward(logits, &targets, n, k, g)?;
+        let dl = cross_entropy_backward(logits, lse, &targets, n, k, g)?;
         let need_x = x.track_op();
         let [dx, dw, _] =
             with_slices([x, w], |[xs, ws]| Ok(linear_backward_timed(xs, ws, &dl, n, inp, k, false, need_x)))?;

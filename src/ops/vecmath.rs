@@ -118,6 +118,19 @@ simd_dispatch! {
 }
 
 simd_dispatch! {
+    /// y = GELU(x) as [`gelu_forward`] and its derivative d = Φ(x) + x·φ(x) as
+    /// [`gelu_backward`] has it (dx = dy · d), from one erf: the forward pass of a layer that
+    /// will be differentiated keeps d, and its backward pass is one multiplication.
+    pub fn gelu_forward_and_derivative(x: &[f32], y: &mut [MaybeUninit<f32>], d: &mut [MaybeUninit<f32>]) {
+        for ((y, d), &x) in y.iter_mut().zip(d.iter_mut()).zip(x) {
+            let e = erf(x * FRAC_1_SQRT_2);
+            y.write((e + 1.0) * 0.5 * x);
+            d.write(0.5 * (1.0 + e) + x * FRAC_1_SQRT_2PI * exp(-0.5 * x * x));
+        }
+    }
+}
+
+simd_dispatch! {
     /// Rows of `row` (each `t` wide, `t` rows) become causal softmax rows of their entries ×
     /// `scale`: row i over its first i + 1 entries, zero after them.
     pub fn causal_softmax(rows: &mut [f32], t: usize, scale: f32) {
