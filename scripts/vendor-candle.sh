@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Rebuilds vendor/candle-core: candle-core 0.11.1 as published on crates.io (checked against
+# the checksum Cargo.lock held for it) with vendor/candle-core-backprop.patch applied, and
+# without the example, test and bench targets its manifest lists (their files are not
+# vendored). Cargo.toml's [patch.crates-io] points candle-core (and with it candle-nn) here.
+#
+# The patch: candle's backward pass gave every tensor's gradient a zero-filled tensor and
+# added each contribution to it (GradStore::or_insert + add), a memset and an add over every
+# activation of the graph. The patched pass stores a tensor's first contribution as it is
+# (made contiguous) and adds only the second and later ones. 0 + g is g, so every gradient
+# has the same bits (up to the sign of a zero). Upstream: huggingface/candle PRs #3578 and
+# #3822 propose the same; drop the vendored copy once a candle release carries it.
+#
+#   bash scripts/vendor-candle.sh      # needs curl, sha256sum, tar and patch
+set -euo pipefail
+cd "$(dirname "$0")/.."
+version=0.11.1
+sha256=d11c8be87cfbaef9ebb62fb3f850d1fc8e00cc1d11d393fdbe55a4d5c2cdb325
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+crate="$work/candle-core-$version.crate"
+cached=$(ls "${CARGO_HOME:-$HOME/.cargo}"/registry/cache/*/candle-core-$version.crate 2>/dev/null | head -n 1 || true)
+if [ -n "$cached" ]; then
+    cp "$cached" "$crate"
+else
+    curl -sSfL -o "$crate" "https://static.crates.io/crates/candle-core/candle-core-$version.crate"
+fi
+echo "$sha256  $crate" | sha256sum -c --quiet -
+tar -xzf "$crate" -C "$work"
+src="$work/candle-core-$version"
+(cd "$src" && patch -s -p1 < "$OLDPWD/vendor/candle-core-backprop.patch")
+# The manifest without its [[example]], [[test]] and [[bench]] targets.
+awk '/^\[\[(example|test|bench)\]\]/ { skip = 1; next } /^\[/ { skip = 0 } !skip' "$src/Cargo.toml" > "$work/Cargo.toml"
+rm -rf vendor/candle-core.new
+mkdir -p vendor/candle-core.new
+cp -r "$src/src" "$src/LICENSE" "$src/README.md" vendor/candle-core.new/
+cp "$work/Cargo.toml" vendor/candle-core.new/Cargo.toml
+rm -rf vendor/candle-core
+mv vendor/candle-core.new vendor/candle-core
+echo "vendor/candle-core: candle-core $version with vendor/candle-core-backprop.patch"
