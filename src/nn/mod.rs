@@ -16,7 +16,7 @@ mod tests {
         let dev = Device::Cpu;
         let x = Var::from_vec(vec![1f32, 2., 3., 4., 5., 6.], (2, 3), &dev)?;
         let c = Tensor::from_vec(vec![10f32, 20., 30., 40., 50., 60.], (3, 2), &dev)?;
-        // f = Σ xᵀ ⊙ c + Σ x ⊙ x + Σ (x + x): df/dx = cᵀ + 2x + 2, from four contributions
+        // f = Σ xᵀ ⊙ c + Σ x ⊙ x + Σ (x + x): df/dx = cᵀ + 2x + 2, from five contributions
         // (the transpose's, the product's two and the sum's two).
         let f = ((x.t()? * &c)?.sum_all()? + (x.as_tensor() * x.as_tensor())?.sum_all()?)?;
         let f = (f + (x.as_tensor() + x.as_tensor())?.sum_all()?)?;
