@@ -198,6 +198,9 @@ struct ConvOp {
     known: Option<Tensor>,
     /// How a 3×3, stride-1, padding-1 convolution runs.
     algorithm: ConvAlgorithm,
+    /// The fewest gemm rows a unit of the row-matrix path's work gets ([`chunks_per_unit`]):
+    /// [`MIN_GEMM_ROWS`], or 0 (one chunk a unit) in the test that compares the two.
+    unit_rows: usize,
     /// The kernel in the Winograd domain, `[ξ][o][c]` (see [`winograd`]).
     wino: OnceLock<Vec<f32>>,
 }
@@ -218,6 +221,30 @@ fn chunk_images(g: &Geom, wino: Option<Tile>) -> usize {
     let by_cache = (budget / floats_per_image).max(1);
     let by_threads = g.n.div_ceil(2 * rayon::current_num_threads()).max(1);
     by_cache.min(by_threads)
+}
+
+/// The fewest output pixels (gemm rows) the row-matrix path's forward and input-gradient gemms
+/// get when a chunk of [`chunk_images`] images has fewer: the gemm crate's FMA kernel works on
+/// 16 rows at a time, and a 1-image chunk of the discriminator's 4×4 128→256 layer on 7×7 (36
+/// rows) left its last block a quarter full and paid the B panel's packing per 36 rows. (Side
+/// by side on a 2-core EPYC, 128 rows took 31% less time than one image a gemm in that layer's
+/// backward pass and 22% less in its forward; 64 rows saved less.)
+const MIN_GEMM_ROWS: usize = 128;
+
+/// Chunks of `chunk` images that one unit of the row-matrix path's work covers: enough for
+/// `min_rows` gemm rows. A unit's forward and input-gradient gemms run over all its images at
+/// once (the gemm crate blocks k by k, the cache and its kernel's width alone, so every element
+/// of their output is the same sum over k whatever the row count), while the weight and bias
+/// gradients are still summed one chunk at a time, in chunk order, so the result has the bits it
+/// had with one chunk a unit. Narrow outputs (fewer than 16 channels, the discriminator's last
+/// 256→1 layer) keep one chunk a unit: their gemms are matrix–vector products that gain nothing
+/// from more rows, and ran slower with them.
+fn chunks_per_unit(g: &Geom, chunk: usize, row_matrix: bool, min_rows: usize) -> usize {
+    if row_matrix && g.o >= 16 {
+        min_rows.div_ceil((chunk * g.p()).max(1)).max(1)
+    } else {
+        1
+    }
 }
 
 /// The weight and bias gradient sums of one group of chunks.
@@ -268,7 +295,17 @@ impl ConvOp {
         known: Option<Tensor>,
         algorithm: ConvAlgorithm,
     ) -> Self {
-        ConvOp { stride, pad, fuse, transpose, weights: OnceLock::new(), known, algorithm, wino: OnceLock::new() }
+        ConvOp {
+            stride,
+            pad,
+            fuse,
+            transpose,
+            weights: OnceLock::new(),
+            known,
+            algorithm,
+            wino: OnceLock::new(),
+            unit_rows: MIN_GEMM_ROWS,
+        }
     }
 
     /// The kernel (o, c, kh, kw) as (o, kh·kw·c) and as its transpose; computed once per op.
@@ -433,9 +470,14 @@ impl CustomOp3 for ConvOp {
                 return Ok((CpuStorage::F32(y), shape));
             }
             let wino = self.winograd(&g);
-            let chunk = chunk_images(&g, wino);
-            let (wr, wrt, u) = self.kernel_forms(w, &g, wino);
             let (fuse, pointwise) = (self.fuse, self.pointwise(&g));
+            let chunk = chunk_images(&g, wino);
+            // The sums of y do not depend on the chunking, so a unit is one chunk here; it stays
+            // at least two per thread.
+            let per_unit = chunks_per_unit(&g, chunk, wino.is_none() && !pointwise && !self.transpose, self.unit_rows);
+            let by_threads = g.n.div_ceil(2 * rayon::current_num_threads()).max(1);
+            let chunk = (chunk * per_unit).min(by_threads.max(chunk));
+            let (wr, wrt, u) = self.kernel_forms(w, &g, wino);
             y.spare_capacity_mut()[..len].par_chunks_mut(chunk * out_img).enumerate().for_each(|(ci, ys)| {
                 let ys = zeroed(ys);
                 with_buffers(|s| {
@@ -504,7 +546,7 @@ impl CustomOp3 for ConvOp {
                         kernels::from_pixel_major(&s.b[..np * g.o], imgs, g.o, p, bias, fuse.relu_output, None, ys);
                     } else {
                         let xt = resized(&mut s.a, g.o * np);
-                        kernels::to_channel_major(xs, imgs, g.o, p, fuse.relu_input, None, xt, None);
+                        kernels::to_channel_major(xs, imgs, g.o, p, fuse.relu_input, None, xt, None, imgs);
                         let drows = resized(&mut s.b, np * q);
                         let xt = MatRef::rows(&s.a[..g.o * np], np).t();
                         kernels::gemm(np, q, g.o, xt, MatRef::rows(wr, q), drows, false);
@@ -539,32 +581,45 @@ impl CustomOp3 for ConvOp {
             let out_channels = if self.transpose { g.c } else { g.o };
             let (fuse, pointwise, wino) = (self.fuse, self.pointwise(&g), self.winograd(&g));
             let chunk = chunk_images(&g, wino);
+            let per_unit = chunks_per_unit(&g, chunk, wino.is_none() && !pointwise && !self.transpose, self.unit_rows);
             let dw_len = if let Some(tile) = wino { tile.points() * g.o * g.c } else { g.o * q };
-            // Like y in the forward pass: each chunk is filled by the thread that computes it.
+            // Like y in the forward pass: each unit is filled by the thread that computes it.
             let dx_len = if need_x { g.n * in_img } else { 0 };
             let mut dx: Vec<f32> = Vec::with_capacity(dx_len);
             let n_chunks = g.n.div_ceil(chunk);
-            let dx_chunks: Vec<Option<&mut [MaybeUninit<f32>]>> = if dx_len > 0 {
-                dx.spare_capacity_mut()[..dx_len].chunks_mut(chunk * in_img).map(Some).collect()
-            } else {
-                (0..n_chunks).map(|_| None).collect()
-            };
+            // Chunks go to a fixed number of groups of consecutive chunks, each summing its weight
+            // and bias gradients in chunk order, and the groups' sums are added in group order:
+            // the result does not depend on which thread ran what. A group runs its chunks
+            // `per_unit` at a time (see [`chunks_per_unit`]); a unit never spans two groups.
+            let groups = n_chunks.min(2 * rayon::current_num_threads()).max(1);
+            let per_group = n_chunks.div_ceil(groups);
+            type Unit<'a> = (usize, usize, Option<&'a mut [MaybeUninit<f32>]>);
+            let mut grouped: Vec<Vec<Unit<'_>>> = (0..groups).map(|_| Vec::new()).collect();
+            let mut dx_rest = (dx_len > 0).then(|| &mut dx.spare_capacity_mut()[..dx_len]);
+            for (gi, units) in grouped.iter_mut().enumerate() {
+                let (mut c0, end) = ((gi * per_group).min(n_chunks), ((gi + 1) * per_group).min(n_chunks));
+                while c0 < end {
+                    let chunks = per_unit.min(end - c0);
+                    let imgs = (chunks * chunk).min(g.n - c0 * chunk);
+                    let dxu = dx_rest.take().map(|rest| {
+                        let (head, tail) = rest.split_at_mut(imgs * in_img);
+                        dx_rest = Some(tail);
+                        head
+                    });
+                    units.push((c0, chunks, dxu));
+                    c0 += chunks;
+                }
+            }
             let total = with_slices([x, w, y, dy], |[xs, ws, ys, dys]| {
                 let (wr, wrt, u) = self.kernel_forms(ws, &g, wino);
-                // Chunks go to a fixed number of groups, each summing its weight and bias gradients
-                // in chunk order, and the groups' sums are added in group order: the result does
-                // not depend on which thread ran what.
-                let groups = n_chunks.min(2 * rayon::current_num_threads()).max(1);
-                let per_group = n_chunks.div_ceil(groups);
-                type Group<'a> = Vec<(usize, Option<&'a mut [MaybeUninit<f32>]>)>;
-                let mut grouped: Vec<Group<'_>> = (0..groups).map(|_| Vec::new()).collect();
-                for (ci, dxc) in dx_chunks.into_iter().enumerate() {
-                    grouped[ci / per_group].push((ci, dxc));
-                }
-                let process = |part: &mut Partial, s: &mut Buffers, ci: usize, dxc: Option<&mut [MaybeUninit<f32>]>| {
+                let process = |part: &mut Partial,
+                               s: &mut Buffers,
+                               c0: usize,
+                               chunks: usize,
+                               dxc: Option<&mut [MaybeUninit<f32>]>| {
                     let dxc = dxc.map(zeroed);
-                    let i0 = ci * chunk;
-                    let imgs = chunk.min(g.n - i0);
+                    let i0 = c0 * chunk;
+                    let imgs = (chunks * chunk).min(g.n - i0);
                     let np = imgs * p;
                     let xc = &xs[i0 * in_img..][..imgs * in_img];
                     let yc = &ys[i0 * out_img..][..imgs * out_img];
@@ -630,13 +685,19 @@ impl CustomOp3 for ConvOp {
                         // sums are the bias gradient.
                         let dyt = resized(&mut s.b, g.o * np);
                         let mask = fuse.relu_output.then_some(yc);
-                        kernels::to_channel_major(dyc, imgs, g.o, p, false, mask, dyt, Some(&mut part.db));
+                        kernels::to_channel_major(dyc, imgs, g.o, p, false, mask, dyt, Some(&mut part.db), chunk);
                         let dyt = &s.b[..g.o * np];
                         if need_w {
                             let rows = resized(&mut s.a, np * q);
                             kernels::im2row(xc, &g, imgs, fuse.relu_input, rows, &mut s.k);
-                            let rows = MatRef::rows(&s.a[..np * q], q);
-                            kernels::gemm(g.o, q, np, MatRef::rows(dyt, np), rows, &mut part.dw, true);
+                            let rows = &s.a[..np * q];
+                            // One accumulating gemm per chunk, in chunk order.
+                            for i in (0..imgs).step_by(chunk) {
+                                let ci = chunk.min(imgs - i) * p;
+                                let dyi = MatRef { data: &dyt[i * p..], rs: np, cs: 1 };
+                                let ri = MatRef::rows(&rows[i * p * q..][..ci * q], q);
+                                kernels::gemm(g.o, q, ci, dyi, ri, &mut part.dw, true);
+                            }
                         }
                         match dxc {
                             Some(dxc) if pointwise => {
@@ -678,7 +739,7 @@ impl CustomOp3 for ConvOp {
                         let rows = &s.a[..np * q];
                         if need_w {
                             let xt = resized(&mut s.b, g.o * np);
-                            kernels::to_channel_major(xc, imgs, g.o, p, fuse.relu_input, None, xt, None);
+                            kernels::to_channel_major(xc, imgs, g.o, p, fuse.relu_input, None, xt, None, imgs);
                             let xt = MatRef::rows(&s.b[..g.o * np], np);
                             kernels::gemm(g.o, q, np, xt, MatRef::rows(rows, q), &mut part.dw, true);
                         }
@@ -695,8 +756,8 @@ impl CustomOp3 for ConvOp {
                     .map(|items| {
                         let mut part = Partial::default();
                         with_buffers(|s| {
-                            for (ci, dxc) in items {
-                                process(&mut part, s, ci, dxc);
+                            for (c0, chunks, dxc) in items {
+                                process(&mut part, s, c0, chunks, dxc);
                             }
                         });
                         part
@@ -843,6 +904,43 @@ mod tests {
     #[test]
     fn conv_transpose2d_matches_candle_forward_and_gradients_on_random_shapes() {
         check_random(true, 150, 2);
+    }
+
+    /// The row-matrix path's units ([`chunks_per_unit`]) change how many images a gemm covers,
+    /// not what is computed: y, dx, dw and db have the same bits as with one chunk a unit, on
+    /// the discriminator's 4×4 layer at 7×7 (36 rows an image) with an image count (30) that
+    /// gives groups of two units and leaves the last unit and the last group short, with and without bias and fusions; and
+    /// they match candle's ops.
+    #[test]
+    fn units_keep_the_bits_of_one_chunk_a_unit() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
+        let (n, c, o) = (30, 128, 32);
+        let x = rand_tensor(&mut rng, &[n, c, 7, 7], -1.0, 1.0);
+        let w = rand_tensor(&mut rng, &[o, c, 4, 4], -1.0, 1.0);
+        let b = rand_tensor(&mut rng, &[o], -1.0, 1.0);
+        let r = rand_tensor(&mut rng, &[n, o, 6, 6], -1.0, 1.0);
+        // The shape must give units of several chunks, or the comparison below shows nothing.
+        let g = ConvOp::new(1, 1, Fuse::NONE, false, None, ConvAlgorithm::Im2row).geom(x.dims(), w.dims()).unwrap();
+        let chunk = chunk_images(&g, None);
+        assert!(chunks_per_unit(&g, chunk, true, MIN_GEMM_ROWS) > 1, "chunk {chunk} already has enough rows");
+        for (fuse, bias) in [(Fuse::NONE, true), (Fuse::RELU_BOTH, true), (Fuse::RELU_IN, false)] {
+            let b = bias.then_some(&b);
+            let with_units = run(conv2d, &x, &w, b, &r, 1, 1, fuse);
+            let one_chunk: ConvFn = |x, w, b, s, p, fuse| {
+                let mut op = ConvOp::new(s, p, fuse, false, None, ConvAlgorithm::Im2row);
+                op.unit_rows = 0;
+                build(x, w, b, op)
+            };
+            let without = run(one_chunk, &x, &w, b, &r, 1, 1, fuse);
+            for (name, (a, z)) in ["y", "dx", "dw", "db"].iter().zip(with_units.iter().zip(&without)) {
+                let bits = |t: &Tensor| -> Vec<u32> {
+                    t.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().map(|v| v.to_bits()).collect()
+                };
+                assert!(bits(a) == bits(z), "{name} differs with units, {fuse:?} bias={bias}");
+            }
+            let reference = run(conv2d_reference, &x, &w, b, &r, 1, 1, fuse);
+            assert_close(&with_units, &reference, &format!("units, {fuse:?} bias={bias}"));
+        }
     }
 
     #[test]

@@ -224,7 +224,9 @@ simd_dispatch! {
 
 simd_dispatch! {
     /// (imgs, c, p) → (c, imgs·p) into `out`, through relu when `relu`, zeroed where `mask` (laid
-    /// out like `x`) is ≤ 0. Adds each channel's sum of the result to `sums` when given.
+    /// out like `x`) is ≤ 0. Adds each channel's sum of the result to `sums` when given: one
+    /// partial sum per run of `sum_every` images, added in image order (so that a call on k
+    /// chunks of `sum_every` images adds the bits that k calls, one a chunk, would add).
     pub fn to_channel_major(
         x: &[f32],
         imgs: usize,
@@ -234,9 +236,11 @@ simd_dispatch! {
         mask: Option<&[f32]>,
         out: &mut [f32],
         sums: Option<&mut [f32]>,
+        sum_every: usize,
     ) {
         let mut sums = sums;
         let np = imgs * p;
+        let sum_every = sum_every.max(1);
         for ci in 0..c {
             let mut acc = 0.0f32;
             for img in 0..imgs {
@@ -252,12 +256,13 @@ simd_dispatch! {
                     None if relu => dst.iter_mut().zip(src).for_each(|(d, v)| *d = v.max(0.0)),
                     None => dst.copy_from_slice(src),
                 }
-                if sums.is_some() {
+                if let Some(s) = sums.as_deref_mut() {
                     acc += dst.iter().sum::<f32>();
+                    if (img + 1) % sum_every == 0 || img + 1 == imgs {
+                        s[ci] += acc;
+                        acc = 0.0;
+                    }
                 }
-            }
-            if let Some(s) = sums.as_deref_mut() {
-                s[ci] += acc;
             }
         }
     }
