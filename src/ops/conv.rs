@@ -219,8 +219,12 @@ fn chunk_images(g: &Geom, wino: Option<Tile>) -> usize {
         ((g.q() * g.p()).max(g.c * g.hw()).max(g.o * g.p()).max(1), 1usize << 17)
     };
     let by_cache = (budget / floats_per_image).max(1);
-    let by_threads = g.n.div_ceil(2 * rayon::current_num_threads()).max(1);
-    by_cache.min(by_threads)
+    by_cache.min(images_per_thread_share(g))
+}
+
+/// The most images a chunk may hold so that every thread gets at least two chunks.
+fn images_per_thread_share(g: &Geom) -> usize {
+    g.n.div_ceil(2 * rayon::current_num_threads()).max(1)
 }
 
 /// The fewest output pixels (gemm rows) the row-matrix path's forward and input-gradient gemms
@@ -306,6 +310,12 @@ impl ConvOp {
             wino: OnceLock::new(),
             unit_rows: MIN_GEMM_ROWS,
         }
+    }
+
+    /// [`chunks_per_unit`] for this op: units of several chunks only on the row-matrix path
+    /// (not Winograd, 1×1 or transposed convolutions).
+    fn chunks_per_unit(&self, g: &Geom, chunk: usize, wino: Option<Tile>, pointwise: bool) -> usize {
+        chunks_per_unit(g, chunk, wino.is_none() && !pointwise && !self.transpose, self.unit_rows)
     }
 
     /// The kernel (o, c, kh, kw) as (o, kh·kw·c) and as its transpose; computed once per op.
@@ -474,9 +484,8 @@ impl CustomOp3 for ConvOp {
             let chunk = chunk_images(&g, wino);
             // The sums of y do not depend on the chunking, so a unit is one chunk here; it stays
             // at least two per thread.
-            let per_unit = chunks_per_unit(&g, chunk, wino.is_none() && !pointwise && !self.transpose, self.unit_rows);
-            let by_threads = g.n.div_ceil(2 * rayon::current_num_threads()).max(1);
-            let chunk = (chunk * per_unit).min(by_threads.max(chunk));
+            let per_unit = self.chunks_per_unit(&g, chunk, wino, pointwise);
+            let chunk = (chunk * per_unit).min(images_per_thread_share(&g).max(chunk));
             let (wr, wrt, u) = self.kernel_forms(w, &g, wino);
             y.spare_capacity_mut()[..len].par_chunks_mut(chunk * out_img).enumerate().for_each(|(ci, ys)| {
                 let ys = zeroed(ys);
@@ -581,7 +590,7 @@ impl CustomOp3 for ConvOp {
             let out_channels = if self.transpose { g.c } else { g.o };
             let (fuse, pointwise, wino) = (self.fuse, self.pointwise(&g), self.winograd(&g));
             let chunk = chunk_images(&g, wino);
-            let per_unit = chunks_per_unit(&g, chunk, wino.is_none() && !pointwise && !self.transpose, self.unit_rows);
+            let per_unit = self.chunks_per_unit(&g, chunk, wino, pointwise);
             let dw_len = if let Some(tile) = wino { tile.points() * g.o * g.c } else { g.o * q };
             // Like y in the forward pass: each unit is filled by the thread that computes it.
             let dx_len = if need_x { g.n * in_img } else { 0 };
@@ -908,9 +917,9 @@ mod tests {
 
     /// The row-matrix path's units ([`chunks_per_unit`]) change how many images a gemm covers,
     /// not what is computed: y, dx, dw and db have the same bits as with one chunk a unit, on
-    /// the discriminator's 4×4 layer at 7×7 (36 rows an image) with an image count (30) that
-    /// gives groups of two units and leaves the last unit and the last group short, with and without bias and fusions; and
-    /// they match candle's ops.
+    /// a 4×4 layer on 7×7 maps (36 rows an image) with an image count (30) that gives groups of
+    /// two units and leaves the last unit and the last group short, with and without bias and
+    /// fusions; and they match candle's ops.
     #[test]
     fn units_keep_the_bits_of_one_chunk_a_unit() {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
