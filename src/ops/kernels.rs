@@ -2,6 +2,8 @@
 //! channel-major matrices, and a single-threaded gemm. They work on a chunk of images at a
 //! time and write into buffers the caller owns; the convolution ops run chunks in parallel.
 
+use super::transpose::{self, Post, TO_PIXELS, TO_PLANES};
+
 /// A convolution seen from its input side: input (n, c, h, w) → output (n, o, ho, wo) with an
 /// (o, c, kh, kw) kernel. A transposed convolution uses the geometry of the convolution it
 /// is the transpose of (its output is this geometry's input).
@@ -146,17 +148,10 @@ simd_dispatch! {
                 r[..pad * c].fill(0.0);
                 r[(pad + g.w) * c..].fill(0.0);
             }
-            // Each input row is read once, contiguously, and written with stride c.
-            for (ci, plane) in src.chunks_exact(g.hw()).enumerate() {
-                for (y, srow) in plane.chunks_exact(g.w).enumerate() {
-                    let d = dst[((y + pad) * wp + pad) * c + ci..].iter_mut().step_by(c);
-                    if relu {
-                        d.zip(srow).for_each(|(d, v)| *d = v.max(0.0));
-                    } else {
-                        d.zip(srow).for_each(|(d, v)| *d = *v);
-                    }
-                }
-            }
+            // The interior, channels last (8 × 8 blocks transposed in registers).
+            let w = g.w;
+            let at = |p: usize| ((p / w + pad) * wp + p % w + pad) * c;
+            transpose::pass::<TO_PIXELS>(src, c, g.hw(), Post { relu, ..Post::default() }, at, dst);
         }
         let run = g.kw * c;
         for (pos, row) in rows[..imgs * p * q].chunks_exact_mut(q).enumerate() {
@@ -192,6 +187,7 @@ simd_dispatch! {
         let run = g.kw * c;
         // One image at a time: its channels-last accumulator stays in cache.
         let acc = resized(&mut scratch.padded, hp * wp * c);
+        let zeros = vec![0.0f32; if bias.is_some() { 0 } else { c }];
         for (img, dst) in out[..imgs * c * hw].chunks_exact_mut(c * hw).enumerate() {
             acc.fill(0.0);
             for (op, row) in rows[img * p * q..][..p * q].chunks_exact(q).enumerate() {
@@ -201,23 +197,13 @@ simd_dispatch! {
                     a.iter_mut().zip(src).for_each(|(a, v)| *a += v);
                 }
             }
-            let m = mask.map(|m| &m[img * c * hw..][..c * hw]);
-            for ci in 0..c {
-                let b = bias.map_or(0.0, |b| b[ci]);
-                let plane = &mut dst[ci * hw..][..hw];
-                for (y, drow) in plane.chunks_exact_mut(g.w).enumerate() {
-                    let a = acc[((y + g.pad) * wp + g.pad) * c + ci..].iter().step_by(c);
-                    drow.iter_mut().zip(a).for_each(|(d, a)| *d = a + b);
-                    if let Some(m) = m {
-                        let mrow = &m[ci * hw + y * g.w..][..g.w];
-                        drow.iter_mut().zip(mrow).for_each(|(d, m)| {
-                            if *m <= 0.0 {
-                                *d = 0.0
-                            }
-                        });
-                    }
-                }
-            }
+            // acc + bias (0 without one: adding it keeps the bits this pass always had), zeroed
+            // where the mask is ≤ 0.
+            let mask = mask.map(|m| &m[img * c * hw..][..c * hw]);
+            let (w, pad) = (g.w, g.pad);
+            let at = |p: usize| ((p / w + pad) * wp + p % w + pad) * c;
+            let post = Post { bias: Some(bias.unwrap_or(&zeros)), relu: false, mask };
+            transpose::pass::<TO_PLANES>(acc, c, hw, post, at, dst);
         }
     }
 }
@@ -285,23 +271,13 @@ simd_dispatch! {
             return;
         }
         assert!(x.len() >= imgs * p * c && out.len() >= imgs * c * p);
+        // x + bias (0 without one, as this pass always added), relu, then the mask.
+        let zeros = vec![0.0f32; if bias.is_some() { 0 } else { c }];
+        let bias = Some(bias.unwrap_or(&zeros));
         for (img, dst) in out[..imgs * c * p].chunks_exact_mut(c * p).enumerate() {
             let src = &x[img * p * c..][..p * c];
-            for (ci, plane) in dst.chunks_exact_mut(p).enumerate() {
-                let b = bias.map_or(0.0, |b| b[ci]);
-                for (pos, d) in plane.iter_mut().enumerate() {
-                    let v = src[pos * c + ci] + b;
-                    *d = if relu { v.max(0.0) } else { v };
-                }
-                if let Some(m) = mask {
-                    let m = &m[(img * c + ci) * p..][..p];
-                    plane.iter_mut().zip(m).for_each(|(d, m)| {
-                        if *m <= 0.0 {
-                            *d = 0.0
-                        }
-                    });
-                }
-            }
+            let mask = mask.map(|m| &m[img * c * p..][..c * p]);
+            transpose::pass::<TO_PLANES>(src, c, p, Post { bias, relu, mask }, |pos| pos * c, dst);
         }
     }
 }

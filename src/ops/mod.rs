@@ -6,6 +6,7 @@
 pub mod conv;
 pub mod dense;
 pub mod kernels;
+pub mod transpose;
 pub mod vecmath;
 pub mod winograd;
 

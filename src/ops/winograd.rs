@@ -66,6 +66,7 @@
 //! (imgs, c, h, w) as everywhere.
 
 use super::kernels::{resized, simd_dispatch};
+use super::transpose::{self, Post, TO_PIXELS, TO_PLANES};
 
 /// The tile of a Winograd convolution: F(2×2, 3×3), F(4×4, 3×3) or F(3×3, 4×4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -295,35 +296,16 @@ pub fn floats_per_image(c: usize, o: usize, h: usize, w: usize, tile: Tile) -> u
 /// at row 1, column 1 (the rest of the plane is left as it is: the zero padding).
 #[inline(always)]
 fn pad_channels_last(img: &[f32], c: usize, h: usize, w: usize, pw: usize, relu: bool, plane: &mut [f32]) {
-    for (ci, src) in img.chunks_exact(h * w).enumerate() {
-        for (y, srow) in src.chunks_exact(w).enumerate() {
-            let at = ((y + 1) * pw + 1) * c + ci;
-            for (x, v) in srow.iter().enumerate() {
-                plane[at + x * c] = if relu { v.max(0.0) } else { *v };
-            }
-        }
-    }
+    let at = |p: usize| ((p / w + 1) * pw + p % w + 1) * c;
+    transpose::pass::<TO_PIXELS>(img, c, h * w, Post { relu, ..Post::default() }, at, plane);
 }
 
 /// The interior of a channels-last plane `pw` pixels wide (from row 1, column 1) to one image
 /// (c, h, w), zeroed where `mask` (laid out like the image) is ≤ 0.
 #[inline(always)]
 fn unpad_channels_last(acc: &[f32], c: usize, h: usize, w: usize, pw: usize, mask: Option<&[f32]>, dst: &mut [f32]) {
-    for (ci, plane) in dst.chunks_exact_mut(h * w).enumerate() {
-        for (yy, drow) in plane.chunks_exact_mut(w).enumerate() {
-            let at = ((yy + 1) * pw + 1) * c + ci;
-            for (x, d) in drow.iter_mut().enumerate() {
-                *d = acc[at + x * c];
-            }
-        }
-        if let Some(m) = mask {
-            plane.iter_mut().zip(&m[ci * h * w..][..h * w]).for_each(|(d, m)| {
-                if *m <= 0.0 {
-                    *d = 0.0
-                }
-            });
-        }
-    }
+    let at = |p: usize| ((p / w + 1) * pw + p % w + 1) * c;
+    transpose::pass::<TO_PLANES>(acc, c, h * w, Post { mask, ..Post::default() }, at, dst);
 }
 
 /// One image's dY (o, h, w), zeroed where `mask` (laid out like it) is ≤ 0, into a
@@ -341,21 +323,20 @@ fn masked_channels_last(
     sums: &mut [f32],
 ) {
     for (oc, src) in dy.chunks_exact(h * w).enumerate() {
+        // The channel's sum over its pixels in order, from 0.
         let mut acc = 0.0f32;
-        for (yy, srow) in src.chunks_exact(w).enumerate() {
-            let at = yy * pw * o + oc;
-            let mrow = mask.map(|m| &m[oc * h * w + yy * w..][..w]);
-            for (x, s) in srow.iter().enumerate() {
-                let v = match mrow {
-                    Some(m) if m[x] <= 0.0 => 0.0,
-                    _ => *s,
-                };
-                acc += v;
-                full[at + x * o] = v;
+        match mask {
+            Some(m) => {
+                for (s, m) in src.iter().zip(&m[oc * h * w..][..h * w]) {
+                    acc += if *m <= 0.0 { 0.0 } else { *s };
+                }
             }
+            None => src.iter().for_each(|s| acc += s),
         }
         sums[oc] += acc;
     }
+    let at = |p: usize| ((p / w) * pw + p % w) * o;
+    transpose::pass::<TO_PIXELS>(dy, o, h * w, Post { mask, ..Post::default() }, at, full);
 }
 
 /// A channels-last plane `pw` pixels wide, from its corner, to one image (o, h, w), plus the
@@ -372,20 +353,8 @@ fn from_channels_last(
     relu: bool,
     dst: &mut [f32],
 ) {
-    for (oc, plane) in dst.chunks_exact_mut(h * w).enumerate() {
-        let b = bias.map(|bb| bb[oc]);
-        for (yy, drow) in plane.chunks_exact_mut(w).enumerate() {
-            let at = yy * pw * o + oc;
-            for (x, d) in drow.iter_mut().enumerate() {
-                let v = full[at + x * o];
-                let v = match b {
-                    Some(b) => v + b,
-                    None => v,
-                };
-                *d = if relu { v.max(0.0) } else { v };
-            }
-        }
-    }
+    let at = |p: usize| ((p / w) * pw + p % w) * o;
+    transpose::pass::<TO_PLANES>(full, o, h * w, Post { bias, relu, mask: None }, at, dst);
 }
 
 /// Channels per block of the transforms' vector loops.
