@@ -12,10 +12,11 @@
 # code grids. The variants ema, fsq, lfq and simvq are the VQ-VAE step with that quantizer kind
 # (vqlab's `--set quantizer.kind=…` against vector-quantize-pytorch's FSQ, LFQ and SimVQ and the
 # Sonnet EMA twin; fsq at K = 1024, the FSQ paper's [8, 5, 5, 5]); they need the
-# vector-quantize-pytorch package, which scripts/torch_venv.sh then installs. The variants
-# vqvae-winograd and vqgan-winograd are those steps with `train.conv_algorithm = "winograd"`
-# (the 3×3 convolutions as Winograd F(2×2, 3×3)), vqvae-winograd4 and vqgan-winograd4 with
-# `"winograd4"` (F(4×4, 3×3)), against the same PyTorch steps.
+# vector-quantize-pytorch package, which scripts/torch_venv.sh then installs. vqvae and vqgan
+# run at the default `train.conv_algorithm` (winograd4); the variants vqvae-im2row and
+# vqgan-im2row are those steps with `"im2row"` (every convolution a gemm over the row matrix,
+# the default until 2026-12-06), vqvae-winograd and vqgan-winograd with `"winograd"` (the 3×3
+# convolutions as Winograd F(2×2, 3×3)), against the same PyTorch steps.
 #
 # Then it trains the VQ-VAE configuration with `vqlab run` and compares the median of the
 # run's logged train/img_per_s with the benchmark's median (they should agree within 10%).
@@ -24,7 +25,7 @@
 #   ROUNDS=7 STEPS=30 bash scripts/bench_vs_pytorch.sh
 #   VARIANTS=vqvae RUN_CHECK=0 bash scripts/bench_vs_pytorch.sh
 #   VARIANTS="ema fsq lfq simvq" RUN_CHECK=0 bash scripts/bench_vs_pytorch.sh
-#   VARIANTS="vqvae vqvae-winograd4 vqgan vqgan-winograd4" bash scripts/bench_vs_pytorch.sh
+#   VARIANTS="vqvae vqvae-im2row vqgan vqgan-im2row" bash scripts/bench_vs_pytorch.sh
 #
 # PyTorch (with numpy, and pyarrow to read the run's Parquet) comes from pip into a virtual
 # environment under ~/.cache (scripts/torch_venv.sh); set TORCH_PYTHON to use another
@@ -85,13 +86,12 @@ for variant in $VARIANTS; do
         t=$("$TORCH_PYTHON" scripts/bench/torch_prior_step.py --threads "$THREADS" \
             --steps "$STEPS" --warmup "$WARMUP" | field img_per_s) ;;
       *)
-        # vqvae-winograd, vqgan-winograd4, …: the step with train.conv_algorithm = "winograd"
-        # or "winograd4".
+        # vqvae-im2row, vqgan-winograd, …: the step with train.conv_algorithm = "im2row", …;
+        # vqvae and vqgan at the default.
         base=${variant%%-*}
-        algorithm=im2row
-        [ "$base" != "$variant" ] && algorithm=${variant#*-}
-        v=$("$VQLAB" -q bench experiments/bench_step.toml --set model.variant="$base" \
-            --set train.conv_algorithm=$algorithm \
+        algorithm=()
+        [ "$base" != "$variant" ] && algorithm=(--set "train.conv_algorithm=${variant#*-}")
+        v=$("$VQLAB" -q bench experiments/bench_step.toml --set model.variant="$base" "${algorithm[@]}" \
             --set hardware.threads_per_run="$THREADS" --steps "$STEPS" --warmup "$WARMUP" --json | field img_per_s)
         t=$("$TORCH_PYTHON" scripts/bench/torch_step.py --variant "$base" --threads "$THREADS" \
             --steps "$STEPS" --warmup "$WARMUP" | field img_per_s) ;;

@@ -455,17 +455,21 @@ pub struct TrainConfig {
 /// How stride-1, padding-1 convolutions run on the CPU (`train.conv_algorithm`). All compute
 /// the same convolution; they add the products in different orders, so their results differ
 /// by rounding and the run id hashes the choice. Other devices run candle's ops.
+///
+/// The default is [`ConvAlgorithm::Winograd4`] since 2026-12-06 (im2row before): runs that
+/// leave the key unset moved to new ids then, and `im2row` runs keep theirs (see
+/// `HASHED_UNLESS_DEFAULT` in `config::sweep`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ConvAlgorithm {
-    /// A gemm over the row matrix (im2row), as every other convolution.
-    #[default]
+    /// A gemm over the row matrix (im2row), as every other convolution: the reference.
     Im2row,
     /// Winograd F(2×2, 3×3) (Lavin & Gray 2016): 16 gemms in the Winograd domain.
     Winograd,
     /// Winograd F(4×4, 3×3) (Lavin & Gray 2016): 36 gemms over a quarter of the tiles; and
     /// 4×4 kernels with 8 or more outputs (the discriminator's) as F(3×3, 4×4), the same
-    /// 36-point transforms.
+    /// 36-point transforms. The default.
+    #[default]
     Winograd4,
 }
 
@@ -518,7 +522,7 @@ impl Default for TrainConfig {
             checkpoint_every: 1000,
             seed: 0,
             early_stop: Vec::new(),
-            conv_algorithm: ConvAlgorithm::Im2row,
+            conv_algorithm: ConvAlgorithm::Winograd4,
         }
     }
 }

@@ -22,6 +22,7 @@ pub const HASHED_UNLESS_DEFAULT: &[(&str, &str)] = &[
     ("quantizer.levels", "1"),
     ("task", r#"{"kind":"reconstruct"}"#),
     ("loss.branch", "\"none\""),
+    // im2row was the default until 2026-12-06 (winograd4 since): runs at im2row keep their ids.
     ("train.conv_algorithm", "\"im2row\""),
 ];
 
@@ -535,7 +536,9 @@ mod tests {
 
     #[test]
     fn new_keys_at_their_default_keep_the_old_ids() {
-        let base = ExperimentConfig::default();
+        // Every run before the keys had im2row (the default until winograd4 took its place).
+        let mut base = ExperimentConfig::default();
+        base.train.conv_algorithm = ConvAlgorithm::Im2row;
         let mut value = serde_json::to_value(&base).unwrap();
         remove_key(&mut value, "quantizer.gradient");
         remove_key(&mut value, "quantizer.levels");
@@ -564,6 +567,8 @@ mod tests {
         let mut winograd4 = base.clone();
         winograd4.train.conv_algorithm = ConvAlgorithm::Winograd4;
         assert!(![old.clone(), run_id(&winograd)].contains(&run_id(&winograd4)));
+        // Today's default config is a winograd4 run: not the id its im2row results had.
+        assert_eq!(run_id(&ExperimentConfig::default()), run_id(&winograd4));
         let mut branched = base.clone();
         (branched.model.variant, branched.loss.branch) = (Variant::Vqgan, Branch::SharedPrefix);
         let unbranched = ExperimentConfig {

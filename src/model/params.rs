@@ -25,7 +25,9 @@ pub struct ParamStore {
     buffers: BTreeMap<String, Var>,
     device: Device,
     rng: rand_chacha::ChaCha8Rng,
-    /// How the convolution layers made from this store run 3×3 convolutions on the CPU.
+    /// How the convolution layers made from this store run 3×3 convolutions on the CPU: the
+    /// row matrix unless [`ParamStore::set_conv_algorithm`] says otherwise (a run's models
+    /// take `train.conv_algorithm`, winograd4 by default).
     conv_algorithm: ConvAlgorithm,
 }
 

@@ -16,10 +16,10 @@
 //! add and a relu on the input and/or the output are fused into the layout passes around the
 //! gemm, so they cost no extra tensors in the graph.
 //!
-//! A 3×3 convolution with stride 1 and padding 1 runs as Winograd F(2×2, 3×3) or F(4×4, 3×3)
-//! instead when asked (`train.conv_algorithm = "winograd"` or `"winograd4"`, see
-//! [`super::winograd`]); under `"winograd4"` a 4×4 one with 8 or more outputs runs as
-//! F(3×3, 4×4).
+//! A 3×3 convolution with stride 1 and padding 1 runs as Winograd F(4×4, 3×3) or F(2×2, 3×3)
+//! instead when asked (`train.conv_algorithm = "winograd4"`, a run's default, or `"winograd"`,
+//! see [`super::winograd`]); under `"winograd4"` a 4×4 one with 8 or more outputs runs as
+//! F(3×3, 4×4). The functions below without an algorithm argument use the row matrix.
 //!
 //! Other devices (CUDA) and `VQLAB_REFERENCE_OPS=1` take candle's own ops; the tests check
 //! that both give the same values and gradients.

@@ -385,6 +385,7 @@ fn bench_profile_counts_each_op_pass_of_the_architecture() {
         &["bench", "exp.toml", "--steps", "2", "--warmup", "1", "--json", "--profile"]
             .into_iter()
             .chain(["--set", "model.variant=vqgan", "--set", "loss.disc_start=0"])
+            .chain(["--set", "train.conv_algorithm=im2row"])
             .collect::<Vec<_>>(),
     );
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
@@ -419,15 +420,14 @@ fn bench_profile_counts_each_op_pass_of_the_architecture() {
     assert_eq!(layer_calls("conv2d forward, output reused", "4×4/1 16→32 on 16×7×7"), Some(1.0), "{rows:?}");
     assert_eq!(layer_calls("conv2d backward", "4×4/1 32→1 on 16×6×6"), Some(3.0), "{rows:?}");
     assert_eq!(layer_calls("conv_transpose2d backward", "T4×4/2 8→1 on 16×14×14"), Some(2.0), "{rows:?}");
-    // Under winograd4 the rows name the Winograd tile the layer ran with: the 3×3 layers
-    // F(4×4, 3×3), the discriminator's 4×4/1 one with 32 outputs F(3×3, 4×4), its last (one
-    // output) the row matrix.
+    // Under winograd4 (the default) the rows name the Winograd tile the layer ran with: the
+    // 3×3 layers F(4×4, 3×3), the discriminator's 4×4/1 one with 32 outputs F(3×3, 4×4), its
+    // last (one output) the row matrix.
     let out = vqlab(
         dir.path(),
         &["bench", "exp.toml", "--steps", "1", "--warmup", "1", "--json", "--profile"]
             .into_iter()
             .chain(["--set", "model.variant=vqgan", "--set", "loss.disc_start=0"])
-            .chain(["--set", "train.conv_algorithm=winograd4"])
             .collect::<Vec<_>>(),
     );
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
@@ -478,11 +478,13 @@ fn losses_with(dir: &Path, name: &str, variant: &str, reference: bool, sets: &[&
 #[test]
 fn training_with_the_fast_ops_follows_training_with_candles_ops() {
     // Same seed, same data: the two runs differ only in rounding, so their losses agree step
-    // by step (VQ-GAN: the adversarial term is on from step 2).
+    // by step (VQ-GAN: the adversarial term is on from step 2). vqlab's ops with every
+    // convolution on the row matrix (im2row); the Winograd tiles are the next test's.
     let dir = tempfile::tempdir().unwrap();
     write(dir.path(), "exp.toml", &tiny_experiment("ops", ""));
     for variant in ["vqvae", "vqgan"] {
-        let fast = losses_with(dir.path(), &format!("fast-{variant}"), variant, false, &[]);
+        let fast =
+            losses_with(dir.path(), &format!("fast-{variant}"), variant, false, &["train.conv_algorithm=im2row"]);
         let reference = losses_with(dir.path(), &format!("ref-{variant}"), variant, true, &[]);
         assert_eq!(fast.len(), 8);
         assert_eq!(fast.len(), reference.len());
@@ -503,7 +505,7 @@ fn training_with_winograd_follows_training_with_candles_ops() {
     // each run gets its own id.
     let dir = tempfile::tempdir().unwrap();
     write(dir.path(), "exp.toml", &tiny_experiment("wino", ""));
-    let reference = losses_with(dir.path(), "reference", "vqvae", true, &[]);
+    let reference = losses_with(dir.path(), "reference", "vqvae", true, &["train.conv_algorithm=im2row"]);
     for algorithm in ["winograd", "winograd4"] {
         let sets = [format!("train.conv_algorithm={algorithm}")];
         let sets: Vec<&str> = sets.iter().map(String::as_str).collect();
