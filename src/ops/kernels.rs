@@ -149,8 +149,7 @@ simd_dispatch! {
                 r[(pad + g.w) * c..].fill(0.0);
             }
             // The interior, channels last (8 × 8 blocks transposed in registers).
-            let w = g.w;
-            let at = |p: usize| ((p / w + pad) * wp + p % w + pad) * c;
+            let at = transpose::in_plane(g.w, wp, pad, c);
             transpose::pass::<TO_PIXELS>(src, c, g.hw(), Post { relu, ..Post::default() }, at, dst);
         }
         let run = g.kw * c;
@@ -200,8 +199,7 @@ simd_dispatch! {
             // acc + bias (0 without one: adding it keeps the bits this pass always had), zeroed
             // where the mask is ≤ 0.
             let mask = mask.map(|m| &m[img * c * hw..][..c * hw]);
-            let (w, pad) = (g.w, g.pad);
-            let at = |p: usize| ((p / w + pad) * wp + p % w + pad) * c;
+            let at = transpose::in_plane(g.w, wp, g.pad, c);
             let post = Post { bias: Some(bias.unwrap_or(&zeros)), relu: false, mask };
             transpose::pass::<TO_PLANES>(acc, c, hw, post, at, dst);
         }

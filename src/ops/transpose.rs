@@ -35,6 +35,14 @@ impl Post<'_> {
     }
 }
 
+/// The pixel-row offsets of an h × w image inside a channels-last plane `plane_w` pixels wide,
+/// its corner at row and column `pad`, `c` floats a pixel: pixel p (row-major in the image)
+/// starts at `((p / w + pad) · plane_w + p % w + pad) · c`. The `at` of [`pass`] for a padded
+/// plane (pad 0: a plane whose corner is the image's).
+pub fn in_plane(w: usize, plane_w: usize, pad: usize, c: usize) -> impl Fn(usize) -> usize + Copy {
+    move |p| ((p / w + pad) * plane_w + p % w + pad) * c
+}
+
 /// [`pass`]'s direction: channel planes to pixel rows.
 pub const TO_PIXELS: bool = true;
 /// [`pass`]'s direction: pixel rows to channel planes.
@@ -234,7 +242,7 @@ mod tests {
         // (7 × 7 pixels in a 10-wide plane from row 1, column 1) like the Winograd planes'.
         for (c, h, w) in [(8, 1, 8), (16, 7, 7), (13, 3, 5), (128, 7, 7), (3, 4, 4), (24, 14, 14), (64, 1, 9)] {
             let (hw, pw) = (h * w, w + 3);
-            let at = |p: usize| ((p / w + 1) * pw + p % w + 1) * c;
+            let at = in_plane(w, pw, 1, c);
             let plane_len = (h + 3) * pw * c;
             let src = values(c * hw, &mut rng);
             let (bias, mask) = (values(c, &mut rng), values(c * hw, &mut rng));

@@ -296,7 +296,7 @@ pub fn floats_per_image(c: usize, o: usize, h: usize, w: usize, tile: Tile) -> u
 /// at row 1, column 1 (the rest of the plane is left as it is: the zero padding).
 #[inline(always)]
 fn pad_channels_last(img: &[f32], c: usize, h: usize, w: usize, pw: usize, relu: bool, plane: &mut [f32]) {
-    let at = |p: usize| ((p / w + 1) * pw + p % w + 1) * c;
+    let at = transpose::in_plane(w, pw, 1, c);
     transpose::pass::<TO_PIXELS>(img, c, h * w, Post { relu, ..Post::default() }, at, plane);
 }
 
@@ -304,7 +304,7 @@ fn pad_channels_last(img: &[f32], c: usize, h: usize, w: usize, pw: usize, relu:
 /// (c, h, w), zeroed where `mask` (laid out like the image) is ≤ 0.
 #[inline(always)]
 fn unpad_channels_last(acc: &[f32], c: usize, h: usize, w: usize, pw: usize, mask: Option<&[f32]>, dst: &mut [f32]) {
-    let at = |p: usize| ((p / w + 1) * pw + p % w + 1) * c;
+    let at = transpose::in_plane(w, pw, 1, c);
     transpose::pass::<TO_PLANES>(acc, c, h * w, Post { mask, ..Post::default() }, at, dst);
 }
 
@@ -335,7 +335,7 @@ fn masked_channels_last(
         }
         sums[oc] += acc;
     }
-    let at = |p: usize| ((p / w) * pw + p % w) * o;
+    let at = transpose::in_plane(w, pw, 0, o);
     transpose::pass::<TO_PIXELS>(dy, o, h * w, Post { mask, ..Post::default() }, at, full);
 }
 
@@ -353,7 +353,7 @@ fn from_channels_last(
     relu: bool,
     dst: &mut [f32],
 ) {
-    let at = |p: usize| ((p / w) * pw + p % w) * o;
+    let at = transpose::in_plane(w, pw, 0, o);
     transpose::pass::<TO_PLANES>(full, o, h * w, Post { bias, relu, mask: None }, at, dst);
 }
 
