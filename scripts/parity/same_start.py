@@ -107,13 +107,16 @@ def main():
     with torch.no_grad():
         for n, param in named:
             v = vqlab_name(n)
-            th1, m, s = (ck[f"{pre}{v}"].astype(np.float64) for pre in ("model.", "opt_g.m.", "opt_g.v."))
-            th0 = th1 + lr / (1 - b1) * m / (np.sqrt(s) / np.sqrt(1 - b2) + eps)
+            keys = [f"{pre}{v}" for pre in ("model.", "opt_g.m.", "opt_g.v.")]
+            if any(key not in ck for key in keys):
+                sys.exit(f"error: the checkpoint of {a.one} lacks one of {keys}")
+            th1, mom1, mom2 = (ck[key].astype(np.float64) for key in keys)
+            th0 = th1 + lr / (1 - b1) * mom1 / (np.sqrt(mom2) / np.sqrt(1 - b2) + eps)
             if th0.shape != tuple(param.shape):
                 sys.exit(f"error: {v} has shape {th0.shape} in vqlab, {tuple(param.shape)} in the twin")
             theta0[n] = torch.from_numpy(th0.astype(np.float32))
             param.copy_(theta0[n])
-            g_vqlab[n] = m / (1 - b1)
+            g_vqlab[n] = mom1 / (1 - b1)
 
     images = twin.read_idx_images(f"{a.data}/train-images-idx3-ubyte.gz")[:64]
     x = torch.from_numpy(images.astype(np.float32) / 255.0)
