@@ -380,6 +380,9 @@ simd_dispatch! {
         let (ph, pw) = (2 * th + 2, 2 * tw + 2);
         let plane = resized(scratch, ph * pw * c);
         plane.fill(0.0);
+        // Stack scratch for one tile's channel block, zeroed once per call, not once per block: every
+        // block writes the first n floats of the rows it reads before reading them.
+        let mut s = [[0.0f32; CB]; 16];
         for img in 0..imgs {
             pad_channels_last(&x[img * c * h * w..][..c * h * w], c, h, w, pw, relu, plane);
             for a in 0..th {
@@ -389,7 +392,6 @@ simd_dispatch! {
                         let n = CB.min(c - cb);
                         let d = |i: usize, j: usize| &plane[((2 * a + i) * pw + 2 * b + j) * c + cb..][..n];
                         // Bᵀ d: s[i·4 + j].
-                        let mut s = [[0.0f32; CB]; 16];
                         for j in 0..4 {
                             let (d0, d1, d2, d3) = (d(0, j), d(1, j), d(2, j), d(3, j));
                             for k in 0..n {
@@ -438,6 +440,9 @@ simd_dispatch! {
         // One image's output, channels last, on whole tiles.
         let (ph, pw) = (2 * th, 2 * tw);
         let full = resized(scratch, ph * pw * o);
+        // Stack scratch for one tile's channel block, zeroed once per call, not once per block: every
+        // block writes the first n floats of the rows it reads before reading them.
+        let mut u = [[0.0f32; CB]; 8];
         for img in 0..imgs {
             for a in 0..th {
                 for b in 0..tw {
@@ -446,7 +451,6 @@ simd_dispatch! {
                         let n = CB.min(o - cb);
                         let mv = |i: usize, j: usize| &m[(4 * i + j) * ps + t * o + cb..][..n];
                         // Aᵀ M: u[r·4 + j].
-                        let mut u = [[0.0f32; CB]; 8];
                         for j in 0..4 {
                             let (m0, m1, m2, m3) = (mv(0, j), mv(1, j), mv(2, j), mv(3, j));
                             for k in 0..n {
@@ -494,6 +498,9 @@ simd_dispatch! {
         let (ph, pw) = (2 * th, 2 * tw);
         let full = resized(scratch, ph * pw * o);
         full.fill(0.0);
+        // Stack scratch for one tile's channel block, zeroed once per call, not once per block: every
+        // block writes the first n floats of the rows it reads before reading them.
+        let mut z = [[0.0f32; CB]; 8];
         for img in 0..imgs {
             let base = img * o * h * w;
             let mask = mask.map(|m| &m[base..][..o * h * w]);
@@ -505,7 +512,6 @@ simd_dispatch! {
                         let n = CB.min(o - cb);
                         let g = |r: usize, q: usize| &full[((2 * a + r) * pw + 2 * b + q) * o + cb..][..n];
                         // dY Aᵀ: z[r·4 + j].
-                        let mut z = [[0.0f32; CB]; 8];
                         for r in 0..2 {
                             let (p, q) = (g(r, 0), g(r, 1));
                             for k in 0..n {
@@ -554,6 +560,9 @@ simd_dispatch! {
         // The padded input plane, channels last, as an accumulator.
         let (ph, pw) = (2 * th + 2, 2 * tw + 2);
         let acc = resized(scratch, ph * pw * c);
+        // Stack scratch for one tile's channel block, zeroed once per call, not once per block: every
+        // block writes the first n floats of the rows it reads before reading them.
+        let mut r = [[0.0f32; CB]; 16];
         for img in 0..imgs {
             acc.fill(0.0);
             for a in 0..th {
@@ -563,7 +572,6 @@ simd_dispatch! {
                         let n = CB.min(c - cb);
                         let vv = |i: usize, j: usize| &dv[(4 * i + j) * ps + t * c + cb..][..n];
                         // dV Bᵀ: r[i·4 + j].
-                        let mut r = [[0.0f32; CB]; 16];
                         for i in 0..4 {
                             let (v0, v1, v2, v3) = (vv(i, 0), vv(i, 1), vv(i, 2), vv(i, 3));
                             for k in 0..n {
@@ -902,6 +910,9 @@ a6_transform! {
         let (ph, pw) = (M * th + R - 1, M * tw + R - 1);
         let plane = resized(scratch, ph * pw * c);
         plane.fill(0.0);
+        // Stack scratch for one tile's channel block, zeroed once per call, not once per block: every
+        // block writes the first n floats of the rows it reads before reading them.
+        let mut s = [[0.0f32; CB]; 36];
         for img in 0..imgs {
             pad_channels_last(&x[img * c * h * w..][..c * h * w], c, h, w, pw, relu, plane);
             let plane = &*plane;
@@ -912,7 +923,6 @@ a6_transform! {
                         let n = CB.min(c - cb);
                         let d = |i: usize, j: usize| &plane[((M * a + i) * pw + M * b + j) * c + cb..];
                         // Bᵀ d, column j into s[6j..6j + 6].
-                        let mut s = [[0.0f32; CB]; 36];
                         for j in 0..6 {
                             lines(bt4, std::array::from_fn(|i| d(i, j)), rows(&mut s, 6 * j), n, false);
                         }
@@ -962,6 +972,9 @@ a6_transform! {
         // One image's output, channels last, on whole tiles.
         let pw = M * tw;
         let full = resized(scratch, M * th * pw * o);
+        // Stack scratch for one tile's channel block, zeroed once per call, not once per block: every
+        // block writes the first n floats of the rows it reads before reading them.
+        let mut u = [[0.0f32; CB]; 24];
         for img in 0..imgs {
             for a in 0..th {
                 for b in 0..tw {
@@ -970,7 +983,6 @@ a6_transform! {
                         let n = CB.min(o - cb);
                         let mv = |i: usize, j: usize| &m[(6 * i + j) * ps + t * o + cb..];
                         // Aᵀ M, column j into u[Mj..Mj + M].
-                        let mut u = [[0.0f32; CB]; 24];
                         for j in 0..6 {
                             lines(at_lines::<M>, std::array::from_fn(|i| mv(i, j)), rows(&mut u, M * j), n, false);
                         }
@@ -1006,6 +1018,9 @@ a6_transform! {
         let pw = M * tw;
         let full = resized(scratch, M * th * pw * o);
         full.fill(0.0);
+        // Stack scratch for one tile's channel block, zeroed once per call, not once per block: every
+        // block writes the first n floats of the rows it reads before reading them.
+        let mut z = [[0.0f32; CB]; 24];
         for img in 0..imgs {
             let base = img * o * h * w;
             let mask = mask.map(|m| &m[base..][..o * h * w]);
@@ -1018,7 +1033,6 @@ a6_transform! {
                         let n = CB.min(o - cb);
                         let g = |r: usize, q: usize| &full[((M * a + r) * pw + M * b + q) * o + cb..];
                         // dY Aᵀ, row r into z[6r..6r + 6].
-                        let mut z = [[0.0f32; CB]; 24];
                         for r in 0..M {
                             lines(a_lines::<M>, std::array::from_fn(|q| g(r, q)), rows(&mut z, 6 * r), n, false);
                         }
@@ -1051,6 +1065,9 @@ a6_transform! {
         // The padded input plane, channels last, as an accumulator.
         let (ph, pw) = (M * th + R - 1, M * tw + R - 1);
         let acc = resized(scratch, ph * pw * c);
+        // Stack scratch for one tile's channel block, zeroed once per call, not once per block: every
+        // block writes the first n floats of the rows it reads before reading them.
+        let mut r = [[0.0f32; CB]; 36];
         for img in 0..imgs {
             acc.fill(0.0);
             for a in 0..th {
@@ -1059,7 +1076,6 @@ a6_transform! {
                     for cb in (0..c).step_by(CB) {
                         let n = CB.min(c - cb);
                         // dV Bᵀ, row i into r[6i..6i + 6].
-                        let mut r = [[0.0f32; CB]; 36];
                         for i in 0..6 {
                             let row: [&[f32]; 6] = std::array::from_fn(|j| &dv[(6 * i + j) * ps + t * c + cb..]);
                             lines(b4, row, rows(&mut r, 6 * i), n, false);
