@@ -252,10 +252,69 @@ fn chunks_per_unit(g: &Geom, chunk: usize, row_matrix: bool, min_rows: usize) ->
 }
 
 /// The weight and bias gradient sums of one group of chunks.
-#[derive(Default)]
 struct Partial {
+    /// At least the op's weight-gradient length; only that prefix is used. Taken from
+    /// [`PARTIAL_SUMS`] (its contents are whatever an earlier call left there): the group's
+    /// first weight-gradient gemm overwrites it instead of adding into it.
     dw: Vec<f32>,
     db: Vec<f32>,
+    /// Whether a chunk of the group has run (a group can get none), and whether its first
+    /// weight-gradient gemm is still to come.
+    ran: bool,
+    fresh: bool,
+}
+
+/// Weight-gradient sum buffers kept from call to call, so that a backward pass neither
+/// allocates nor zero-fills them (the Winograd ones hold 36 · o · c floats a group: 2.4 MB for
+/// a 128 → 128 layer, four groups on two threads). At most [`POOLED_SUMS`] are kept.
+static PARTIAL_SUMS: std::sync::Mutex<Vec<Vec<f32>>> = std::sync::Mutex::new(Vec::new());
+const POOLED_SUMS: usize = 16;
+
+impl Partial {
+    /// A group's sums: a pooled weight-gradient buffer of at least `dw_len` floats (the longest
+    /// in the pool; grown with zeros only where it is shorter) and zeroed bias sums.
+    fn take(dw_len: usize, db_len: usize) -> Self {
+        let pooled = (dw_len > 0).then(|| {
+            let mut pool = PARTIAL_SUMS.lock().unwrap_or_else(|e| e.into_inner());
+            let longest = (0..pool.len()).max_by_key(|&i| pool[i].len());
+            longest.map(|i| pool.swap_remove(i))
+        });
+        let mut dw = pooled.flatten().unwrap_or_default();
+        resized(&mut dw, dw_len);
+        Partial { dw, db: vec![0.0; db_len], ran: false, fresh: true }
+    }
+
+    /// Hands the weight-gradient buffer back to the pool.
+    fn give_back(self) {
+        let mut pool = PARTIAL_SUMS.lock().unwrap_or_else(|e| e.into_inner());
+        if pool.len() < POOLED_SUMS && !self.dw.is_empty() {
+            pool.push(self.dw);
+        }
+    }
+}
+
+/// Σ_g parts[g][i] for i < len, added as `((0 + p₀) + p₁) + …` in group order, as a serial
+/// loop over a zeroed vector adds them (so the bits do not depend on the split), in parallel
+/// chunks and without a zero-fill first. Zeros for no parts.
+fn sum_partials(parts: &[&[f32]], len: usize) -> Vec<f32> {
+    let Some((first, rest)) = parts.split_first() else {
+        return vec![0.0; len];
+    };
+    const CHUNK: usize = 1 << 14;
+    // SAFETY: every element of each chunk is written by the first loop.
+    unsafe {
+        kernels::par_filled(len, CHUNK, |ci, out| {
+            let at = ci * CHUNK;
+            for (o, v) in out.iter_mut().zip(&first[at..]) {
+                o.write(0.0 + v);
+            }
+            // SAFETY: the loop above initialised all of `out`.
+            let out = &mut *(out as *mut [MaybeUninit<f32>] as *mut [f32]);
+            for part in rest {
+                out.iter_mut().zip(&part[at..]).for_each(|(o, v)| *o += v);
+            }
+        })
+    }
 }
 
 /// A thread's buffers for the chunks it runs. They are kept from call to call, so that a
@@ -592,6 +651,8 @@ impl CustomOp3 for ConvOp {
             let chunk = chunk_images(&g, wino);
             let per_unit = self.chunks_per_unit(&g, chunk, wino, pointwise);
             let dw_len = if let Some(tile) = wino { tile.points() * g.o * g.c } else { g.o * q };
+            // The weight-gradient sums a group keeps: none when no weight gradient is wanted.
+            let sums_len = if need_w { dw_len } else { 0 };
             // Like y in the forward pass: each unit is filled by the thread that computes it.
             let dx_len = if need_x { g.n * in_img } else { 0 };
             let mut dx: Vec<f32> = Vec::with_capacity(dx_len);
@@ -633,8 +694,10 @@ impl CustomOp3 for ConvOp {
                     let xc = &xs[i0 * in_img..][..imgs * in_img];
                     let yc = &ys[i0 * out_img..][..imgs * out_img];
                     let dyc = &dys[i0 * out_img..][..imgs * out_img];
-                    resized(&mut part.dw, dw_len);
-                    resized(&mut part.db, out_channels);
+                    // The group's first weight-gradient gemm writes its sums, later ones add.
+                    let first_dw = std::mem::replace(&mut part.fresh, false);
+                    part.ran = true;
+                    let part_dw = &mut part.dw[..sums_len];
                     if let Some(tile) = wino {
                         let (th, tw) = winograd::tiles(g.ho, g.wo, tile);
                         let (t, c, o, pts) = (imgs * th * tw, g.c, g.o, tile.points());
@@ -657,9 +720,10 @@ impl CustomOp3 for ConvOp {
                         if need_w {
                             let v = resized(&mut s.a, pts * sv);
                             winograd::input_transform(tile, xc, imgs, c, g.h, g.w, fuse.relu_input, v, &mut s.d);
-                            for (xi, dux) in part.dw.chunks_exact_mut(o * c).enumerate() {
+                            for (xi, dux) in part_dw.chunks_exact_mut(o * c).enumerate() {
                                 let (dmx, vx) = (&dm[xi * sm..][..o * t], &s.a[xi * sv..][..c * t]);
-                                kernels::gemm(o, c, t, MatRef::rows(dmx, o).t(), MatRef::rows(vx, c), dux, true);
+                                let (dmt, v) = (MatRef::rows(dmx, o).t(), MatRef::rows(vx, c));
+                                kernels::gemm(o, c, t, dmt, v, dux, !first_dw);
                             }
                         }
                         if let Some(dxc) = dxc {
@@ -705,7 +769,7 @@ impl CustomOp3 for ConvOp {
                                 let ci = chunk.min(imgs - i) * p;
                                 let dyi = MatRef { data: &dyt[i * p..], rs: np, cs: 1 };
                                 let ri = MatRef::rows(&rows[i * p * q..][..ci * q], q);
-                                kernels::gemm(g.o, q, ci, dyi, ri, &mut part.dw, true);
+                                kernels::gemm(g.o, q, ci, dyi, ri, part_dw, !(first_dw && i == 0));
                             }
                         }
                         match dxc {
@@ -750,7 +814,7 @@ impl CustomOp3 for ConvOp {
                             let xt = resized(&mut s.b, g.o * np);
                             kernels::to_channel_major(xc, imgs, g.o, p, fuse.relu_input, None, xt, None, imgs);
                             let xt = MatRef::rows(&s.b[..g.o * np], np);
-                            kernels::gemm(g.o, q, np, xt, MatRef::rows(rows, q), &mut part.dw, true);
+                            kernels::gemm(g.o, q, np, xt, MatRef::rows(rows, q), part_dw, !first_dw);
                         }
                         if let Some(dxc) = dxc {
                             let dxp = resized(&mut s.b, np * g.o);
@@ -763,7 +827,7 @@ impl CustomOp3 for ConvOp {
                 let partials: Vec<Partial> = grouped
                     .into_par_iter()
                     .map(|items| {
-                        let mut part = Partial::default();
+                        let mut part = Partial::take(sums_len, out_channels);
                         with_buffers(|s| {
                             for (c0, chunks, dxc) in items {
                                 process(&mut part, s, c0, chunks, dxc);
@@ -772,10 +836,20 @@ impl CustomOp3 for ConvOp {
                         part
                     })
                     .collect();
-                let (mut dw, mut db) = (vec![0.0f32; dw_len], vec![0.0f32; out_channels]);
-                for s in partials.iter().filter(|s| !s.dw.is_empty()) {
-                    dw.iter_mut().zip(&s.dw).for_each(|(a, b)| *a += b);
+                let ran: Vec<&Partial> = partials.iter().filter(|s| s.ran).collect();
+                let mut db = vec![0.0f32; out_channels];
+                for s in &ran {
                     db.iter_mut().zip(&s.db).for_each(|(a, b)| *a += b);
+                }
+                let dw = if need_w {
+                    sum_partials(&ran.iter().map(|s| &s.dw[..dw_len]).collect::<Vec<_>>(), dw_len)
+                } else {
+                    Vec::new()
+                };
+                drop(ran);
+                partials.into_iter().for_each(Partial::give_back);
+                if !need_w {
+                    return Ok((dw, db));
                 }
                 if let Some(tile) = wino {
                     return Ok((winograd::weight_grad(&dw, g.o, g.c, tile), db));
@@ -996,6 +1070,43 @@ mod tests {
                     b.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
                 );
                 assert!(a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()));
+            }
+        }
+    }
+
+    #[test]
+    fn weight_gradients_do_not_read_what_the_pooled_sums_held() {
+        // The groups' weight-gradient sums come from a pool with whatever an earlier call left
+        // in them; poisoned with NaN, every path must still give candle's gradients (the first
+        // gemm of a group writes its sums instead of adding into them).
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(21);
+        type Case = (&'static [usize], &'static [usize], usize, usize, bool, ConvFn, ConvFn);
+        let cases: [Case; 5] = [
+            (&[9, 8, 9, 9], &[12, 8, 4, 4], 2, 1, false, conv2d, conv2d_reference),
+            (&[9, 8, 7, 7], &[12, 8, 1, 1], 1, 0, false, conv2d, conv2d_reference),
+            (&[9, 8, 7, 7], &[12, 8, 3, 3], 1, 1, false, conv2d, conv2d_reference),
+            (&[9, 8, 7, 7], &[12, 8, 3, 3], 1, 1, false, conv2d_winograd4, conv2d_reference),
+            (&[9, 8, 5, 5], &[8, 6, 4, 4], 2, 1, true, conv_transpose2d, conv_transpose2d_reference),
+        ];
+        for (xd, wd, st, pad, transpose, fast_fn, ref_fn) in cases {
+            {
+                let mut pool = PARTIAL_SUMS.lock().unwrap();
+                pool.clear();
+                pool.extend((0..POOLED_SUMS).map(|_| vec![f32::NAN; 1 << 18]));
+            }
+            let x = rand_tensor(&mut rng, xd, -1.0, 1.0);
+            let w = rand_tensor(&mut rng, wd, -1.0, 1.0);
+            let out_c = if transpose { wd[1] } else { wd[0] };
+            let b = rand_tensor(&mut rng, &[out_c], -1.0, 1.0);
+            let y = ref_fn(&x, &w, Some(&b), st, pad, Fuse::RELU_OUT).unwrap();
+            let r = rand_tensor(&mut rng, y.dims(), -1.0, 1.0);
+            let fast = run(fast_fn, &x, &w, Some(&b), &r, st, pad, Fuse::RELU_OUT);
+            let reference = run(ref_fn, &x, &w, Some(&b), &r, st, pad, Fuse::RELU_OUT);
+            for (name, (a, b)) in ["y", "dx", "dw", "db"].iter().zip(fast.iter().zip(&reference)) {
+                let finite = a.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().all(|v| v.is_finite());
+                assert!(finite, "{name}: not finite for x {xd:?} w {wd:?} transpose {transpose}");
+                let e = rel_err(a, b);
+                assert!(e <= 1e-4, "{name}: relative error {e:e} for x {xd:?} w {wd:?} transpose {transpose}");
             }
         }
     }
