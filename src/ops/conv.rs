@@ -258,10 +258,9 @@ struct Partial {
     /// first weight-gradient gemm overwrites it instead of adding into it.
     dw: Vec<f32>,
     db: Vec<f32>,
-    /// Whether a chunk of the group has run (a group can get none), and whether its first
+    /// Whether a chunk of the group has run (a group can get none); until one has, its first
     /// weight-gradient gemm is still to come.
     ran: bool,
-    fresh: bool,
 }
 
 /// Weight-gradient sum buffers kept from call to call, so that a backward pass neither
@@ -281,7 +280,7 @@ impl Partial {
         });
         let mut dw = pooled.flatten().unwrap_or_default();
         resized(&mut dw, dw_len);
-        Partial { dw, db: vec![0.0; db_len], ran: false, fresh: true }
+        Partial { dw, db: vec![0.0; db_len], ran: false }
     }
 
     /// Hands the weight-gradient buffer back to the pool.
@@ -695,8 +694,7 @@ impl CustomOp3 for ConvOp {
                     let yc = &ys[i0 * out_img..][..imgs * out_img];
                     let dyc = &dys[i0 * out_img..][..imgs * out_img];
                     // The group's first weight-gradient gemm writes its sums, later ones add.
-                    let first_dw = std::mem::replace(&mut part.fresh, false);
-                    part.ran = true;
+                    let first_dw = !std::mem::replace(&mut part.ran, true);
                     let part_dw = &mut part.dw[..sums_len];
                     if let Some(tile) = wino {
                         let (th, tw) = winograd::tiles(g.ho, g.wo, tile);

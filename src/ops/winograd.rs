@@ -380,8 +380,7 @@ simd_dispatch! {
         let (ph, pw) = (2 * th + 2, 2 * tw + 2);
         let plane = resized(scratch, ph * pw * c);
         plane.fill(0.0);
-        // Stack scratch for one tile's channel block, zeroed once per call, not once per block: every
-        // block writes the first n floats of the rows it reads before reading them.
+        // Zeroed once per call, not per block: every block writes the rows it reads first.
         let mut s = [[0.0f32; CB]; 16];
         for img in 0..imgs {
             pad_channels_last(&x[img * c * h * w..][..c * h * w], c, h, w, pw, relu, plane);
@@ -440,8 +439,7 @@ simd_dispatch! {
         // One image's output, channels last, on whole tiles.
         let (ph, pw) = (2 * th, 2 * tw);
         let full = resized(scratch, ph * pw * o);
-        // Stack scratch for one tile's channel block, zeroed once per call, not once per block: every
-        // block writes the first n floats of the rows it reads before reading them.
+        // Zeroed once per call, not per block: every block writes the rows it reads first.
         let mut u = [[0.0f32; CB]; 8];
         for img in 0..imgs {
             for a in 0..th {
@@ -498,8 +496,7 @@ simd_dispatch! {
         let (ph, pw) = (2 * th, 2 * tw);
         let full = resized(scratch, ph * pw * o);
         full.fill(0.0);
-        // Stack scratch for one tile's channel block, zeroed once per call, not once per block: every
-        // block writes the first n floats of the rows it reads before reading them.
+        // Zeroed once per call, not per block: every block writes the rows it reads first.
         let mut z = [[0.0f32; CB]; 8];
         for img in 0..imgs {
             let base = img * o * h * w;
@@ -560,8 +557,7 @@ simd_dispatch! {
         // The padded input plane, channels last, as an accumulator.
         let (ph, pw) = (2 * th + 2, 2 * tw + 2);
         let acc = resized(scratch, ph * pw * c);
-        // Stack scratch for one tile's channel block, zeroed once per call, not once per block: every
-        // block writes the first n floats of the rows it reads before reading them.
+        // Zeroed once per call, not per block: every block writes the rows it reads first.
         let mut r = [[0.0f32; CB]; 16];
         for img in 0..imgs {
             acc.fill(0.0);
@@ -910,8 +906,7 @@ a6_transform! {
         let (ph, pw) = (M * th + R - 1, M * tw + R - 1);
         let plane = resized(scratch, ph * pw * c);
         plane.fill(0.0);
-        // Stack scratch for one tile's channel block, zeroed once per call, not once per block: every
-        // block writes the first n floats of the rows it reads before reading them.
+        // Zeroed once per call, not per block: every block writes the rows it reads first.
         let mut s = [[0.0f32; CB]; 36];
         for img in 0..imgs {
             pad_channels_last(&x[img * c * h * w..][..c * h * w], c, h, w, pw, relu, plane);
@@ -972,8 +967,7 @@ a6_transform! {
         // One image's output, channels last, on whole tiles.
         let pw = M * tw;
         let full = resized(scratch, M * th * pw * o);
-        // Stack scratch for one tile's channel block, zeroed once per call, not once per block: every
-        // block writes the first n floats of the rows it reads before reading them.
+        // Zeroed once per call, not per block: every block writes the rows it reads first.
         let mut u = [[0.0f32; CB]; 24];
         for img in 0..imgs {
             for a in 0..th {
@@ -1018,8 +1012,7 @@ a6_transform! {
         let pw = M * tw;
         let full = resized(scratch, M * th * pw * o);
         full.fill(0.0);
-        // Stack scratch for one tile's channel block, zeroed once per call, not once per block: every
-        // block writes the first n floats of the rows it reads before reading them.
+        // Zeroed once per call, not per block: every block writes the rows it reads first.
         let mut z = [[0.0f32; CB]; 24];
         for img in 0..imgs {
             let base = img * o * h * w;
@@ -1065,8 +1058,7 @@ a6_transform! {
         // The padded input plane, channels last, as an accumulator.
         let (ph, pw) = (M * th + R - 1, M * tw + R - 1);
         let acc = resized(scratch, ph * pw * c);
-        // Stack scratch for one tile's channel block, zeroed once per call, not once per block: every
-        // block writes the first n floats of the rows it reads before reading them.
+        // Zeroed once per call, not per block: every block writes the rows it reads first.
         let mut r = [[0.0f32; CB]; 36];
         for img in 0..imgs {
             acc.fill(0.0);
