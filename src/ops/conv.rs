@@ -545,12 +545,36 @@ impl CustomOp3 for ConvOp {
             let per_unit = self.chunks_per_unit(&g, chunk, wino, pointwise);
             let chunk = (chunk * per_unit).min(images_per_thread_share(&g).max(chunk));
             let (wr, wrt, u) = self.kernel_forms(w, &g, wino);
-            y.spare_capacity_mut()[..len].par_chunks_mut(chunk * out_img).enumerate().for_each(|(ci, ys)| {
-                let ys = zeroed(ys);
+            y.spare_capacity_mut()[..len].par_chunks_mut(chunk * out_img).enumerate().for_each(|(ci, ys_uninit)| {
                 with_buffers(|s| {
-                    let imgs = ys.len() / out_img;
+                    let imgs = ys_uninit.len() / out_img;
                     let np = imgs * p;
                     let xs = &x[ci * chunk * in_img..][..imgs * in_img];
+                    if pointwise {
+                        // A 1×1 convolution is a gemm per image on the channel-major data itself:
+                        // y_img (o × p) = W (o × c) · x_img (c × p), the same sums as the row
+                        // matrix's gemm (no layout passes; tested bit for bit), written straight
+                        // into the output's uninitialised chunk.
+                        for (xi, yi) in xs.chunks_exact(in_img).zip(ys_uninit.chunks_exact_mut(out_img)) {
+                            let xi = if fuse.relu_input {
+                                let r = resized(&mut s.a, in_img);
+                                r.iter_mut().zip(xi).for_each(|(r, v)| *r = v.max(0.0));
+                                &s.a[..in_img]
+                            } else {
+                                xi
+                            };
+                            let yi = kernels::gemm_uninit(g.o, p, g.c, MatRef::rows(wr, g.c), MatRef::rows(xi, p), yi);
+                            for (ci, plane) in yi.chunks_exact_mut(p).enumerate() {
+                                let b = bias.map_or(0.0, |b| b[ci]);
+                                plane.iter_mut().for_each(|v| {
+                                    let t = *v + b;
+                                    *v = if fuse.relu_output { t.max(0.0) } else { t };
+                                });
+                            }
+                        }
+                        return;
+                    }
+                    let ys = zeroed(ys_uninit);
                     if let Some(tile) = wino {
                         let (th, tw) = winograd::tiles(g.ho, g.wo, tile);
                         let (t, c, o, pts) = (imgs * th * tw, g.c, g.o, tile.points());
@@ -582,27 +606,6 @@ impl CustomOp3 for ConvOp {
                             ys,
                             &mut s.d,
                         );
-                    } else if pointwise {
-                        // A 1×1 convolution is a gemm per image on the channel-major data itself:
-                        // y_img (o × p) = W (o × c) · x_img (c × p), the same sums as the row
-                        // matrix's gemm (no layout passes; tested bit for bit).
-                        for (xi, yi) in xs.chunks_exact(in_img).zip(ys.chunks_exact_mut(out_img)) {
-                            let xi = if fuse.relu_input {
-                                let r = resized(&mut s.a, in_img);
-                                r.iter_mut().zip(xi).for_each(|(r, v)| *r = v.max(0.0));
-                                &s.a[..in_img]
-                            } else {
-                                xi
-                            };
-                            kernels::gemm(g.o, p, g.c, MatRef::rows(wr, g.c), MatRef::rows(xi, p), yi, false);
-                            for (ci, plane) in yi.chunks_exact_mut(p).enumerate() {
-                                let b = bias.map_or(0.0, |b| b[ci]);
-                                plane.iter_mut().for_each(|v| {
-                                    let t = *v + b;
-                                    *v = if fuse.relu_output { t.max(0.0) } else { t };
-                                });
-                            }
-                        }
                     } else if !self.transpose {
                         let rows = resized(&mut s.a, np * q);
                         kernels::im2row(xs, &g, imgs, fuse.relu_input, rows, &mut s.k);
@@ -624,7 +627,8 @@ impl CustomOp3 for ConvOp {
                     }
                 })
             });
-            // SAFETY: every chunk of the first `len` elements was initialised by `zeroed` above.
+            // SAFETY: every chunk of the first `len` elements was initialised above, by the 1×1
+            // path's gemms or by `zeroed`.
             unsafe { y.set_len(len) };
             Ok((CpuStorage::F32(y), shape))
         })
@@ -686,7 +690,9 @@ impl CustomOp3 for ConvOp {
                                c0: usize,
                                chunks: usize,
                                dxc: Option<&mut [MaybeUninit<f32>]>| {
-                    let dxc = dxc.map(zeroed);
+                    // The 1×1 path's gemms write every element of its input gradient: it gets the
+                    // chunk uninitialised; the other paths get it zero-filled.
+                    let (dxc, dx_pointwise) = if pointwise { (None, dxc) } else { (dxc.map(zeroed), None) };
                     let i0 = c0 * chunk;
                     let imgs = (chunks * chunk).min(g.n - i0);
                     let np = imgs * p;
@@ -770,31 +776,28 @@ impl CustomOp3 for ConvOp {
                                 kernels::gemm(g.o, q, ci, dyi, ri, part_dw, !(first_dw && i == 0));
                             }
                         }
-                        match dxc {
-                            Some(dxc) if pointwise => {
-                                // 1×1: dx_img (c × p) = Wᵀ (c × o) · dy_img (o × p), straight into
-                                // the channel-major input gradient (the columns of dyt for the image).
-                                for (i, dxi) in dxc.chunks_exact_mut(in_img).enumerate() {
-                                    let dyi = MatRef { data: &dyt[i * p..], rs: np, cs: 1 };
-                                    kernels::gemm(g.c, p, g.o, MatRef::rows(wrt, g.o), dyi, dxi, false);
-                                    if fuse.relu_input {
-                                        let xi = &xc[i * in_img..][..in_img];
-                                        dxi.iter_mut().zip(xi).for_each(|(d, x)| {
-                                            if *x <= 0.0 {
-                                                *d = 0.0
-                                            }
-                                        });
-                                    }
+                        if let Some(dxc) = dx_pointwise {
+                            // 1×1: dx_img (c × p) = Wᵀ (c × o) · dy_img (o × p), straight into
+                            // the channel-major input gradient (the columns of dyt for the image).
+                            for (i, dxi) in dxc.chunks_exact_mut(in_img).enumerate() {
+                                let dyi = MatRef { data: &dyt[i * p..], rs: np, cs: 1 };
+                                let dxi = kernels::gemm_uninit(g.c, p, g.o, MatRef::rows(wrt, g.o), dyi, dxi);
+                                if fuse.relu_input {
+                                    let xi = &xc[i * in_img..][..in_img];
+                                    dxi.iter_mut().zip(xi).for_each(|(d, x)| {
+                                        if *x <= 0.0 {
+                                            *d = 0.0
+                                        }
+                                    });
                                 }
                             }
-                            Some(dxc) => {
-                                let drows = resized(&mut s.c, np * q);
-                                let dytt = MatRef::rows(dyt, np).t();
-                                kernels::gemm(np, q, g.o, dytt, MatRef::rows(wr, q), drows, false);
-                                let mask = fuse.relu_input.then_some(xc);
-                                kernels::row2im(&s.c[..np * q], &g, imgs, mask, None, dxc, &mut s.k);
-                            }
-                            None => {}
+                        }
+                        if let Some(dxc) = dxc {
+                            let drows = resized(&mut s.c, np * q);
+                            let dytt = MatRef::rows(dyt, np).t();
+                            kernels::gemm(np, q, g.o, dytt, MatRef::rows(wr, q), drows, false);
+                            let mask = fuse.relu_input.then_some(xc);
+                            kernels::row2im(&s.c[..np * q], &g, imgs, mask, None, dxc, &mut s.k);
                         }
                     } else {
                         let dym: &[f32] = if fuse.relu_output {
@@ -857,7 +860,8 @@ impl CustomOp3 for ConvOp {
             })?;
             let (dw, db) = total;
             // SAFETY: with dx_len > 0 every chunk went through `process`, which initialised it
-            // with `zeroed`; an error above returned before this line.
+            // (the 1×1 path with its gemms, the others with `zeroed`); an error above returned
+            // before this line.
             unsafe { dx.set_len(dx_len) };
             let dev = Device::Cpu;
             let dx = if need_x { Some(Tensor::from_vec(dx, x.shape(), &dev)?) } else { None };

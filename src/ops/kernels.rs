@@ -137,6 +137,14 @@ simd_dispatch! {
             rows[..imgs * p * q].fill(0.0);
             return;
         }
+        if g.kh == 1 && g.kw == 1 && g.stride == 1 && g.pad == 0 {
+            // A 1×1, stride-1, unpadded convolution's row matrix is its images channels last:
+            // one transposing pass straight into it, no padded planes in between.
+            for (dst, src) in rows[..imgs * p * q].chunks_exact_mut(p * q).zip(x.chunks_exact(c * g.hw())) {
+                transpose::pass::<TO_PIXELS>(src, c, g.hw(), Post { relu, ..Post::default() }, |pos| pos * c, dst);
+            }
+            return;
+        }
         let padded = resized(&mut scratch.padded, imgs * img_len);
         let (pad, row_len) = (g.pad, wp * c);
         for (dst, src) in padded.chunks_exact_mut(img_len).zip(x.chunks_exact(c * g.hw())) {
@@ -394,6 +402,35 @@ pub fn gemm_parallel_new(m: usize, n: usize, k: usize, a: MatRef<'_>, b: MatRef<
         dst.set_len(m * n);
     }
     dst
+}
+
+/// [`gemm()`] (dst = a · b, on the calling thread) into the first m·n elements of an
+/// uninitialised `dst`, returned initialised: no zero-fill first, for a destination the gemm
+/// overwrites anyway. The same sums as [`gemm()`] with `accumulate` false.
+pub fn gemm_uninit<'d>(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: MatRef<'_>,
+    b: MatRef<'_>,
+    dst: &'d mut [std::mem::MaybeUninit<f32>],
+) -> &'d mut [f32] {
+    assert!(dst.len() >= m * n, "gemm destination too short");
+    let dst = &mut dst[..m * n];
+    if m > 0 && n > 0 {
+        if k == 0 {
+            dst.iter_mut().for_each(|v| {
+                v.write(0.0);
+            });
+        } else {
+            // SAFETY: `gemm_raw` checks the reads of `a` and `b`; with `accumulate` false it does
+            // not read dst and writes each of its m·n elements (row stride n), all inside `dst`.
+            unsafe { gemm_raw(m, n, k, a, b, dst.as_mut_ptr().cast::<f32>(), false, gemm::Parallelism::None) }
+        }
+    }
+    // SAFETY: all m·n elements were written above (none when m·n = 0), and MaybeUninit<f32>
+    // has f32's layout.
+    unsafe { &mut *(dst as *mut [std::mem::MaybeUninit<f32>] as *mut [f32]) }
 }
 
 /// The gemm crate's call on checked operands and a raw row-major m × n dst.
