@@ -339,6 +339,17 @@ fn with_buffers<R>(f: impl FnOnce(&mut Buffers) -> R) -> R {
     })
 }
 
+/// In the unit tests, fills a chunk the 1×1 path writes without a zero-fill (an output or
+/// input gradient) with NaN first, so that an element it leaves unwritten fails the
+/// comparisons with candle's ops; nothing outside the tests.
+#[inline(always)]
+fn poison_in_tests(_chunk: &mut [MaybeUninit<f32>]) {
+    #[cfg(test)]
+    _chunk.iter_mut().for_each(|v| {
+        v.write(f32::NAN);
+    });
+}
+
 /// Zero-fills `buf` and returns it as initialised floats.
 fn zeroed(buf: &mut [MaybeUninit<f32>]) -> &mut [f32] {
     for v in buf.iter_mut() {
@@ -551,6 +562,7 @@ impl CustomOp3 for ConvOp {
                     let np = imgs * p;
                     let xs = &x[ci * chunk * in_img..][..imgs * in_img];
                     if pointwise {
+                        poison_in_tests(ys_uninit);
                         // A 1×1 convolution is a gemm per image on the channel-major data itself:
                         // y_img (o × p) = W (o × c) · x_img (c × p), the same sums as the row
                         // matrix's gemm (no layout passes; tested bit for bit), written straight
@@ -692,7 +704,10 @@ impl CustomOp3 for ConvOp {
                                dxc: Option<&mut [MaybeUninit<f32>]>| {
                     // The 1×1 path's gemms write every element of its input gradient: it gets the
                     // chunk uninitialised; the other paths get it zero-filled.
-                    let (dxc, dx_pointwise) = if pointwise { (None, dxc) } else { (dxc.map(zeroed), None) };
+                    let (dxc, mut dx_pointwise) = if pointwise { (None, dxc) } else { (dxc.map(zeroed), None) };
+                    if let Some(d) = dx_pointwise.as_deref_mut() {
+                        poison_in_tests(d);
+                    }
                     let i0 = c0 * chunk;
                     let imgs = (chunks * chunk).min(g.n - i0);
                     let np = imgs * p;
