@@ -824,8 +824,20 @@ fn a4(y: [f32; 4]) -> [f32; 6] {
     [y0, p02 + p13, p02 - p13, q02 + q13, q02 - q13, y3]
 }
 
+/// Channels a step of [`lines`] takes: two AVX2 vectors.
+const LANES: usize = 16;
+
 /// outs[o][k] = f(ins[·][k])[o] (or += when `add`) for k < n: one line transform applied to
-/// runs of n channels, a loop the compiler vectorises.
+/// runs of n channels.
+///
+/// Written as one loop over k, the compiler vectorises it only behind run-time checks that
+/// the 6 to 12 runs do not overlap (it cannot see that the `&mut` runs in an array are
+/// disjoint from the others), and runs the scalar loop for the tail after its unrolled
+/// vector body: 22–37% of the four F(4×4) transforms' samples were scalar instructions
+/// (perf, Intel Xeon; 1–26% after). Here the channels go LANES at a time through local
+/// arrays (all inputs read before any output is written, so there is nothing to check) whose
+/// fixed-length loops compile to whole vectors, and the scalar loop takes only what is left
+/// of n. Each value is the same IEEE operations as before, in the same order: the same bits.
 #[inline(always)]
 fn lines<const I: usize, const O: usize>(
     f: impl Fn([f32; I]) -> [f32; O],
@@ -836,7 +848,32 @@ fn lines<const I: usize, const O: usize>(
 ) {
     let ins = ins.map(|s| &s[..n]);
     let mut outs = outs.map(|s| &mut s[..n]);
-    for k in 0..n {
+    let whole = n - n % LANES;
+    for k0 in (0..whole).step_by(LANES) {
+        let x: [[f32; LANES]; I] = std::array::from_fn(|i| {
+            let mut v = [0.0f32; LANES];
+            v.copy_from_slice(&ins[i][k0..k0 + LANES]);
+            v
+        });
+        let mut y = [[0.0f32; LANES]; O];
+        for l in 0..LANES {
+            let r = f(std::array::from_fn(|i| x[i][l]));
+            for (y, r) in y.iter_mut().zip(r) {
+                y[l] = r;
+            }
+        }
+        for (out, y) in outs.iter_mut().zip(&y) {
+            let out = &mut out[k0..k0 + LANES];
+            if add {
+                for (o, y) in out.iter_mut().zip(y) {
+                    *o += y;
+                }
+            } else {
+                out.copy_from_slice(y);
+            }
+        }
+    }
+    for k in whole..n {
         let r = f(std::array::from_fn(|i| ins[i][k]));
         for (out, r) in outs.iter_mut().zip(r) {
             if add {
