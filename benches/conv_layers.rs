@@ -42,6 +42,8 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn main() -> candle_core::Result<()> {
+    // As `vqlab` sets up its threads (candle's elementwise ops on rayon's pool).
+    vqlab::ops::tune_threads();
     let args: Vec<String> = std::env::args().collect();
     let reps = args
         .iter()

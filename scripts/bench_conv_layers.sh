@@ -14,8 +14,8 @@ REPS=${REPS:-7}
 THREADS=${THREADS:-$(nproc)}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/vqlab-target}
 source scripts/torch_venv.sh
-# As `vqlab` itself sets it: candle's elementwise ops on the calling thread, vqlab's on rayon's pool.
-export RAYON_NUM_THREADS=$THREADS CANDLE_NUM_THREADS=1
+# The bench sets up candle's threads as `vqlab` does (its elementwise ops on rayon's pool).
+export RAYON_NUM_THREADS=$THREADS
 cargo bench --locked --quiet --bench conv_layers --no-run
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT

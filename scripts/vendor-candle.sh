@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Rebuilds vendor/candle-core: candle-core 0.11.1 as published on crates.io (checked against
-# the checksum Cargo.lock held for it) with vendor/candle-core-backprop.patch applied, and
+# the checksum Cargo.lock held for it) with vendor/candle-core-backprop.patch and
+# vendor/candle-core-rayon.patch applied, and
 # without the example, test and bench targets its manifest lists (their files are not
 # vendored). Cargo.toml's [patch.crates-io] points candle-core (and with it candle-nn) here.
 #
@@ -10,6 +11,14 @@
 # (made contiguous) and adds only the second and later ones. 0 + g is g, so every gradient
 # has the same bits (up to the sign of a zero). Upstream: huggingface/candle PRs #3578 and
 # #3822 propose the same; drop the vendored copy once a candle release carries it.
+#
+# vendor/candle-core-rayon.patch: `candle_core::utils::set_elementwise_on_rayon(true)` runs
+# the CPU backend's parallel elementwise maps (binary and unary, from 64 Ki elements) on
+# rayon's global pool instead of candle's own barrier pool. vqlab's ops run on rayon's pool
+# and it keeps candle's pool at no threads of its own (CANDLE_NUM_THREADS=1), so without the
+# patch those maps (the residual adds, the gradient sums, the loss arithmetic) ran on one
+# core while the other waited. Each element is computed by the same code, so the bits are
+# the same.
 #
 #   bash scripts/vendor-candle.sh      # needs curl, sha256sum, tar and patch
 set -euo pipefail
@@ -28,7 +37,9 @@ fi
 echo "$sha256  $crate" | sha256sum -c --quiet -
 tar -xzf "$crate" -C "$work"
 src="$work/candle-core-$version"
-(cd "$src" && patch -s -p1 < "$OLDPWD/vendor/candle-core-backprop.patch")
+for p in backprop rayon; do
+    (cd "$src" && patch -s -p1 < "$OLDPWD/vendor/candle-core-$p.patch")
+done
 # The manifest without its [[example]], [[test]] and [[bench]] targets.
 awk '/^\[\[(example|test|bench)\]\]/ { skip = 1; next } /^\[/ { skip = 0 } !skip' "$src/Cargo.toml" > "$work/Cargo.toml"
 rm -rf vendor/candle-core.new
@@ -37,4 +48,4 @@ cp -r "$src/src" "$src/LICENSE" "$src/README.md" vendor/candle-core.new/
 cp "$work/Cargo.toml" vendor/candle-core.new/Cargo.toml
 rm -rf vendor/candle-core
 mv vendor/candle-core.new vendor/candle-core
-echo "vendor/candle-core: candle-core $version with vendor/candle-core-backprop.patch"
+echo "vendor/candle-core: candle-core $version with vendor/candle-core-{backprop,rayon}.patch"

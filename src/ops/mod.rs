@@ -34,16 +34,60 @@ pub fn tune_allocator() {
     }
 }
 
-/// Unless the user set it, run candle's own elementwise CPU ops on the calling thread
-/// (`CANDLE_NUM_THREADS=1`). The heavy work of a step is vqlab's ops, on rayon's pool; candle's
-/// separate pool would add a worker that spins for a while after each of its ops, taking a
-/// core from them (about 5% of the benchmark step, 8% at 32×32×3). Call before any thread
-/// starts.
+/// Unless the user set `CANDLE_NUM_THREADS`, run candle's parallel elementwise CPU ops (the
+/// residual adds, the gradient sums, the loss arithmetic: everything candle computes between
+/// vqlab's ops) on rayon's pool, where vqlab's ops run, and give candle's own pool no threads
+/// (`CANDLE_NUM_THREADS=1`). A separate candle pool adds workers that spin for a while after
+/// each of its ops, taking cores from vqlab's (about 5% of the benchmark step, 8% at
+/// 32×32×3); without a pool those ops ran on the calling thread while the other cores waited
+/// (about a sixth of the benchmark step on 2 cores). The switch is
+/// `vendor/candle-core-rayon.patch`; each element is computed as before, so results keep
+/// their bits. Call before any thread starts.
 pub fn tune_threads() {
     if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
         std::env::set_var("CANDLE_NUM_THREADS", "1");
+        candle_core::utils::set_elementwise_on_rayon(true);
     }
 }
 
 pub mod act;
 pub mod nearest;
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{Device, Tensor};
+
+    /// candle's parallel elementwise maps on rayon's pool (`tune_threads`,
+    /// vendor/candle-core-rayon.patch) give every element what a plain loop gives it: for
+    /// contiguous operands, a broadcast row, a transposed (strided) operand and a unary map,
+    /// on 210,000 elements (past candle's 64 Ki threshold for splitting, 13 ranges of 16 Ki).
+    #[test]
+    fn candle_elementwise_maps_on_rayon_compute_every_element() -> candle_core::Result<()> {
+        candle_core::utils::set_elementwise_on_rayon(true);
+        let dev = Device::Cpu;
+        let (r, c) = (300usize, 700usize);
+        let a: Vec<f32> = (0..r * c).map(|i| ((i * 7919) % 1000) as f32 / 37.0 - 13.0).collect();
+        let b: Vec<f32> = (0..r * c).map(|i| ((i * 104_729) % 997) as f32 / 11.0 - 40.0).collect();
+        let row: Vec<f32> = (0..c).map(|j| j as f32 * 0.5 - 100.0).collect();
+        let at = Tensor::from_vec(a.clone(), (r, c), &dev)?;
+        let bt = Tensor::from_vec(b.clone(), (r, c), &dev)?;
+        // b read as a (c, r) matrix and transposed: element (i, j) is b[j·r + i], stride r.
+        let bt_t = Tensor::from_vec(b.clone(), (c, r), &dev)?.t()?;
+        let rowt = Tensor::from_vec(row.clone(), (1, c), &dev)?;
+        let cases: [(Tensor, Box<dyn Fn(usize, usize) -> f32>); 4] = [
+            ((&at + &bt)?, Box::new(|i, j| a[i * c + j] + b[i * c + j])),
+            (at.broadcast_sub(&rowt)?, Box::new(|i, j| a[i * c + j] - row[j])),
+            ((&at * &bt_t)?, Box::new(|i, j| a[i * c + j] * b[j * r + i])),
+            ((&at - &bt)?.relu()?, Box::new(|i, j| (a[i * c + j] - b[i * c + j]).max(0.0))),
+        ];
+        for (k, (t, want)) in cases.iter().enumerate() {
+            let got = t.to_vec2::<f32>()?;
+            for (i, row) in got.iter().enumerate() {
+                for (j, v) in row.iter().enumerate() {
+                    assert_eq!(v.to_bits(), want(i, j).to_bits(), "case {k}, element ({i}, {j})");
+                }
+            }
+        }
+        Ok(())
+    }
+}

@@ -320,6 +320,16 @@ impl BarrierPool {
         if n_items == 0 {
             return;
         }
+        if ELEMENTWISE_ON_RAYON.load(Ordering::Relaxed) {
+            // rayon's global pool (see `set_elementwise_on_rayon`): a few ranges per thread,
+            // taken as rayon's workers steal them.
+            use rayon::prelude::*;
+            let chunk = n_items.div_ceil(rayon::current_num_threads() * 4).max(1);
+            (0..n_items.div_ceil(chunk))
+                .into_par_iter()
+                .for_each(|i| f(i * chunk..n_items.min((i + 1) * chunk)));
+            return;
+        }
         // nested use from a worker would deadlock on the call lock; run inline instead
         if IN_BARRIER_POOL.with(|f| f.get()) {
             f(0..n_items);
@@ -361,6 +371,16 @@ impl Drop for BarrierPool {
 }
 
 static BARRIER_POOL: OnceLock<BarrierPool> = OnceLock::new();
+
+static ELEMENTWISE_ON_RAYON: AtomicBool = AtomicBool::new(false);
+
+/// Run the chunked CPU work of the barrier pool (the elementwise maps of the CPU backend) on
+/// rayon's global pool instead, for a program whose own work already runs there: one set of
+/// worker threads, none spinning while the other pool's work runs. Each range of elements is
+/// still computed by the same code, so results do not change.
+pub fn set_elementwise_on_rayon(on: bool) {
+    ELEMENTWISE_ON_RAYON.store(on, Ordering::Relaxed);
+}
 
 /// Persistent barrier pool
 pub fn barrier_pool() -> &'static BarrierPool {
