@@ -179,14 +179,13 @@ pub fn latent_rows(z: &Tensor, proj: Option<&CodeProjection>) -> Result<Tensor> 
         Some(p) => p.into.forward(z)?,
         None => z.clone(),
     };
-    let (b, d, h, w) = z.dims4()?;
-    z.permute((0, 2, 3, 1))?.reshape((b * h * w, d))
+    ops::layout::planes_to_rows(&z)
 }
 
 /// Rows (B·H·W, C') back to latents (B, C, H, W) of a batch shaped like `like`, projected out.
 pub fn rows_to_latents(rows: &Tensor, like: &Tensor, proj: Option<&CodeProjection>) -> Result<Tensor> {
     let (b, _, h, w) = like.dims4()?;
-    let z = rows.reshape((b, h, w, rows.dim(1)?))?.permute((0, 3, 1, 2))?.contiguous()?;
+    let z = ops::layout::rows_to_planes(rows, b, h, w)?;
     match proj {
         Some(p) => p.out.forward(&z),
         None => Ok(z),

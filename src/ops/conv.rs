@@ -32,7 +32,7 @@ use rayon::prelude::*;
 
 use candle_core::{bail, CpuStorage, CustomOp3, DType, Device, Layout, Result, Shape, Tensor};
 
-use super::kernels::{self, resized, Geom, MatRef};
+use super::kernels::{self, resized, zeroed, Geom, MatRef};
 use super::winograd::{self, Tile};
 use crate::config::ConvAlgorithm;
 use crate::util::tensor::{cpu_f32, with_slices};
@@ -348,15 +348,6 @@ fn poison_in_tests(_chunk: &mut [MaybeUninit<f32>]) {
     _chunk.iter_mut().for_each(|v| {
         v.write(f32::NAN);
     });
-}
-
-/// Zero-fills `buf` and returns it as initialised floats.
-fn zeroed(buf: &mut [MaybeUninit<f32>]) -> &mut [f32] {
-    for v in buf.iter_mut() {
-        v.write(0.0);
-    }
-    // SAFETY: every element was just written, and MaybeUninit<f32> has f32's layout.
-    unsafe { &mut *(buf as *mut [MaybeUninit<f32>] as *mut [f32]) }
 }
 
 impl ConvOp {

@@ -384,6 +384,15 @@ pub(crate) unsafe fn par_filled(
     v
 }
 
+/// Zero-fills `buf` and returns it as initialised floats.
+pub(crate) fn zeroed(buf: &mut [std::mem::MaybeUninit<f32>]) -> &mut [f32] {
+    for v in buf.iter_mut() {
+        v.write(0.0);
+    }
+    // SAFETY: every element was just written, and MaybeUninit<f32> has f32's layout.
+    unsafe { &mut *(buf as *mut [std::mem::MaybeUninit<f32>] as *mut [f32]) }
+}
+
 /// [`gemm_parallel`] into a new buffer: dst = a · b, written by the gemm without the zero-fill a
 /// `vec![0.0; m·n]` costs (a pass over memory as large as the output).
 pub fn gemm_parallel_new(m: usize, n: usize, k: usize, a: MatRef<'_>, b: MatRef<'_>) -> Vec<f32> {

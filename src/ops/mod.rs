@@ -1,11 +1,13 @@
 //! Fast CPU building blocks as candle custom ops (convolutions with fused bias and relus, the
-//! nearest-code search, ActNorm + LeakyReLU, the stage-2 transformer's linear, LayerNorm,
-//! GELU, attention and cross-entropy), with candle's own ops as the fallback on other devices
-//! (and with `VQLAB_REFERENCE_OPS=1`).
+//! nearest-code search, the latents' move to and from the quantizers' rows, ActNorm +
+//! LeakyReLU, the stage-2 transformer's linear, LayerNorm, GELU, attention and
+//! cross-entropy), with candle's own ops as the fallback on other devices (and with
+//! `VQLAB_REFERENCE_OPS=1`).
 
 pub mod conv;
 pub mod dense;
 pub mod kernels;
+pub mod layout;
 pub mod transpose;
 pub mod vecmath;
 pub mod winograd;

@@ -371,6 +371,10 @@ fn bench_profile_counts_each_op_pass_of_the_architecture() {
     assert_eq!(calls("conv_transpose2d forward"), Some(2.0), "{rows:?}");
     assert_eq!(calls("conv_transpose2d backward"), Some(2.0), "{rows:?}");
     assert_eq!(calls("nearest code"), Some(1.0), "{rows:?}");
+    // The latents go to the quantizer's rows and back once each; each move's backward pass
+    // is the other move.
+    assert_eq!(calls("latents to rows"), Some(2.0), "{rows:?}");
+    assert_eq!(calls("rows to latents"), Some(2.0), "{rows:?}");
     assert_eq!(calls("ActNorm + LeakyReLU forward"), None, "no discriminator in a VQ-VAE");
     let share: f64 = rows.iter().map(|r| r["share"].as_f64().unwrap()).sum();
     assert!(share >= 1.0 - 1e-6, "the rows cover the step: {share}");
