@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Rebuilds vendor/candle-core: candle-core 0.11.1 as published on crates.io (checked against
-# the checksum Cargo.lock held for it) with vendor/candle-core-backprop.patch and
-# vendor/candle-core-rayon.patch applied, and
+# the checksum Cargo.lock held for it) with vendor/candle-core-backprop.patch,
+# vendor/candle-core-rayon.patch and vendor/candle-core-broadcast.patch applied, and
 # without the example, test and bench targets its manifest lists (their files are not
 # vendored). Cargo.toml's [patch.crates-io] points candle-core (and with it candle-nn) here.
 #
@@ -20,6 +20,11 @@
 # core while the other waited. Each element is computed by the same code, so the bits are
 # the same.
 #
+# vendor/candle-core-broadcast.patch: making a broadcast of one value contiguous (the
+# gradient of a mean, which the backward pass stores contiguous: the MSE losses' gradients,
+# 100 K and 2 × 400 K values a step of the benchmark) is a fill, where candle stepped a
+# strided index through every element. The same values.
+#
 #   bash scripts/vendor-candle.sh      # needs curl, sha256sum, tar and patch
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -37,7 +42,7 @@ fi
 echo "$sha256  $crate" | sha256sum -c --quiet -
 tar -xzf "$crate" -C "$work"
 src="$work/candle-core-$version"
-for p in backprop rayon; do
+for p in backprop rayon broadcast; do
     (cd "$src" && patch -s -p1 < "$OLDPWD/vendor/candle-core-$p.patch")
 done
 # The manifest without its [[example]], [[test]] and [[bench]] targets.
@@ -48,4 +53,4 @@ cp -r "$src/src" "$src/LICENSE" "$src/README.md" vendor/candle-core.new/
 cp "$work/Cargo.toml" vendor/candle-core.new/Cargo.toml
 rm -rf vendor/candle-core
 mv vendor/candle-core.new vendor/candle-core
-echo "vendor/candle-core: candle-core $version with vendor/candle-core-{backprop,rayon}.patch"
+echo "vendor/candle-core: candle-core $version with vendor/candle-core-{backprop,rayon,broadcast}.patch"

@@ -92,4 +92,35 @@ mod tests {
         }
         Ok(())
     }
+
+    /// Broadcasts made contiguous (vendor/candle-core-broadcast.patch fills a broadcast of one
+    /// value; the rest keep candle's strided copy): every element is the value it broadcasts,
+    /// for a scalar, a size-1 dimension of stride 1 among stride-0 ones (how the mean's
+    /// gradient of a (128, 1, 28, 28) batch is laid out), and a broadcast row and column.
+    #[test]
+    fn broadcasts_made_contiguous_hold_the_broadcast_values() -> candle_core::Result<()> {
+        let dev = Device::Cpu;
+        let s = Tensor::new(-2.75f32, &dev)?;
+        let full = s.broadcast_as((300, 700))?.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+        assert_eq!(full.len(), 210_000);
+        assert!(full.iter().all(|v| *v == -2.75), "scalar broadcast");
+        // A value that does not start its storage (offset 3).
+        let at3 = Tensor::new(&[1f32, 2., 3., 4., 5.], &dev)?.narrow(0, 3, 1)?;
+        let at3 = at3.broadcast_as((300, 700))?.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+        assert!(at3.iter().all(|v| *v == 4.0), "broadcast of the fourth element");
+        let one = Tensor::new(&[[[[0.5f32]]]], &dev)?.broadcast_as((128, 1, 28, 28))?;
+        let one = one.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+        assert!(one.len() == 100_352 && one.iter().all(|v| *v == 0.5), "(1, 1, 1, 1) broadcast");
+        let row: Vec<f32> = (0..7).map(|j| j as f32 - 3.0).collect();
+        let rows = Tensor::from_vec(row.clone(), (1, 7), &dev)?.broadcast_as((5, 7))?.contiguous()?;
+        let cols = Tensor::from_vec(row.clone(), (7, 1), &dev)?.broadcast_as((7, 5))?.contiguous()?;
+        let (rows, cols) = (rows.to_vec2::<f32>()?, cols.to_vec2::<f32>()?);
+        for i in 0..5 {
+            for j in 0..7 {
+                assert_eq!(rows[i][j], row[j], "row broadcast ({i}, {j})");
+                assert_eq!(cols[j][i], row[j], "column broadcast ({j}, {i})");
+            }
+        }
+        Ok(())
+    }
 }

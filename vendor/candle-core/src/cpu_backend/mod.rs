@@ -973,6 +973,13 @@ fn copy2d_<T: Copy>(
 }
 
 fn copy_strided_src_<T: Copy>(src: &[T], dst: &mut [T], dst_offset: usize, src_l: &Layout) {
+    // One value broadcast (every dimension longer than 1 has stride 0, as the gradient of a
+    // mean is): a fill, rather than the strided index below stepping through every element.
+    let n = src_l.shape().elem_count();
+    if n > 1 && src_l.dims().iter().zip(src_l.stride()).all(|(&d, &s)| d == 1 || s == 0) {
+        dst[dst_offset..dst_offset + n].fill(src[src_l.start_offset()]);
+        return;
+    }
     match src_l.strided_blocks() {
         crate::StridedBlocks::SingleBlock { start_offset, len } => dst
             [dst_offset..dst_offset + len]
