@@ -76,12 +76,21 @@ impl Adam {
         let (b1, c1, b2, c2) = (f(self.beta1), f(1.0 - self.beta1), f(self.beta2), f(1.0 - self.beta2));
         let (inv_sqrt_bc2, eps, step) = (f(1.0 / bc2.sqrt()), f(self.eps), f(step_size));
         let n = g.elem_count();
-        let (mut theta2, mut m2, mut v2) = (vec![0.0f32; n], vec![0.0f32; n], vec![0.0f32; n]);
+        // Written by the pass below straight into their capacity: no zero-fill first (three
+        // passes over memory, on the calling thread, for values that are all overwritten).
+        let (mut theta2, mut m2, mut v2) = (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
         crate::util::tensor::with_slices([var.as_tensor(), g, m, v], |[theta, g, m, v]| {
             const CHUNK: usize = 1 << 14;
-            theta2
+            if [theta.len(), m.len(), v.len()] != [n; 3] || g.len() != n {
+                candle_core::bail!("Adam: a variable of {n} values with moments or gradient of another length");
+            }
+            theta2.spare_capacity_mut()[..n]
                 .par_chunks_mut(CHUNK)
-                .zip(m2.par_chunks_mut(CHUNK).zip(v2.par_chunks_mut(CHUNK)))
+                .zip(
+                    m2.spare_capacity_mut()[..n]
+                        .par_chunks_mut(CHUNK)
+                        .zip(v2.spare_capacity_mut()[..n].par_chunks_mut(CHUNK)),
+                )
                 .enumerate()
                 .for_each(|(ci, (t2, (m2, v2)))| {
                     let at = ci * CHUNK;
@@ -91,11 +100,18 @@ impl Adam {
                         let vj = (v[k] * b2 + 0.0) + ((gj * gj) * c2 + 0.0);
                         let denom = (vj.sqrt() * inv_sqrt_bc2 + 0.0) * 1.0 + eps;
                         let update = (mj / denom) * step + 0.0;
-                        t2[j] = theta[k] - update;
-                        m2[j] = mj;
-                        v2[j] = vj;
+                        t2[j].write(theta[k] - update);
+                        m2[j].write(mj);
+                        v2[j].write(vj);
                     }
                 });
+            // SAFETY: the chunks cover the first n elements of each vector, and the loop wrote
+            // every element of every chunk.
+            unsafe {
+                theta2.set_len(n);
+                m2.set_len(n);
+                v2.set_len(n);
+            }
             Ok(())
         })?;
         let dev = var.device();
