@@ -76,7 +76,8 @@ mod tests {
         // b read as a (c, r) matrix and transposed: element (i, j) is b[j·r + i], stride r.
         let bt_t = Tensor::from_vec(b.clone(), (c, r), &dev)?.t()?;
         let rowt = Tensor::from_vec(row.clone(), (1, c), &dev)?;
-        let cases: [(Tensor, Box<dyn Fn(usize, usize) -> f32>); 4] = [
+        type Case<'a> = (Tensor, Box<dyn Fn(usize, usize) -> f32 + 'a>);
+        let cases: [Case<'_>; 4] = [
             ((&at + &bt)?, Box::new(|i, j| a[i * c + j] + b[i * c + j])),
             (at.broadcast_sub(&rowt)?, Box::new(|i, j| a[i * c + j] - row[j])),
             ((&at * &bt_t)?, Box::new(|i, j| a[i * c + j] * b[j * r + i])),
